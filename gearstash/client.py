@@ -1,0 +1,593 @@
+"""The client helper: submit jobs, ask their live status, fetch what was stored, wait.
+
+A :class:`Client` talks to several job servers and one store. It always sends a unique (a random
+UUID when the caller gives none; at most 63 bytes) and places a job on the server picked by a hash of
+its unique, falling back to the others when that server is down, so the same unique lands on the same
+server and coalesces there.
+
+:meth:`Client.fetch` merges the server's live status with the stored record into one definite
+:class:`~gearstash.records.State`; :meth:`Client.fetch_many` does the same for many jobs with one
+pipelined status round trip per server and one store query.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from gearstash.connection import DEFAULT_CONNECT_TIMEOUT, Connection, servers_from
+from gearstash.errors import (
+    ConfigError,
+    GearstashError,
+    JobNotFound,
+    ProtocolError,
+    ServerError,
+    ServerUnavailable,
+    WaitTimeout,
+)
+from gearstash.plugins import open_store
+from gearstash.protocol import (
+    ErrorReply,
+    Packet,
+    PacketType,
+    StatusReply,
+    UniqueStatusReply,
+    check_unique,
+    encode_request,
+    parse_int,
+)
+from gearstash.records import (
+    Event,
+    EventKind,
+    JobKey,
+    JobRecord,
+    JobRef,
+    State,
+    bytes_to_json,
+)
+from gearstash.store import Store, default_store_url
+
+_SUBMIT = {
+    ("normal", False): PacketType.SUBMIT_JOB,
+    ("high", False): PacketType.SUBMIT_JOB_HIGH,
+    ("low", False): PacketType.SUBMIT_JOB_LOW,
+    ("normal", True): PacketType.SUBMIT_JOB_BG,
+    ("high", True): PacketType.SUBMIT_JOB_HIGH_BG,
+    ("low", True): PacketType.SUBMIT_JOB_LOW_BG,
+}
+_WORK = frozenset(
+    {
+        PacketType.WORK_DATA,
+        PacketType.WORK_WARNING,
+        PacketType.WORK_STATUS,
+        PacketType.WORK_COMPLETE,
+        PacketType.WORK_FAIL,
+        PacketType.WORK_EXCEPTION,
+    }
+)
+STATUS_BATCH = 1000
+
+RefLike = JobRef | str | bytes
+
+
+def as_ref(ref: RefLike) -> JobRef:
+    """A :class:`JobRef` from a reference, its string form or a bare handle."""
+    return ref if isinstance(ref, JobRef) else JobRef.parse(ref)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A job server's live answer for one job (gearmand forgets it when the job ends)."""
+
+    known: bool
+    running: bool
+    numerator: int
+    denominator: int
+    server: str | None = None
+    waiting_clients: int | None = None
+
+    @property
+    def percent(self) -> float | None:
+        """``numerator/denominator`` as a percentage, or None when the denominator is 0."""
+        if self.denominator <= 0:
+            return None
+        return 100.0 * self.numerator / self.denominator
+
+
+@dataclass(slots=True)
+class JobView:
+    """One job as the client sees it: the merged ``state``, the live ``status`` (None when no
+    server could be asked) and the stored ``record`` (None when the store has none)."""
+
+    ref: JobRef
+    state: State
+    status: Status | None
+    record: JobRecord | None
+
+    @property
+    def data(self) -> list[bytes]:
+        """The WORK_DATA chunks in order (empty without a record)."""
+        return self.record.data if self.record else []
+
+    @property
+    def result(self) -> bytes | None:
+        """The WORK_COMPLETE payload, when the job completed."""
+        return self.record.result if self.record else None
+
+    @property
+    def numerator(self) -> int:
+        """Live numerator, else the last stored one, else 0."""
+        if self.status is not None and self.status.known:
+            return self.status.numerator
+        if self.record and self.record.status:
+            return self.record.status[-1].numerator
+        return 0
+
+    @property
+    def denominator(self) -> int:
+        """Live denominator, else the last stored one, else 0."""
+        if self.status is not None and self.status.known:
+            return self.status.denominator
+        if self.record and self.record.status:
+            return self.record.status[-1].denominator
+        return 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored record's JSON form (README, "Record format") plus the live status.
+
+        Always has ``handle``, ``server``, ``function``, ``unique``, ``state``, ``known``,
+        ``running``, ``numerator``, ``denominator``, ``data``, ``warnings``, ``result``, ``error``.
+        """
+        record = self.record
+        out: dict[str, Any] = (
+            record.to_json()
+            if record is not None
+            else {
+                "format": "gearstash.job/1",
+                "server": self.ref.server,
+                "handle": bytes_to_json(self.ref.handle),
+                "unique": None if self.ref.unique is None else bytes_to_json(self.ref.unique),
+                "function": None,
+                "attempt": 0,
+                "data": [],
+                "warnings": [],
+                "status": [],
+                "result": None,
+                "error": None,
+                "worker": None,
+                "started_at": None,
+                "finished_at": None,
+                "updated_at": None,
+            }
+        )
+        if out.get("server") is None and self.status is not None:
+            out["server"] = self.status.server
+        out["ref"] = str(self.ref)
+        out["state"] = self.state.value
+        out["known"] = bool(self.status and self.status.known)
+        out["running"] = bool(self.status and self.status.running)
+        out["numerator"] = self.numerator
+        out["denominator"] = self.denominator
+        out["server_reachable"] = self.status is not None
+        return out
+
+
+def merge_state(ref: JobRef, status: Status | None, record: JobRecord | None) -> JobView:
+    """Merge a live status and a stored record into one definite state.
+
+    * a final record (complete/failed) wins — unless the reference has no unique and the server
+      says the handle is alive: then the handle was reused by a newer job and the record is not
+      this job's;
+    * else the server's word: running, or queued;
+    * else the record's stored state;
+    * else ``unknown``.
+    """
+    live = status is not None and status.known
+    if record is not None and record.state.final:
+        if live and ref.unique is None:
+            record = None
+        else:
+            return JobView(ref, record.state, status, record)
+    if live:
+        assert status is not None
+        return JobView(ref, State.RUNNING if status.running else State.QUEUED, status, record)
+    if record is not None:
+        return JobView(ref, record.state, status, record)
+    return JobView(ref, State.UNKNOWN, status, None)
+
+
+class Client:
+    """Submit jobs and read them back by handle.
+
+    :param servers: ``host[:port]`` addresses (default ``$GEARSTASH_SERVERS`` or ``127.0.0.1:4730``).
+    :param store: a store object or URL (default ``$GEARSTASH_STORE`` or the SQLite default store);
+        opened on first use.
+    :param connect_timeout: seconds to wait for a TCP connection.
+    :param timeout: seconds to wait for any one answer from a server.
+
+    Thread-safe: each server connection is used under its own lock.
+    """
+
+    def __init__(
+        self,
+        servers: Iterable[str] | str | None = None,
+        *,
+        store: Store | str | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        timeout: float = 30.0,
+        plugin_manager: pluggy.PluginManager | None = None,
+    ) -> None:
+        self.servers = servers_from(servers)
+        self._conns = {
+            s: Connection(s, connect_timeout=connect_timeout, read_timeout=timeout)
+            for s in self.servers
+        }
+        self._locks = {s: threading.Lock() for s in self.servers}
+        self._store: Store | None = store if not isinstance(store, str | None) else None
+        self._store_url = store if isinstance(store, str) else None
+        self._owns_store = self._store is None
+        self._pm = plugin_manager
+        self.timeout = timeout
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every connection, and the store if the client opened it."""
+        for conn in self._conns.values():
+            conn.close()
+        if self._owns_store and self._store is not None:
+            self._store.close()
+            self._store = None
+
+    @property
+    def store(self) -> Store:
+        """The store, opened on first use."""
+        if self._store is None:
+            url = self._store_url or os.environ.get("GEARSTASH_STORE") or default_store_url()
+            self._store = open_store(url, self._pm)
+        return self._store
+
+    # ------------------------------------------------------------ connections
+
+    def _conn(self, server: str) -> Connection:
+        """The open connection to ``server`` (caller holds its lock)."""
+        conn = self._conns[server]
+        if not conn.connected:
+            conn.connect()
+            conn.send(encode_request(PacketType.OPTION_REQ, b"exceptions"))
+            reply = self._expect(conn, PacketType.OPTION_RES)
+            if reply.args[0] != b"exceptions":
+                conn.close()
+                raise ProtocolError(f"job server {server} answered OPTION_RES {reply.args[0]!r}")
+        return conn
+
+    def _expect(self, conn: Connection, kind: PacketType) -> Packet:
+        """Read until a ``kind`` packet, skipping stray WORK_* packets; ERROR raises ServerError."""
+        while True:
+            packet = conn.read_packet()
+            if packet.kind == kind:
+                return packet
+            if packet.kind == PacketType.ERROR:
+                err = ErrorReply.from_packet(packet)
+                raise ServerError(err.code, err.text, server=conn.server)
+            if packet.kind in _WORK or packet.kind == PacketType.NOOP:
+                continue
+            conn.close()
+            raise ProtocolError(
+                f"job server {conn.server} sent {packet.kind.name} where {kind.name} was expected"
+            )
+
+    def placement(self, unique: bytes) -> list[str]:
+        """Servers in the order a job with ``unique`` is tried: its hashed home first."""
+        n = len(self.servers)
+        start = zlib.crc32(unique) % n
+        return [self.servers[(start + i) % n] for i in range(n)]
+
+    # ------------------------------------------------------------ submit
+
+    @staticmethod
+    def _prepare(
+        function: str | bytes, workload: bytes | str, unique: bytes | str | None
+    ) -> tuple[bytes, bytes, bytes]:
+        fn = function.encode() if isinstance(function, str) else bytes(function)
+        if not fn or b"\0" in fn:
+            raise ConfigError(f"bad function name {function!r}")
+        data = workload.encode() if isinstance(workload, str) else bytes(workload)
+        if unique is None:
+            uniq = uuid.uuid4().hex.encode()
+        else:
+            uniq = unique.encode() if isinstance(unique, str) else bytes(unique)
+        if b"\0" in uniq:
+            raise ProtocolError("a unique cannot contain NUL", side="local")
+        return fn, data, check_unique(uniq)
+
+    def submit_background(
+        self,
+        function: str | bytes,
+        workload: bytes | str = b"",
+        *,
+        unique: bytes | str | None = None,
+        priority: str = "normal",
+        when: float | None = None,
+    ) -> JobRef:
+        """Submit a background job; return its reference (handle, server, unique).
+
+        ``priority`` is ``normal``, ``high`` or ``low``; ``when`` (unix time) uses SUBMIT_JOB_EPOCH.
+        A unique over 63 bytes raises ProtocolError before anything is sent. Raises
+        ServerUnavailable when no server accepts the job, ServerError when the server refuses it.
+        """
+        fn, data, uniq = self._prepare(function, workload, unique)
+        if when is not None:
+            packet = encode_request(PacketType.SUBMIT_JOB_EPOCH, fn, uniq, b"%d" % int(when), data)
+        else:
+            kind = _SUBMIT.get((priority, True))
+            if kind is None:
+                raise ConfigError(f"priority must be normal, high or low, not {priority!r}")
+            packet = encode_request(kind, fn, uniq, data)
+        errors: list[str] = []
+        for server in self.placement(uniq):
+            with self._locks[server]:
+                try:
+                    conn = self._conn(server)
+                    conn.send(packet)
+                    created = self._expect(conn, PacketType.JOB_CREATED)
+                except ServerUnavailable as exc:
+                    errors.append(str(exc))
+                    continue
+            return JobRef(created.args[0], server, uniq)
+        raise ServerUnavailable("no job server accepted the job: " + "; ".join(errors))
+
+    def submit(
+        self,
+        function: str | bytes,
+        workload: bytes | str = b"",
+        *,
+        unique: bytes | str | None = None,
+        priority: str = "normal",
+        on_data: Callable[[bytes], None] | None = None,
+        on_warning: Callable[[bytes], None] | None = None,
+        on_status: Callable[[int, int], None] | None = None,
+        timeout: float | None = None,
+    ) -> JobView:
+        """Run a foreground job and wait for its end, calling the callbacks as the worker speaks.
+
+        Returns a :class:`JobView` whose ``record`` holds what this client received (data,
+        warnings, status, result or error) and whose state is ``complete`` or ``failed``. It does
+        not raise for a failed job. ``timeout`` bounds the whole wait (default: none; each read is
+        still bounded by the client's timeout... unless the job is silent longer: then pass a
+        larger client timeout). Raises WaitTimeout, ServerUnavailable, ServerError.
+        """
+        fn, data, uniq = self._prepare(function, workload, unique)
+        kind = _SUBMIT.get((priority, False))
+        if kind is None:
+            raise ConfigError(f"priority must be normal, high or low, not {priority!r}")
+        packet = encode_request(kind, fn, uniq, data)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        errors: list[str] = []
+        for server in self.placement(uniq):
+            with self._locks[server]:
+                try:
+                    conn = self._conn(server)
+                    conn.send(packet)
+                    handle = self._expect(conn, PacketType.JOB_CREATED).args[0]
+                except ServerUnavailable as exc:
+                    errors.append(str(exc))
+                    continue
+                key = JobKey(server, handle, uniq)
+                record = JobRecord(key, function=fn)
+                while not record.state.final:
+                    wait = None if deadline is None else deadline - time.monotonic()
+                    if wait is not None and wait <= 0:
+                        conn.close()  # the rest of this job's packets would confuse the next call
+                        raise WaitTimeout(f"job {handle!r} did not finish within {timeout} s")
+                    p = conn.read_packet(wait if wait is not None else -1.0)
+                    if p.kind not in _WORK or p.args[0] != handle:
+                        if p.kind == PacketType.ERROR:
+                            err = ErrorReply.from_packet(p)
+                            raise ServerError(err.code, err.text, server=server)
+                        continue
+                    self._apply(record, p, on_data, on_warning, on_status)
+                status = Status(False, False, 0, 0, server)
+                return JobView(JobRef(handle, server, uniq), record.state, status, record)
+        raise ServerUnavailable("no job server accepted the job: " + "; ".join(errors))
+
+    @staticmethod
+    def _apply(
+        record: JobRecord,
+        p: Packet,
+        on_data: Callable[[bytes], None] | None,
+        on_warning: Callable[[bytes], None] | None,
+        on_status: Callable[[int, int], None] | None,
+    ) -> None:
+        now = time.time()
+        key = record.key
+        kind = p.kind
+        if kind == PacketType.WORK_DATA:
+            record.apply(Event(EventKind.DATA, key, now, p.args[1]))
+            if on_data:
+                on_data(p.args[1])
+        elif kind == PacketType.WORK_WARNING:
+            record.apply(Event(EventKind.WARNING, key, now, p.args[1]))
+            if on_warning:
+                on_warning(p.args[1])
+        elif kind == PacketType.WORK_STATUS:
+            num, den = parse_int(p.args[1]), parse_int(p.args[2])
+            record.apply(Event(EventKind.STATUS, key, now, numerator=num, denominator=den))
+            if on_status:
+                on_status(num, den)
+        elif kind == PacketType.WORK_COMPLETE:
+            record.apply(Event(EventKind.COMPLETED, key, now, p.args[1]))
+        elif kind == PacketType.WORK_EXCEPTION:
+            record.apply(Event(EventKind.EXCEPTION, key, now, p.args[1]))
+        elif kind == PacketType.WORK_FAIL and record.error is None:
+            record.apply(Event(EventKind.FAILED, key, now))
+
+    # ------------------------------------------------------------ status
+
+    def _status_batch(self, server: str, handles: Sequence[bytes]) -> dict[bytes, Status]:
+        """GET_STATUS for many handles on one server, pipelined. Raises ServerUnavailable."""
+        out: dict[bytes, Status] = {}
+        with self._locks[server]:
+            conn = self._conn(server)
+            for start in range(0, len(handles), STATUS_BATCH):
+                batch = handles[start : start + STATUS_BATCH]
+                conn.send(b"".join(encode_request(PacketType.GET_STATUS, h) for h in batch))
+                for _ in batch:
+                    reply = StatusReply.from_packet(self._expect(conn, PacketType.STATUS_RES))
+                    out[reply.handle] = Status(
+                        reply.known, reply.running, reply.numerator, reply.denominator, server
+                    )
+        return out
+
+    def _statuses(self, refs: Sequence[JobRef]) -> tuple[dict[tuple[str, bytes], Status], set[str]]:
+        wanted: dict[str, list[bytes]] = {s: [] for s in self.servers}
+        for ref in refs:
+            for server in [ref.server] if ref.server else self.servers:
+                if server not in wanted:
+                    raise ConfigError(
+                        f"job {ref} belongs to server {server}, which this client does not use "
+                        f"(servers: {', '.join(self.servers)})"
+                    )
+                wanted[server].append(ref.handle)
+        found: dict[tuple[str, bytes], Status] = {}
+        down: set[str] = set()
+        for server, handles in wanted.items():
+            if not handles:
+                continue
+            try:
+                for handle, status in self._status_batch(
+                    server, list(dict.fromkeys(handles))
+                ).items():
+                    found[(server, handle)] = status
+            except ServerUnavailable:
+                down.add(server)
+        return found, down
+
+    def status(self, ref: RefLike) -> Status:
+        """The live status of one job on the server that owns it (every server for a bare handle).
+
+        Raises ServerUnavailable when the owning server (or, for a bare handle, every server) is
+        unreachable.
+        """
+        job = as_ref(ref)
+        found, down = self._statuses([job])
+        servers = [job.server] if job.server else self.servers
+        answers = [found[(s, job.handle)] for s in servers if (s, job.handle) in found]
+        if not answers:
+            raise ServerUnavailable(f"no job server answered for {job}: {', '.join(sorted(down))}")
+        return next((a for a in answers if a.known), answers[0])
+
+    def status_unique(self, unique: bytes | str) -> Status:
+        """Live status by unique (GET_STATUS_UNIQUE), asking the unique's home server first.
+
+        Raises ServerUnavailable when no server answers.
+        """
+        uniq = check_unique(unique.encode() if isinstance(unique, str) else bytes(unique))
+        first: Status | None = None
+        for server in self.placement(uniq):
+            try:
+                with self._locks[server]:
+                    conn = self._conn(server)
+                    conn.send(encode_request(PacketType.GET_STATUS_UNIQUE, uniq))
+                    r = UniqueStatusReply.from_packet(
+                        self._expect(conn, PacketType.STATUS_RES_UNIQUE)
+                    )
+            except ServerUnavailable:
+                continue
+            status = Status(
+                r.known, r.running, r.numerator, r.denominator, server, r.waiting_clients
+            )
+            if status.known:
+                return status
+            first = first or status
+        if first is None:
+            raise ServerUnavailable("no job server answered GET_STATUS_UNIQUE")
+        return first
+
+    # ------------------------------------------------------------ fetch
+
+    def fetch(self, ref: RefLike) -> JobView:
+        """One job's merged view: live status + stored record (see :func:`merge_state`).
+
+        Never raises for an unknown job (its state is ``unknown``); raises StoreError when the store
+        fails. An unreachable server leaves ``status`` None and the state to the record.
+        """
+        return self.fetch_many([ref])[0]
+
+    def fetch_many(self, refs: Sequence[RefLike]) -> list[JobView]:
+        """Views of many jobs: one pipelined status round trip per server, one store query."""
+        jobs = [as_ref(r) for r in refs]
+        if not jobs:
+            return []
+        found, _down = self._statuses(jobs)
+        records = self.store.get_many(jobs)
+        views: list[JobView] = []
+        for job, record in zip(jobs, records, strict=True):
+            if job.server:
+                status = found.get((job.server, job.handle))
+            elif record is not None and (record.key.server, job.handle) in found:
+                status = found[(record.key.server, job.handle)]
+            else:
+                answers = [found[(s, job.handle)] for s in self.servers if (s, job.handle) in found]
+                status = next((a for a in answers if a.known), answers[0] if answers else None)
+            views.append(merge_state(job, status, record))
+        return views
+
+    def wait(
+        self,
+        ref: RefLike,
+        timeout: float | None = None,
+        *,
+        on_progress: Callable[[JobView], None] | None = None,
+        interval: float = 0.02,
+        max_interval: float = 0.5,
+    ) -> JobView:
+        """Wait until the job is complete or failed; return its final view.
+
+        Polls :meth:`fetch` with backoff from ``interval`` to ``max_interval`` seconds and calls
+        ``on_progress(view)`` whenever the state, status or number of data chunks changes.
+        Raises JobNotFound when the job is unknown to both server and store (it never existed, or
+        ended under a worker that does not capture), WaitTimeout after ``timeout`` seconds.
+        """
+        job = as_ref(ref)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: tuple[object, ...] | None = None
+        delay = interval
+        while True:
+            view = self.fetch(job)
+            marker = (view.state, view.numerator, view.denominator, len(view.data))
+            if marker != seen:
+                seen = marker
+                delay = interval
+                if on_progress is not None:
+                    on_progress(view)
+            if view.state.final:
+                return view
+            if view.state is State.UNKNOWN and view.status is not None:
+                raise JobNotFound(f"job {job} is unknown to the job server and the store")
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise WaitTimeout(f"job {job} still {view.state.value} after {timeout} s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, max_interval)
+
+
+__all__ = [
+    "Client",
+    "GearstashError",
+    "JobView",
+    "Status",
+    "as_ref",
+    "merge_state",
+]

@@ -1,0 +1,73 @@
+"""The gearstash exception tree.
+
+Every error gearstash raises on purpose is a :class:`GearstashError`. Socket and timeout failures are
+mapped to :class:`ServerUnavailable` in exactly one place (``gearstash.connection``); store drivers map
+their own failures to :class:`StoreError`. Nothing here shadows a builtin name.
+"""
+
+from __future__ import annotations
+
+
+class GearstashError(Exception):
+    """Root of every gearstash error."""
+
+
+class ProtocolError(GearstashError):
+    """The Gearman protocol was broken.
+
+    ``side`` says who broke it: ``"server"`` (bytes we received) or ``"local"`` (what we were asked to
+    send, for example a unique longer than 63 bytes). The connection that saw a server-side protocol
+    error is dropped and re-made.
+    """
+
+    def __init__(self, message: str, *, side: str = "server") -> None:
+        super().__init__(message)
+        self.side = side
+
+
+class ServerUnavailable(GearstashError):
+    """A job server could not be reached, or stopped answering within the timeout."""
+
+    def __init__(self, message: str, *, server: str = "") -> None:
+        super().__init__(message)
+        self.server = server
+
+
+class ServerError(GearstashError):
+    """The job server answered with an ERROR packet (``code`` is its string code, e.g. ``JOB_NOT_FOUND``)."""
+
+    def __init__(self, code: str, text: str, *, server: str = "") -> None:
+        super().__init__(f"{server or 'job server'} answered ERROR {code}: {text}")
+        self.code = code
+        self.text = text
+        self.server = server
+
+
+class StoreError(GearstashError):
+    """A store could not be reached, or refused a read or a write.
+
+    The message never contains a password: stores describe themselves with a redacted URL.
+    """
+
+
+class ConfigError(GearstashError):
+    """Bad configuration: an unknown store scheme, a malformed server address or URL."""
+
+
+class JobNotFound(GearstashError, KeyError):
+    """Neither the job server nor the store knows the job asked for."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class JobFailed(GearstashError):
+    """Raise inside a job function to fail the job (WORK_FAIL) without an exception traceback.
+
+    On the client side, a foreground job that failed raises this too; ``record`` then holds what
+    the worker said.
+    """
+
+
+class WaitTimeout(GearstashError):
+    """``Client.wait`` gave up before the job reached a final state."""

@@ -1,0 +1,540 @@
+"""The capturing worker.
+
+A :class:`Worker` serves registered functions on every configured job server. For each job it builds
+a :class:`Job`, runs the function, and turns what the function says into packets for the server *and*
+events for the store and the observer hooks:
+
+=====================  ===================  ==================================
+the function does      the server gets      the store gets (then the hook)
+=====================  ===================  ==================================
+(job assigned)         —                    ``started`` (``job_started``)
+``job.send_data(b)``   WORK_DATA            ``data`` (``job_data``)
+``job.send_warning``   WORK_WARNING         ``warning`` (``job_warning``)
+``job.send_status``    WORK_STATUS          ``status`` (``job_status``)
+returns ``value``      WORK_COMPLETE        ``completed`` (``job_completed``)
+raises ``JobFailed``   WORK_FAIL            ``failed`` (``job_failed``)
+raises anything else   WORK_EXCEPTION       ``exception`` + traceback (``job_failed``)
+=====================  ===================  ==================================
+
+Ordering guarantee: every event of a job is written to the store *before* the server hears that the
+job ended, so a client that sees "done" finds all the data. ``started`` is written together with the
+job's first later event (one store transaction for a job that only returns).
+
+A store failure is logged and reported through the ``store_failed`` hook; the job still runs and the
+worker keeps serving. Lost job-server connections are re-made with backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import pluggy
+
+from gearstash.connection import DEFAULT_CONNECT_TIMEOUT, Connection, servers_from
+from gearstash.errors import ConfigError, JobFailed, ProtocolError, ServerUnavailable
+from gearstash.plugins import EventHooks, open_store
+from gearstash.protocol import JobAssignment, PacketType, encode_request
+from gearstash.records import Event, EventKind, JobError, JobKey, JobRef
+from gearstash.store import Store, default_store_url
+
+log = logging.getLogger("gearstash.worker")
+
+JobFunction = Callable[["Job"], Any]
+
+_GRAB = encode_request(PacketType.GRAB_JOB_UNIQ)
+_PRE_SLEEP = encode_request(PacketType.PRE_SLEEP)
+_ASSIGN = frozenset({PacketType.JOB_ASSIGN_UNIQ, PacketType.JOB_ASSIGN, PacketType.JOB_ASSIGN_ALL})
+_MAX_BACKOFF = 5.0
+
+
+def to_bytes(value: Any) -> bytes:
+    """How a job function's return value becomes the WORK_COMPLETE payload.
+
+    bytes-like → as is; ``str`` → UTF-8; ``None`` → empty; anything else → its JSON text (raises
+    ``TypeError`` when it has none, which fails the job).
+    """
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if value is None:
+        return b""
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    return json.dumps(value).encode("utf-8")
+
+
+def _text_bytes(value: bytes | str) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A function served under ``name``; ``timeout`` is sent as CAN_DO_TIMEOUT when set."""
+
+    name: str
+    function: JobFunction
+    timeout: int | None = None
+
+
+class Job:
+    """One job in a worker's hands, passed to the job function.
+
+    Attributes: ``handle`` (bytes), ``unique`` (bytes), ``function`` (str), ``workload`` (bytes),
+    ``server`` (``host:port`` of the server that assigned it), ``key`` (its :class:`JobKey`).
+
+    The ``send_*`` methods store the event, call the observer hooks, then tell the server. They never
+    raise because the server or the store went away: the job keeps running and its events keep being
+    stored.
+    """
+
+    __slots__ = (
+        "_conn",
+        "_hooks",
+        "_pending",
+        "_slot",
+        "function",
+        "handle",
+        "key",
+        "server",
+        "unique",
+        "workload",
+    )
+
+    def __init__(self, slot: _Slot, conn: Connection, assignment: JobAssignment) -> None:
+        self.handle: bytes = assignment.handle
+        self.unique: bytes = assignment.unique
+        self.function: str = assignment.function.decode("utf-8", "surrogateescape")
+        self.workload: bytes = assignment.workload
+        self.server: str = conn.server
+        self.key = JobKey(conn.server, assignment.handle, assignment.unique)
+        self._slot = slot
+        self._conn: Connection | None = conn
+        self._hooks = slot.hooks
+        self._pending: list[Event] = []
+
+    def __repr__(self) -> str:
+        return f"<Job {self.function} {self.handle!r} unique={self.unique!r}>"
+
+    @property
+    def ref(self) -> JobRef:
+        """The reference a client can fetch this job with."""
+        return JobRef(self.handle, self.server, self.unique)
+
+    def send_data(self, data: bytes | str) -> None:
+        """Send a WORK_DATA chunk (str is sent as UTF-8); it is stored in order."""
+        chunk = _text_bytes(data)
+        self._pending.append(Event(EventKind.DATA, self.key, time.time(), chunk))
+        self._slot.flush(self)
+        self._hooks.data(self, chunk)
+        self._send(encode_request(PacketType.WORK_DATA, self.handle, chunk))
+
+    def send_warning(self, warning: bytes | str) -> None:
+        """Send a WORK_WARNING (str is sent as UTF-8); it is stored in order."""
+        chunk = _text_bytes(warning)
+        self._pending.append(Event(EventKind.WARNING, self.key, time.time(), chunk))
+        self._slot.flush(self)
+        self._hooks.warning(self, chunk)
+        self._send(encode_request(PacketType.WORK_WARNING, self.handle, chunk))
+
+    def send_status(self, numerator: int, denominator: int) -> None:
+        """Send WORK_STATUS ``numerator/denominator`` (non-negative integers); stored with its time."""
+        num, den = int(numerator), int(denominator)
+        if num < 0 or den < 0:
+            raise ValueError(f"status must not be negative: {num}/{den}")
+        self._pending.append(
+            Event(EventKind.STATUS, self.key, time.time(), numerator=num, denominator=den)
+        )
+        self._slot.flush(self)
+        self._hooks.status(self, num, den)
+        self._send(encode_request(PacketType.WORK_STATUS, self.handle, b"%d" % num, b"%d" % den))
+
+    def _send(self, packet: bytes) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            conn.send(packet)
+        except ServerUnavailable as exc:
+            log.warning("%s; job %r goes on, its events are still stored", exc, self.handle)
+            self._conn = None
+
+
+class Worker:
+    """Serves registered functions on every server and captures what each job says.
+
+    :param servers: ``host[:port]`` addresses (default ``$GEARSTASH_SERVERS`` or ``127.0.0.1:4730``).
+    :param store: a store object or URL (default ``$GEARSTASH_STORE`` or the SQLite default store).
+        The store must be thread-safe when ``concurrency`` > 1.
+    :param concurrency: jobs run at once; each runs in its own thread with its own connections.
+    :param client_id: sent as SET_CLIENT_ID (default ``gearstash-HOST-PID``).
+    :param read_timeout: seconds to wait for a server's answer before the connection is re-made.
+    """
+
+    def __init__(
+        self,
+        servers: Iterable[str] | str | None = None,
+        *,
+        store: Store | str | None = None,
+        concurrency: int = 1,
+        client_id: str | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = 30.0,
+        plugin_manager: pluggy.PluginManager | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigError("concurrency must be at least 1")
+        self.servers = servers_from(servers)
+        if store is None or isinstance(store, str):
+            url = store or os.environ.get("GEARSTASH_STORE") or default_store_url()
+            self.store: Store = open_store(url, plugin_manager)
+            self._owns_store = True
+        else:
+            self.store = store
+            self._owns_store = False
+        self.concurrency = concurrency
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.client_id = client_id or f"gearstash-{socket.gethostname()}-{os.getpid()}"
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.hooks = EventHooks(plugin_manager)
+        self.functions: dict[str, Registration] = {}
+        self.jobs_done = 0
+        self._stopping = threading.Event()
+        self._slots: list[_Slot] = []
+        self._count_lock = threading.Lock()
+        self._max_jobs: int | None = None
+
+    def register(self, name: str, function: JobFunction, *, timeout: int | None = None) -> None:
+        """Serve ``function`` under ``name``. Call before :meth:`work`."""
+        if not name or "\0" in name:
+            raise ConfigError(f"bad function name {name!r}")
+        self.functions[name] = Registration(name, function, timeout)
+
+    def function(
+        self, name: str | None = None, *, timeout: int | None = None
+    ) -> Callable[[JobFunction], JobFunction]:
+        """Decorator form of :meth:`register` (the name defaults to the function's ``__name__``)."""
+
+        def decorate(fn: JobFunction) -> JobFunction:
+            self.register(name or fn.__name__, fn, timeout=timeout)
+            return fn
+
+        return decorate
+
+    def work(self, *, handle_signals: bool = True, max_jobs: int | None = None) -> None:
+        """Serve jobs until :meth:`stop`, SIGTERM/SIGINT, or ``max_jobs`` jobs are done.
+
+        On stop the job in hand is finished and stored first. A second signal exits at once.
+        Signal handlers are installed only from the main thread.
+        """
+        if not self.functions:
+            raise ConfigError("no functions registered")
+        self._stopping.clear()
+        self._max_jobs = max_jobs
+        self._slots = [_Slot(self, i) for i in range(self.concurrency)]
+        restore = self._install_signals() if handle_signals else None
+        try:
+            if self.concurrency == 1:
+                self._slots[0].run()
+            else:
+                threads = [
+                    threading.Thread(target=s.run, name=f"gearstash-worker-{i}", daemon=True)
+                    for i, s in enumerate(self._slots)
+                ]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    while thread.is_alive():
+                        thread.join(0.2)
+        finally:
+            if restore is not None:
+                restore()
+            for slot in self._slots:
+                slot.close()
+        log.info("worker stopped after %d jobs", self.jobs_done)
+
+    def stop(self) -> None:
+        """Ask the worker to stop after the jobs in hand. Safe from any thread or signal handler."""
+        self._stopping.set()
+        for slot in self._slots:
+            slot.wake()
+
+    def close(self) -> None:
+        """Close the store if the worker opened it."""
+        if self._owns_store:
+            self.store.close()
+
+    def _job_done(self) -> None:
+        with self._count_lock:
+            self.jobs_done += 1
+            if self._max_jobs is not None and self.jobs_done >= self._max_jobs:
+                self.stop()
+
+    def _install_signals(self) -> Callable[[], None] | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if self._stopping.is_set():
+                raise SystemExit(128 + signum)
+            log.info("signal %d: finishing the job in hand, then stopping", signum)
+            self.stop()
+
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for sig, previous in old.items():
+                signal.signal(sig, previous)
+
+        return restore
+
+
+_DOWN, _AWAKE, _SLEEPING = 0, 1, 2
+
+
+class _Link:
+    """One slot's connection to one server, and where it stands."""
+
+    __slots__ = ("backoff", "conn", "grab_sent", "retry_at", "state", "was_up")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.state = _DOWN
+        self.grab_sent = False
+        self.retry_at = 0.0
+        self.backoff = 0.1
+        self.was_up = False
+
+
+class _Slot:
+    """One job at a time, on connections of its own to every server."""
+
+    def __init__(self, worker: Worker, index: int) -> None:
+        self.worker = worker
+        self.index = index
+        self.hooks = worker.hooks
+        self.store = worker.store
+        self.links = [
+            _Link(
+                Connection(
+                    s, connect_timeout=worker.connect_timeout, read_timeout=worker.read_timeout
+                )
+            )
+            for s in worker.servers
+        ]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._hello = b"".join(
+            [encode_request(PacketType.SET_CLIENT_ID, worker.client_id.encode())]
+            + [
+                encode_request(PacketType.CAN_DO, r.name.encode())
+                if r.timeout is None
+                else encode_request(PacketType.CAN_DO_TIMEOUT, r.name.encode(), b"%d" % r.timeout)
+                for r in worker.functions.values()
+            ]
+        )
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def close(self) -> None:
+        for link in self.links:
+            link.conn.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # ------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        stopping = self.worker._stopping
+        while not stopping.is_set():
+            self._reconnect_due()
+            served = False
+            for link in self.links:
+                if link.state == _AWAKE and not stopping.is_set():
+                    served = self._serve(link) or served
+            if not served and not stopping.is_set():
+                self._wait()
+
+    def _serve(self, link: _Link) -> bool:
+        """Grab and run at most one job on ``link``; True if one ran."""
+        conn = link.conn
+        try:
+            if not link.grab_sent:
+                conn.send(_GRAB)
+            link.grab_sent = False
+            while True:
+                packet = conn.read_packet()
+                kind = packet.kind
+                if kind in _ASSIGN:
+                    final = self._run(conn, JobAssignment.from_packet(packet))
+                    if self.worker._stopping.is_set() or self._last_job():
+                        conn.send(final)
+                    else:
+                        conn.send(final + _GRAB)
+                        link.grab_sent = True
+                    return True
+                if kind == PacketType.NO_JOB:
+                    conn.send(_PRE_SLEEP)
+                    link.state = _SLEEPING
+                    return False
+                if kind == PacketType.ERROR:
+                    log.warning("job server %s answered ERROR %r", conn.server, packet.args)
+                elif kind != PacketType.NOOP:
+                    log.warning("job server %s sent unexpected %s; ignored", conn.server, kind.name)
+        except (ServerUnavailable, ProtocolError) as exc:
+            self._down(link, exc)
+            return False
+
+    def _last_job(self) -> bool:
+        self.worker._job_done()
+        return self.worker._stopping.is_set()
+
+    def _wait(self) -> None:
+        """Sleep until a sleeping link gets NOOP, a reconnect is due, or we are woken."""
+        now = time.monotonic()
+        timeout = 1.0
+        for link in self.links:
+            if link.state == _DOWN:
+                timeout = min(timeout, max(link.retry_at - now, 0.0))
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._wake_r, selectors.EVENT_READ, None)
+            for link in self.links:
+                if link.state == _SLEEPING:
+                    sel.register(link.conn.fileno(), selectors.EVENT_READ, link)
+            ready = sel.select(timeout)
+        for key, _ in ready:
+            link = key.data
+            if link is None:
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(64)
+                continue
+            try:
+                for packet in link.conn.read_available():
+                    if packet.kind == PacketType.NOOP:
+                        link.state = _AWAKE
+                    elif packet.kind == PacketType.ERROR:
+                        log.warning(
+                            "job server %s answered ERROR %r", link.conn.server, packet.args
+                        )
+                    else:
+                        raise ProtocolError(
+                            f"job server {link.conn.server} sent {packet.kind.name} to a sleeping "
+                            "worker"
+                        )
+            except (ServerUnavailable, ProtocolError) as exc:
+                self._down(link, exc)
+
+    def _reconnect_due(self) -> None:
+        now = time.monotonic()
+        for link in self.links:
+            if link.state != _DOWN or link.retry_at > now:
+                continue
+            conn = link.conn
+            try:
+                conn.connect()
+                conn.send(self._hello)
+            except ServerUnavailable as exc:
+                conn.close()
+                if link.was_up or link.backoff == 0.1:
+                    log.warning("%s; retrying", exc)
+                link.was_up = False
+                link.retry_at = now + link.backoff
+                link.backoff = min(link.backoff * 2, _MAX_BACKOFF)
+                continue
+            if not link.was_up:
+                log.info("serving %s on %s", ", ".join(self.worker.functions), conn.server)
+            link.state, link.grab_sent, link.backoff, link.was_up = _AWAKE, False, 0.1, True
+
+    def _down(self, link: _Link, exc: Exception) -> None:
+        link.conn.close()
+        if link.was_up:
+            log.warning("%s; reconnecting", exc)
+        link.state = _DOWN
+        link.grab_sent = False
+        link.retry_at = time.monotonic() + link.backoff
+
+    # ------------------------------------------------------------ jobs
+
+    def flush(self, job: Job) -> None:
+        """Write the job's pending events to the store; a failure is logged, never raised."""
+        events = job._pending
+        if not events:
+            return
+        job._pending = []
+        try:
+            self.store.write(events)
+        except Exception as exc:
+            log.error(
+                "store %s failed (%d events of job %r lost): %s",
+                self.store.url,
+                len(events),
+                job.handle,
+                exc,
+            )
+            self.hooks.store_failed(self.store.url, exc, len(events))
+
+    def _run(self, conn: Connection, assignment: JobAssignment) -> bytes:
+        """Run one job; return the final packet for the server (already stored)."""
+        job = Job(self, conn, assignment)
+        now = time.time()
+        job._pending.append(
+            Event(
+                EventKind.STARTED,
+                job.key,
+                now,
+                function=assignment.function,
+                worker=self.worker.identity,
+            )
+        )
+        self.hooks.started(job)
+        registration = self.worker.functions.get(job.function)
+        try:
+            if registration is None:
+                raise JobFailed(f"this worker does not serve {job.function!r}")
+            result = to_bytes(registration.function(job))
+        except JobFailed as exc:
+            error = JobError("fail", str(exc))
+            job._pending.append(
+                Event(EventKind.FAILED, job.key, time.time(), error.message.encode())
+            )
+            self.flush(job)
+            self.hooks.failed(job, error)
+            return encode_request(PacketType.WORK_FAIL, job.handle)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            error = JobError("exception", message, traceback.format_exc())
+            job._pending.append(
+                Event(
+                    EventKind.EXCEPTION,
+                    job.key,
+                    time.time(),
+                    message.encode("utf-8", "replace"),
+                    traceback=error.traceback,
+                )
+            )
+            self.flush(job)
+            self.hooks.failed(job, error)
+            log.info("job %r (%s) raised %s", job.handle, job.function, message)
+            return encode_request(
+                PacketType.WORK_EXCEPTION, job.handle, message.encode("utf-8", "replace")
+            )
+        job._pending.append(Event(EventKind.COMPLETED, job.key, time.time(), result))
+        self.flush(job)
+        self.hooks.completed(job, result)
+        return encode_request(PacketType.WORK_COMPLETE, job.handle, result)
