@@ -1,0 +1,5 @@
+"""``python -m gearstash`` runs the command line."""
+
+from gearstash.cli import main
+
+main()

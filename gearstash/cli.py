@@ -1,0 +1,397 @@
+"""The ``gearstash`` command line (click; rich for progress).
+
+Every command takes ``--server`` (repeatable; default ``$GEARSTASH_SERVERS`` or ``127.0.0.1:4730``)
+and ``--store`` (default ``$GEARSTASH_STORE`` or the SQLite default store), so no secret has to go on
+the command line. Exit codes: 0 success, 1 gearstash error (unreachable server or store, bad input),
+2 usage, 3 the job failed, 4 wait timed out or the job is unknown.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from gearstash.client import Client, JobView
+from gearstash.errors import ConfigError, GearstashError, JobNotFound, WaitTimeout
+from gearstash.records import JobRef, State
+from gearstash.store import redact_url
+
+EXIT_ERROR, EXIT_FAILED, EXIT_WAIT = 1, 3, 4
+
+
+class _Group(click.Group):
+    """Turns every GearstashError into a one-line message and exit code 1 (no traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (JobNotFound, WaitTimeout) as exc:
+            click.echo(f"gearstash: {exc}", err=True)
+            ctx.exit(EXIT_WAIT)
+        except GearstashError as exc:
+            click.echo(f"gearstash: error: {exc}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+def _server_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--server",
+        "-s",
+        "servers",
+        multiple=True,
+        metavar="HOST[:PORT]",
+        help="Job server (repeatable; default $GEARSTASH_SERVERS or 127.0.0.1:4730).",
+    )(f)
+
+
+def _store_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--store",
+        metavar="URL",
+        help="Store URL (default $GEARSTASH_STORE or the SQLite default store). "
+        "Prefer the environment variable for URLs with passwords.",
+    )(f)
+
+
+def _servers(values: Sequence[str]) -> list[str] | None:
+    return list(values) or None
+
+
+def _client(servers: Sequence[str], store: str | None, timeout: float = 30.0) -> Client:
+    return Client(_servers(servers), store=store, timeout=timeout)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gearstash")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Keep what Gearman background jobs say, and fetch it back by job handle."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------- worker
+
+
+def load_function(spec: str) -> tuple[str, Callable[..., Any]]:
+    """``module:function`` → (function name, callable); the current directory is importable."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"expected MODULE:FUNCTION, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
+    target: Any = module
+    for part in attr.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ConfigError(f"{module_name!r} has no attribute {attr!r}")
+    if not callable(target):
+        raise ConfigError(f"{spec} is not callable")
+    return attr.rpartition(".")[2], target
+
+
+@main.command()
+@_server_option
+@_store_option
+@click.option("--concurrency", "-c", default=1, show_default=True, help="Jobs run at once.")
+@click.option(
+    "--name",
+    "-n",
+    "names",
+    multiple=True,
+    metavar="FUNCTION=NAME",
+    help="Serve the Python function FUNCTION under the Gearman name NAME (repeatable).",
+)
+@click.option("--max-jobs", type=int, default=None, help="Stop after this many jobs.")
+@click.argument("functions", nargs=-1, required=True, metavar="MODULE:FUNCTION...")
+def worker(
+    servers: tuple[str, ...],
+    store: str | None,
+    concurrency: int,
+    names: tuple[str, ...],
+    max_jobs: int | None,
+    functions: tuple[str, ...],
+) -> None:
+    """Serve MODULE:FUNCTION... and capture every job event into the store.
+
+    Each function is served under its own name and receives the job (``job.workload``,
+    ``job.send_data``, ``job.send_status``, ``job.send_warning``); its return value is the result.
+    Stops cleanly on SIGTERM/SIGINT after the job in hand.
+    """
+    from gearstash.worker import Worker
+
+    renames: dict[str, str] = {}
+    for item in names:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise click.BadParameter(f"expected FUNCTION=NAME, got {item!r}", param_hint="--name")
+        renames[old] = new
+    w = Worker(_servers(servers), store=store, concurrency=concurrency)
+    for spec in functions:
+        name, fn = load_function(spec)
+        gearman_name = renames.get(spec, renames.get(name, name))
+        w.register(gearman_name, fn)
+    click.echo(
+        f"gearstash worker: serving {', '.join(w.functions)} on {', '.join(w.servers)}; "
+        f"store {w.store.url}",
+        err=True,
+    )
+    try:
+        w.work(max_jobs=max_jobs)
+    finally:
+        w.close()
+
+
+# ---------------------------------------------------------------- submit
+
+
+@main.command()
+@_server_option
+@_store_option
+@click.option(
+    "--background", "-b", is_flag=True, help="Submit in the background; print the job ref."
+)
+@click.option("--unique", "-u", default=None, help="Unique id (at most 63 bytes; default a UUID).")
+@click.option(
+    "--priority", type=click.Choice(["normal", "high", "low"]), default="normal", show_default=True
+)
+@click.argument("function")
+@click.argument("payload", required=False, default=None)
+def submit(
+    servers: tuple[str, ...],
+    store: str | None,
+    background: bool,
+    unique: str | None,
+    priority: str,
+    function: str,
+    payload: str | None,
+) -> None:
+    """Submit FUNCTION with PAYLOAD ("-" or nothing: read standard input).
+
+    Background: prints the job reference (HANDLE@SERVER#UNIQUE), which every other command accepts.
+    Foreground: streams the job's data to standard output, then the result; exits 3 if it failed.
+    """
+    data = sys.stdin.buffer.read() if payload in (None, "-") else os.fsencode(payload or "")
+    with _client(servers, store) as client:
+        if background:
+            ref = client.submit_background(function, data, unique=unique, priority=priority)
+            click.echo(str(ref))
+            return
+        out = sys.stdout.buffer
+
+        def on_data(chunk: bytes) -> None:
+            out.write(chunk)
+            out.flush()
+
+        view = client.submit(
+            function,
+            data,
+            unique=unique,
+            priority=priority,
+            on_data=on_data,
+            on_warning=lambda w: click.echo(f"warning: {w.decode('utf-8', 'replace')}", err=True),
+        )
+        if view.state is State.COMPLETE:
+            out.write(view.result or b"")
+            out.write(b"\n")
+            out.flush()
+            return
+        error = view.record.error if view.record else None
+        click.echo(f"job failed: {error.message if error else 'WORK_FAIL'}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+# ---------------------------------------------------------------- status / fetch
+
+
+@main.command()
+@_server_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job.")
+@click.argument("handles", nargs=-1, required=True)
+def status(servers: tuple[str, ...], as_json: bool, handles: tuple[str, ...]) -> None:
+    """The job server's live status of each HANDLE (a job ref or a bare handle).
+
+    gearmand forgets a job when it ends: use ``fetch`` for the stored outcome.
+    """
+    with Client(_servers(servers), store="null://") as client:
+        for text in handles:
+            ref = JobRef.parse(text)
+            st = client.status(ref)
+            if as_json:
+                click.echo(
+                    json.dumps(
+                        {
+                            "ref": str(ref),
+                            "server": st.server,
+                            "known": st.known,
+                            "running": st.running,
+                            "numerator": st.numerator,
+                            "denominator": st.denominator,
+                        }
+                    )
+                )
+            else:
+                pct = f" {st.percent:.0f}%" if st.percent is not None else ""
+                click.echo(
+                    f"{ref}\tknown={int(st.known)} running={int(st.running)} "
+                    f"{st.numerator}/{st.denominator}{pct}"
+                )
+
+
+def _text(value: bytes | None) -> str:
+    if value is None:
+        return "-"
+    return value.decode("utf-8", "backslashreplace")
+
+
+def describe(view: JobView) -> str:
+    """A few human-readable lines about one job."""
+    lines = [f"{view.ref}  {view.state.value}"]
+    record = view.record
+    if view.denominator:
+        lines.append(f"  progress  {view.numerator}/{view.denominator}")
+    if record is not None:
+        lines.append(f"  function  {_text(record.function)}  attempt {record.attempt}")
+        if record.data:
+            lines.append("  data      " + " | ".join(_text(c) for c in record.data))
+        for warning in record.warnings:
+            lines.append(f"  warning   {_text(warning)}")
+        if record.result is not None:
+            lines.append(f"  result    {_text(record.result)}")
+        if record.error is not None:
+            lines.append(f"  error     {record.error.kind}: {record.error.message}")
+    if view.status is None:
+        lines.append("  (job server unreachable: state from the store only)")
+    return "\n".join(lines)
+
+
+@main.command()
+@_server_option
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job and line.")
+@click.argument("handles", nargs=-1, required=True)
+def fetch(
+    servers: tuple[str, ...], store: str | None, as_json: bool, handles: tuple[str, ...]
+) -> None:
+    """Stored data, result and error of each HANDLE, merged with the live status.
+
+    With --json, prints the documented record plus the live status, one job per line.
+    """
+    refs = [JobRef.parse(h) for h in handles]
+    with _client(servers, store) as client:
+        for view in client.fetch_many(refs):
+            if as_json:
+                click.echo(json.dumps(view.to_json(), ensure_ascii=False))
+            else:
+                click.echo(describe(view))
+
+
+@main.command()
+@_server_option
+@_store_option
+@click.option("--timeout", "-t", type=float, default=None, help="Give up after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final record as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.argument("handle")
+def wait(
+    servers: tuple[str, ...],
+    store: str | None,
+    timeout: float | None,
+    as_json: bool,
+    quiet: bool,
+    handle: str,
+) -> None:
+    """Wait for HANDLE to finish, with a progress bar from its numerator/denominator.
+
+    Exits 0 when it completed, 3 when it failed, 4 on timeout or when the job is unknown.
+    """
+    from gearstash.progress import ProgressDisplay
+
+    ref = JobRef.parse(handle)
+    with _client(servers, store) as client, ProgressDisplay(enabled=not quiet) as display:
+        task = display.add(str(ref.handle.decode("utf-8", "replace")))
+        view = client.wait(ref, timeout, on_progress=lambda v: display.update(task, v))
+    if as_json:
+        click.echo(json.dumps(view.to_json(), ensure_ascii=False))
+    else:
+        click.echo(describe(view))
+    if view.state is not State.COMPLETE:
+        sys.exit(EXIT_FAILED)
+
+
+# ---------------------------------------------------------------- plugins / demo
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List loaded plugins, the store schemes they register, and plugins that failed to load."""
+    from gearstash.plugins import failed_plugins, loaded_plugins, store_types
+
+    types = store_types()
+    loaded = loaded_plugins()
+    failed = failed_plugins()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "plugins": [
+                        {
+                            "name": p.name,
+                            "module": p.module,
+                            "version": p.version,
+                            "stores": p.stores,
+                        }
+                        for p in loaded
+                    ],
+                    "stores": {
+                        s: {"plugin": t.plugin, "description": t.description}
+                        for s, t in sorted(types.items())
+                    },
+                    "failed": [{"name": n, "error": e} for n, e in failed],
+                }
+            )
+        )
+        return
+    click.echo("plugins:")
+    for p in loaded:
+        click.echo(f"  {p.name:<12} {p.module} {p.version}")
+    click.echo("stores:")
+    for scheme, t in sorted(types.items()):
+        click.echo(f"  {scheme + '://':<14} {t.description} [{t.plugin}]")
+    if failed:
+        click.echo("failed to load:")
+        for name, error in failed:
+            click.echo(f"  {name}: {error}")
+    default = os.environ.get("GEARSTASH_STORE")
+    if default:
+        click.echo(f"store from $GEARSTASH_STORE: {redact_url(default)}")
+
+
+@main.command()
+@click.option(
+    "--jobs", "payloads", multiple=True, help="Payloads to reverse (default ABC123 DEF456)."
+)
+@click.option("--steps", default=10, show_default=True, help="Progress steps per job.")
+@click.option("--delay", default=0.15, show_default=True, help="Seconds per step.")
+def demo(payloads: tuple[str, ...], steps: int, delay: float) -> None:
+    """The seed's story: a private gearmand, a capturing worker, two background jobs.
+
+    Starts gearmand on a free port and a gearstash worker for ``reverse``, submits ABC123 and
+    DEF456 in the background, shows their progress, fetches each job's data and result by handle
+    from the default SQLite store, and shuts everything down.
+    """
+    from gearstash.demo import run_demo
+
+    run_demo(list(payloads) or ["ABC123", "DEF456"], steps=steps, delay=delay)

@@ -1,0 +1,115 @@
+"""``gearstash demo``: the seed's example, end to end, on a private gearmand.
+
+The example of the classic Gearman article: a ``reverse`` worker that reports progress, two
+background jobs ``ABC123`` and ``DEF456`` followed by handle — except that here the worker's data and
+result are not lost: they are fetched back by handle from the store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from rich.console import Console
+
+from gearstash.client import Client
+from gearstash.gearmand import Gearmand
+from gearstash.progress import ProgressDisplay
+from gearstash.records import JobRef
+from gearstash.store import default_store_url, redact_url
+from gearstash.worker import Job
+
+
+def reverse(job: Job) -> bytes:
+    """Reverse the workload in ``$GEARSTASH_DEMO_STEPS`` steps (default 10), reporting each step
+    as WORK_STATUS and a WORK_DATA chunk, ``$GEARSTASH_DEMO_DELAY`` seconds apart."""
+    steps = int(os.environ.get("GEARSTASH_DEMO_STEPS", "10"))
+    delay = float(os.environ.get("GEARSTASH_DEMO_DELAY", "0.15"))
+    text = job.workload
+    for step in range(1, steps + 1):
+        time.sleep(delay)
+        job.send_status(step, steps)
+        job.send_data(b"step %d/%d of %s" % (step, steps, text))
+    return text[::-1]
+
+
+def run_demo(payloads: list[str], *, steps: int = 10, delay: float = 0.15) -> None:
+    """Run the whole demo; raises GearstashError when a part cannot start."""
+    console = Console()
+    store = os.environ.get("GEARSTASH_STORE") or default_store_url()
+    with Gearmand() as gearmand:
+        console.print(f"[bold]gearmand[/] listening on {gearmand.address} (private, for this demo)")
+        env = dict(os.environ, GEARSTASH_DEMO_STEPS=str(steps), GEARSTASH_DEMO_DELAY=str(delay))
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gearstash",
+                "worker",
+                "--server",
+                gearmand.address,
+                "gearstash.demo:reverse",
+            ],
+            env=env,
+        )
+        try:
+            with Client([gearmand.address]) as client:
+                console.print(f"[bold]store[/] {redact_url(store)}")
+                refs = []
+                for payload in payloads:
+                    ref = client.submit_background("reverse", payload)
+                    refs.append(ref)
+                    console.print(
+                        f"submitted reverse({payload}) in the background: handle "
+                        f"[cyan]{ref.handle.decode()}[/]  (ref {ref})"
+                    )
+                _show_progress(client, refs, payloads)
+            console.print(
+                "\n[bold]gearmand has forgotten these jobs; the store has not.[/] "
+                "Fetching by handle:"
+            )
+            with Client([gearmand.address]) as reader:
+                for ref, payload in zip(refs, payloads, strict=True):
+                    view = reader.fetch(JobRef(ref.handle))
+                    record = view.record
+                    live = reader.status(JobRef(ref.handle))
+                    console.print(
+                        f"\n[cyan]{ref.handle.decode()}[/] reverse({payload}): "
+                        f"state [green]{view.state.value}[/]  (gearmand says known="
+                        f"{int(live.known)} running={int(live.running)})"
+                    )
+                    if record is not None:
+                        for chunk in record.data:
+                            console.print(
+                                f"  data    {chunk.decode('utf-8', 'replace')}", highlight=False
+                            )
+                        console.print(
+                            f"  result  [bold]{(record.result or b'').decode()}[/]", highlight=False
+                        )
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+    console.print("\nworker and gearmand stopped. Done.")
+
+
+def _show_progress(client: Client, refs: list[JobRef], payloads: list[str]) -> None:
+    with ProgressDisplay() as display:
+        tasks = [
+            display.add(f"{r.handle.decode()} reverse({p})")
+            for r, p in zip(refs, payloads, strict=True)
+        ]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            views = client.fetch_many(refs)
+            for task, view in zip(tasks, views, strict=True):
+                display.update(task, view)
+            if all(v.state.final for v in views):
+                return
+            time.sleep(0.05)
