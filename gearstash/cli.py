@@ -8,6 +8,7 @@ the command line. Exit codes: 0 success, 1 gearstash error (unreachable server o
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -208,7 +209,14 @@ def submit(
             out.flush()
             return
         error = view.record.error if view.record else None
-        click.echo(f"job failed: {error.message if error else 'WORK_FAIL'}", err=True)
+        message = error.message if error is not None else ""
+        if not message:
+            # WORK_FAIL carries no reason on the wire; the capturing worker stored it.
+            with contextlib.suppress(GearstashError):
+                stored = client.fetch(view.ref).record
+                if stored is not None and stored.error is not None:
+                    message = stored.error.message
+        click.echo(f"job failed: {message or 'WORK_FAIL'}", err=True)
         sys.exit(EXIT_FAILED)
 
 

@@ -387,18 +387,21 @@ class Client:
                     continue
                 key = JobKey(server, handle, uniq)
                 record = JobRecord(key, function=fn)
-                while not record.state.final:
-                    wait = None if deadline is None else deadline - time.monotonic()
-                    if wait is not None and wait <= 0:
-                        conn.close()  # the rest of this job's packets would confuse the next call
-                        raise WaitTimeout(f"job {handle!r} did not finish within {timeout} s")
-                    p = conn.read_packet(wait if wait is not None else -1.0)
-                    if p.kind not in _WORK or p.args[0] != handle:
-                        if p.kind == PacketType.ERROR:
-                            err = ErrorReply.from_packet(p)
-                            raise ServerError(err.code, err.text, server=server)
-                        continue
-                    self._apply(record, p, on_data, on_warning, on_status)
+                try:
+                    while not record.state.final:
+                        wait = None if deadline is None else deadline - time.monotonic()
+                        if wait is not None and wait <= 0:
+                            raise WaitTimeout(f"job {handle!r} did not finish within {timeout} s")
+                        p = conn.read_packet(wait if wait is not None else -1.0)
+                        if p.kind not in _WORK or p.args[0] != handle:
+                            if p.kind == PacketType.ERROR:
+                                err = ErrorReply.from_packet(p)
+                                raise ServerError(err.code, err.text, server=server)
+                            continue
+                        self._apply(record, p, on_data, on_warning, on_status)
+                except BaseException:
+                    conn.close()  # the rest of this job's packets would confuse the next call
+                    raise
                 status = Status(False, False, 0, 0, server)
                 return JobView(JobRef(handle, server, uniq), record.state, status, record)
         raise ServerUnavailable("no job server accepted the job: " + "; ".join(errors))
@@ -441,14 +444,18 @@ class Client:
         out: dict[bytes, Status] = {}
         with self._locks[server]:
             conn = self._conn(server)
-            for start in range(0, len(handles), STATUS_BATCH):
-                batch = handles[start : start + STATUS_BATCH]
-                conn.send(b"".join(encode_request(PacketType.GET_STATUS, h) for h in batch))
-                for _ in batch:
-                    reply = StatusReply.from_packet(self._expect(conn, PacketType.STATUS_RES))
-                    out[reply.handle] = Status(
-                        reply.known, reply.running, reply.numerator, reply.denominator, server
-                    )
+            try:
+                for start in range(0, len(handles), STATUS_BATCH):
+                    batch = handles[start : start + STATUS_BATCH]
+                    conn.send(b"".join(encode_request(PacketType.GET_STATUS, h) for h in batch))
+                    for _ in batch:
+                        reply = StatusReply.from_packet(self._expect(conn, PacketType.STATUS_RES))
+                        out[reply.handle] = Status(
+                            reply.known, reply.running, reply.numerator, reply.denominator, server
+                        )
+            except BaseException:
+                conn.close()  # unread replies of this batch would answer the next call
+                raise
         return out
 
     def _statuses(self, refs: Sequence[JobRef]) -> tuple[dict[tuple[str, bytes], Status], set[str]]:
@@ -500,10 +507,14 @@ class Client:
             try:
                 with self._locks[server]:
                     conn = self._conn(server)
-                    conn.send(encode_request(PacketType.GET_STATUS_UNIQUE, uniq))
-                    r = UniqueStatusReply.from_packet(
-                        self._expect(conn, PacketType.STATUS_RES_UNIQUE)
-                    )
+                    try:
+                        conn.send(encode_request(PacketType.GET_STATUS_UNIQUE, uniq))
+                        r = UniqueStatusReply.from_packet(
+                            self._expect(conn, PacketType.STATUS_RES_UNIQUE)
+                        )
+                    except ProtocolError:
+                        conn.close()  # a malformed reply: start afresh on the next call
+                        raise
             except ServerUnavailable:
                 continue
             status = Status(
