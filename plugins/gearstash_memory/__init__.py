@@ -14,8 +14,8 @@ import threading
 from collections.abc import Sequence
 
 from gearstash import hookimpl
+from gearstash.hookspecs import RegisterStore
 from gearstash.records import Event, JobKey, JobRecord, JobRef
-from gearstash.store import StoreFactory
 
 _shared: dict[str, MemoryStore] = {}
 _shared_lock = threading.Lock()
@@ -91,7 +91,7 @@ def open_memory(url: str) -> MemoryStore:
 
 
 @hookimpl
-def register_stores(register: StoreFactory) -> None:
+def register_stores(register: RegisterStore) -> None:
     """Register ``memory`` and ``null``."""
     register("memory", open_memory, description="in this process only (tests); not shared")
     register("null", NullStore, description="keeps nothing (hooks only)")

@@ -1,0 +1,41 @@
+"""Built-in SQL stores: ``sqlite://``, ``postgresql://``, ``mysql://`` and ``mariadb://``.
+
+One implementation (:class:`~gearstash_sql.store.SqlStore`, on SQLAlchemy Core) for every database;
+the tables are described in :mod:`gearstash_sql.schema`. ``sqlite:///PATH`` is the store gearstash
+uses when none is configured. A URL without a driver gets the one gearstash installs: psycopg 3 for
+PostgreSQL, PyMySQL for MySQL/MariaDB; ``postgresql+DRIVER://`` picks another.
+
+Registered through the ``gearstash`` entry-point group exactly as a third-party store would be.
+"""
+
+from __future__ import annotations
+
+from gearstash import hookimpl
+from gearstash.hookspecs import RegisterStore
+
+from .store import SqlStore
+
+__all__ = ["SqlStore", "open_sql", "register_stores"]
+
+
+def open_sql(url: str) -> SqlStore:
+    """Open the SQL store at ``url`` (creates the tables if missing). Raises StoreError, ConfigError."""
+    return SqlStore(url)
+
+
+@hookimpl
+def register_stores(register: RegisterStore) -> None:
+    """Register the SQL schemes."""
+    register(
+        "sqlite",
+        open_sql,
+        description="SQLite file (sqlite:///path): the default; shared by processes on one host",
+    )
+    register(
+        "postgresql",
+        open_sql,
+        description="PostgreSQL (psycopg 3 unless postgresql+DRIVER://); shared by hosts",
+    )
+    register("postgres", open_sql, description="PostgreSQL (alias of postgresql://)")
+    register("mysql", open_sql, description="MySQL or MariaDB (PyMySQL unless mysql+DRIVER://)")
+    register("mariadb", open_sql, description="MariaDB (PyMySQL unless mariadb+DRIVER://)")

@@ -1,0 +1,133 @@
+"""Store URL → SQLAlchemy engine, with the per-database settings the store relies on.
+
+* ``sqlite:///path``: the parent folder is created; WAL journal, ``synchronous=NORMAL``, a busy
+  timeout of :data:`SQLITE_BUSY_TIMEOUT_MS`; writes begin with ``BEGIN IMMEDIATE`` (SQLite serialises
+  writers, so a write holds the lock from its first statement and never has to upgrade a read lock;
+  see :func:`begin_sqlite`).
+  ``sqlite://`` and ``sqlite:///:memory:`` give a private in-process database on one shared connection.
+* ``postgresql://`` / ``postgres://`` use psycopg 3 unless a driver is named (``postgresql+...``).
+* ``mysql://`` / ``mariadb://`` use PyMySQL unless a driver is named.
+
+Query options whose name starts with ``gearstash_`` are for gearstash and never reach SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.pool import StaticPool
+
+from gearstash.errors import ConfigError
+from gearstash.store import redact_url
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+CONNECT_TIMEOUT_S = 10
+
+# backend → default driver (the DBAPI gearstash installs with its extras)
+DEFAULT_DRIVERS = {
+    "sqlite": "pysqlite",
+    "postgresql": "psycopg",
+    "mysql": "pymysql",
+    "mariadb": "pymysql",
+}
+ALIASES = {"postgres": "postgresql"}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a store URL points at."""
+
+    url: sa.URL  # what SQLAlchemy gets: driver filled in, gearstash_* options removed
+    family: str  # "sqlite", "postgresql" or "mysql" (MariaDB included)
+    memory: bool  # an in-process SQLite database
+    password: str  # to scrub from error messages ("" if none)
+
+
+def parse_url(url: str) -> Target:
+    """Check ``url`` and resolve the driver. Raises ConfigError for a URL that is not a SQL store."""
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        raise ConfigError(f"cannot parse SQL store URL {redact_url(url)!r}") from None
+    backend, _, driver = parsed.drivername.lower().partition("+")
+    backend = ALIASES.get(backend, backend)
+    if backend not in DEFAULT_DRIVERS:
+        raise ConfigError(f"not a SQL store URL: {redact_url(url)!r}")
+    driver = driver or DEFAULT_DRIVERS[backend]
+    drivername = backend if backend == "sqlite" and driver == "pysqlite" else f"{backend}+{driver}"
+    options = [name for name in parsed.query if name.lower().startswith("gearstash_")]
+    parsed = parsed.set(drivername=drivername).difference_update_query(options)
+    memory = backend == "sqlite" and parsed.database in (None, "", ":memory:")
+    family = "mysql" if backend == "mariadb" else backend
+    return Target(parsed, family, memory, parsed.password or "")
+
+
+def make_engine(target: Target) -> sa.Engine:
+    """A pooled engine for ``target`` (created once per store). May raise OSError (SQLite folder)."""
+    kwargs: dict[str, Any] = {"hide_parameters": True}
+    connect_args: dict[str, Any] = {}
+    query = {name.lower() for name in target.url.query}
+    if target.family == "sqlite":
+        # gearstash issues BEGIN itself (see begin_sqlite); pysqlite must not.
+        connect_args.update(isolation_level=None, check_same_thread=False)
+        if target.memory:
+            kwargs["poolclass"] = StaticPool
+        else:
+            assert target.url.database is not None
+            Path(target.url.database).parent.mkdir(parents=True, exist_ok=True)
+    elif target.family == "postgresql":
+        if "connect_timeout" not in query:
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    else:
+        kwargs["pool_recycle"] = 3600  # MariaDB drops idle connections after wait_timeout
+        # Every gearstash transaction ends in COMMIT or ROLLBACK; PyMySQL would spend a round trip
+        # on the pool's extra ROLLBACK at each check-in.
+        kwargs["pool_reset_on_return"] = None
+        if "connect_timeout" not in query:
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    engine = sa.create_engine(target.url, connect_args=connect_args, **kwargs)
+    if target.family == "sqlite":
+        _sqlite_hooks(engine, wal=not target.memory)
+    return engine
+
+
+def _sqlite_hooks(engine: sa.Engine, *, wal: bool) -> None:
+    """Per-connection PRAGMAs."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            if wal:
+                cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+
+def begin_sqlite(conn: sa.Connection, statement: str) -> None:
+    """Start the transaction SQLAlchemy has just begun on a SQLite connection.
+
+    pysqlite runs in autocommit mode here (``isolation_level=None``) so that gearstash chooses the
+    BEGIN: ``BEGIN IMMEDIATE`` for writes, plain ``BEGIN`` (a read snapshot) for reads. Statements
+    run outside such a transaction (DDL) commit one by one. Issued on the DBAPI connection: an
+    engine "begin" event would put every statement of the engine on SQLAlchemy's slower event path.
+    """
+    conn.connection.dbapi_connection.execute(statement)  # type: ignore[union-attr]
+
+
+def read_engine(engine: sa.Engine, family: str) -> sa.Engine:
+    """The engine reads go through: one snapshot for all the queries of a read.
+
+    PostgreSQL reads run REPEATABLE READ (a read-only transaction there never fails to serialise);
+    MariaDB's default REPEATABLE READ and SQLite's WAL read transactions already read one snapshot.
+    """
+    if family == "postgresql":
+        return engine.execution_options(isolation_level="REPEATABLE READ")
+    return engine

@@ -1,0 +1,234 @@
+"""Events → column changes, and table rows → :class:`~gearstash.records.JobRecord`. No I/O.
+
+:class:`RowChange` reproduces :meth:`JobRecord.apply <gearstash.records.JobRecord.apply>` on what a
+job row needs to know (``attempt``, ``started_at``, ``function``, ``next_seq``) and collects the
+columns to write and the chunks to append. Keep the two in step: the contract tests compare them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from gearstash.records import (
+    Event,
+    EventKind,
+    JobError,
+    JobKey,
+    JobRecord,
+    State,
+    StatusPoint,
+)
+
+_DATA = EventKind.DATA
+_WARNING = EventKind.WARNING
+_STATUS = EventKind.STATUS
+_STARTED = EventKind.STARTED
+_COMPLETED = EventKind.COMPLETED
+_EXCEPTION = EventKind.EXCEPTION
+
+# (seq, kind, payload, numerator, denominator, at)
+Chunk = tuple[int, str, bytes | None, int | None, int | None, float]
+
+# the columns of a job row a store writes, with their values in a row no event has touched
+FRESH_COLUMNS: dict[str, Any] = {
+    "function": b"",
+    "state": State.RUNNING.value,
+    "attempt": 1,
+    "result": None,
+    "error_kind": None,
+    "error_message": None,
+    "traceback": None,
+    "worker": "",
+    "started_at": None,
+    "finished_at": None,
+    "updated_at": None,
+    "expires_at": None,
+    "next_seq": 0,
+}
+
+# every column a new job row is inserted with, and every column of a chunk row
+JOB_COLUMNS = ("server", "handle", "unique_key", *FRESH_COLUMNS)
+CHUNK_COLUMNS = ("job_id", "seq", "kind", "payload", "numerator", "denominator", "at")
+
+
+class RowChange:
+    """The effect of a run of events on one job row.
+
+    ``changes`` maps column → new value (only columns the events set). ``chunks`` are the rows to
+    append to ``gearstash_chunks``. ``cleared`` is True when a ``started`` event means the job's
+    existing chunks must be deleted first.
+    """
+
+    __slots__ = ("attempt", "changes", "chunks", "cleared", "function", "next_seq", "started_at")
+
+    def __init__(
+        self,
+        *,
+        attempt: int = 1,
+        started_at: float | None = None,
+        function: bytes = b"",
+        next_seq: int = 0,
+    ) -> None:
+        self.attempt = attempt
+        self.started_at = started_at
+        self.function = function
+        self.next_seq = next_seq
+        self.changes: dict[str, Any] = {}
+        self.chunks: list[Chunk] = []
+        self.cleared = False
+
+    def apply_all(self, events: Iterable[Event]) -> RowChange:
+        """Apply ``events`` in order; returns self."""
+        changes = self.changes
+        chunks = self.chunks
+        for event in events:
+            kind = event.kind
+            at = event.at
+            changes["updated_at"] = at
+            if kind is _DATA or kind is _WARNING:
+                chunks.append((self.next_seq, kind.value, event.payload, None, None, at))
+                self.next_seq += 1
+            elif kind is _STATUS:
+                chunks.append(
+                    (self.next_seq, "status", None, event.numerator, event.denominator, at)
+                )
+                self.next_seq += 1
+            elif kind is _STARTED:
+                if self.started_at is not None:
+                    self.attempt += 1
+                self.function = event.function or self.function
+                self.started_at = at
+                self.cleared = True
+                chunks.clear()
+                self.next_seq = 0
+                changes.update(
+                    function=self.function,
+                    worker=event.worker,
+                    state=State.RUNNING.value,
+                    attempt=self.attempt,
+                    started_at=at,
+                    finished_at=None,
+                    result=None,
+                    error_kind=None,
+                    error_message=None,
+                    traceback=None,
+                )
+            elif kind is _COMPLETED:
+                changes.update(state=State.COMPLETE.value, result=event.payload, finished_at=at)
+            else:
+                changes.update(
+                    state=State.FAILED.value,
+                    error_kind="exception" if kind is _EXCEPTION else "fail",
+                    error_message=event.payload.decode("utf-8", "replace"),
+                    traceback=event.traceback,
+                    finished_at=at,
+                )
+        changes["next_seq"] = self.next_seq
+        return self
+
+    def fresh_row(self, key: JobKey) -> dict[str, Any]:
+        """All columns of a new job row for ``key`` (after :meth:`apply_all` on a fresh change)."""
+        row = {"server": key.server, "handle": key.handle, "unique_key": key.unique}
+        row.update(FRESH_COLUMNS)
+        row.update(self.changes)
+        return row
+
+    def chunk_rows(self, job_id: int, base: int = 0) -> list[dict[str, Any]]:
+        """Parameters for inserting :attr:`chunks` of job ``job_id`` (``base`` is added to seq)."""
+        return [
+            {
+                "job_id": job_id,
+                "seq": base + seq,
+                "kind": kind,
+                "payload": payload,
+                "numerator": num,
+                "denominator": den,
+                "at": at,
+            }
+            for seq, kind, payload, num, den, at in self.chunks
+        ]
+
+
+def group_by_key(events: Sequence[Event]) -> list[tuple[JobKey, list[Event]]]:
+    """Events grouped by job, in a fixed lock order (so two writers never deadlock on each other)."""
+    if not events:
+        return []
+    first = events[0].key
+    if all(event.key == first for event in events):
+        return [(first, list(events))]
+    groups: dict[JobKey, list[Event]] = {}
+    for event in events:
+        groups.setdefault(event.key, []).append(event)
+    return sorted(groups.items(), key=lambda item: (item[0].server, item[0].handle, item[0].unique))
+
+
+# the columns get_many reads, in the order build_record unpacks them
+RECORD_COLUMNS = (
+    "id",
+    "server",
+    "handle",
+    "unique_key",
+    "function",
+    "state",
+    "attempt",
+    "result",
+    "error_kind",
+    "error_message",
+    "traceback",
+    "worker",
+    "started_at",
+    "finished_at",
+    "updated_at",
+)
+CHUNK_READ_COLUMNS = ("job_id", "kind", "payload", "numerator", "denominator", "at")
+_STATES = {state.value: state for state in State}
+
+
+def build_record(row: Sequence[Any], chunk_rows: Iterable[Sequence[Any]]) -> JobRecord:
+    """A :class:`JobRecord` from a job row (:data:`RECORD_COLUMNS`) and its chunk rows
+    (:data:`CHUNK_READ_COLUMNS`) in ``seq`` order."""
+    data: list[bytes] = []
+    warnings: list[bytes] = []
+    status: list[StatusPoint] = []
+    for _job_id, kind, payload, numerator, denominator, at in chunk_rows:
+        if kind == "data":
+            data.append(bytes(payload))
+        elif kind == "warning":
+            warnings.append(bytes(payload))
+        else:
+            status.append(StatusPoint(int(numerator), int(denominator), at))
+    (
+        _id,
+        server,
+        handle,
+        unique_key,
+        function,
+        state,
+        attempt,
+        result,
+        error_kind,
+        error_message,
+        traceback,
+        worker,
+        started_at,
+        finished_at,
+        updated_at,
+    ) = row
+    return JobRecord(
+        key=JobKey(server, bytes(handle), bytes(unique_key)),
+        function=bytes(function),
+        state=_STATES[state],
+        attempt=attempt,
+        data=data,
+        warnings=warnings,
+        status=status,
+        result=None if result is None else bytes(result),
+        error=None
+        if error_kind is None
+        else JobError(error_kind, error_message or "", traceback or ""),
+        worker=worker,
+        started_at=started_at,
+        finished_at=finished_at,
+        updated_at=updated_at,
+    )

@@ -1,0 +1,194 @@
+"""The SQL schema of the ``sql`` store (schema version 1), the same on SQLite, PostgreSQL and MariaDB.
+
+Other programs (PHP, reports, a DBA's shell) may read these tables directly, so they are kept plain:
+no pickles, bytes as BLOB/BYTEA, times as float Unix seconds in DOUBLE columns, states as short text.
+
+``gearstash_jobs``: one row per job instance (server, handle, unique).
+
+=============== ============================ ====================================================
+column          type (PostgreSQL / MariaDB)  meaning
+=============== ============================ ====================================================
+id              BIGSERIAL / BIGINT AUTO_INC  primary key; a newer job has a higher id
+server          VARCHAR(255) (utf8mb4_bin)   ``host:port`` of the job server that issued the job
+handle          BYTEA / VARBINARY(255)       job handle (bytes, at most 255)
+unique_key      BYTEA / VARBINARY(255)       the job's unique (bytes, at most 255; ``''`` if none)
+function        BYTEA / LONGBLOB             function name (bytes)
+state           VARCHAR(16)                  ``running``, ``complete`` or ``failed``
+attempt         INTEGER                      how many times a worker started this job (>= 1)
+result          BYTEA / LONGBLOB, null       the result of WORK_COMPLETE; NULL until completed
+error_kind      VARCHAR(16), null            ``fail`` or ``exception``; NULL when no error
+error_message   TEXT / LONGTEXT, null        the error text (UTF-8)
+traceback       TEXT / LONGTEXT, null        the Python traceback of an exception
+worker          TEXT                         the worker's id (``''`` if unknown)
+started_at      DOUBLE, null                 Unix time of the last ``started``; NULL if never seen
+finished_at     DOUBLE, null                 Unix time the job completed or failed
+updated_at      DOUBLE, null                 Unix time of the last event
+expires_at      DOUBLE, null                 Unix time after which the row may be purged (TTL)
+next_seq        INTEGER                      the ``seq`` the next chunk of this job gets
+=============== ============================ ====================================================
+
+Unique constraint ``uq_gearstash_jobs_key`` on (handle, server, unique_key), which is also the index
+for finding jobs by handle alone (take the row with the highest ``id``); an index on ``expires_at``.
+
+``gearstash_chunks``: what the job said while running, in order, for the *current* attempt only (a
+new ``started`` deletes the job's chunks and ``seq`` starts again at 0). Primary key (job_id, seq).
+
+=============== ============================ ====================================================
+job_id          BIGINT                       ``gearstash_jobs.id`` (ON DELETE CASCADE)
+seq             INTEGER                      0, 1, 2, ... per job: the order the worker said it
+kind            VARCHAR(8)                   ``data`` (WORK_DATA), ``warning`` or ``status``
+payload         BYTEA / LONGBLOB, null       the chunk's bytes; NULL for ``status``
+numerator       BIGINT, null                 status numerator; NULL for ``data``/``warning``
+denominator     BIGINT, null                 status denominator; NULL for ``data``/``warning``
+at              DOUBLE                       Unix time the worker said it
+=============== ============================ ====================================================
+
+``gearstash_meta``: ``key`` VARCHAR(64) primary key, ``value`` VARCHAR(255). Holds ``schema_version``
+(``"1"``). ``key`` is a reserved word in MySQL/MariaDB: quote it (```key```) in hand-written SQL. A
+store refuses to open tables whose schema_version is newer than it knows.
+"""
+
+from __future__ import annotations
+
+import time
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+from gearstash.errors import StoreError
+
+SCHEMA_VERSION = 1
+MAX_KEY_BYTES = 255  # handle and unique_key; server is at most 255 characters
+
+_MYSQL = ("mysql", "mariadb")
+
+Blob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), *_MYSQL)
+KeyBytes = sa.LargeBinary().with_variant(mysql.VARBINARY(MAX_KEY_BYTES), *_MYSQL)
+LongText = sa.Text().with_variant(mysql.LONGTEXT(), *_MYSQL)
+ServerText = sa.String(255).with_variant(
+    mysql.VARCHAR(255, charset="utf8mb4", collation="utf8mb4_bin"), *_MYSQL
+)
+Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # INTEGER PRIMARY KEY = rowid on SQLite
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+jobs = sa.Table(
+    "gearstash_jobs",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("server", ServerText, nullable=False),
+    sa.Column("handle", KeyBytes, nullable=False),
+    sa.Column("unique_key", KeyBytes, nullable=False),
+    sa.Column("function", Blob, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer(), nullable=False),
+    sa.Column("result", Blob, nullable=True),
+    sa.Column("error_kind", sa.String(16), nullable=True),
+    sa.Column("error_message", LongText, nullable=True),
+    sa.Column("traceback", LongText, nullable=True),
+    sa.Column("worker", sa.Text(), nullable=False),
+    sa.Column("started_at", sa.Double(), nullable=True),
+    sa.Column("finished_at", sa.Double(), nullable=True),
+    sa.Column("updated_at", sa.Double(), nullable=True),
+    sa.Column("expires_at", sa.Double(), nullable=True),
+    sa.Column("next_seq", sa.Integer(), nullable=False),
+    # handle first: the same constraint also serves lookups by handle alone (no second index to
+    # write on every insert, which on SQLite costs ~20% of the write rate)
+    sa.UniqueConstraint("handle", "server", "unique_key", name="key"),
+    sa.Index(None, "expires_at"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+chunks = sa.Table(
+    "gearstash_chunks",
+    metadata,
+    sa.Column(
+        "job_id",
+        Id,
+        sa.ForeignKey(jobs.c.id, ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("payload", Blob, nullable=True),
+    sa.Column("numerator", sa.BigInteger(), nullable=True),
+    sa.Column("denominator", sa.BigInteger(), nullable=True),
+    sa.Column("at", sa.Double(), nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+meta = sa.Table(
+    "gearstash_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+
+def read_schema_version(conn: sa.Connection) -> int | None:
+    """The ``schema_version`` stored in ``gearstash_meta``, or None when there is none yet."""
+    if not sa.inspect(conn).has_table(meta.name):
+        return None
+    value = conn.execute(
+        sa.select(meta.c.value).where(meta.c.key == "schema_version")
+    ).scalar_one_or_none()
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return -1
+
+
+def ensure_schema(engine: sa.Engine, name: str) -> int:
+    """Create the tables if missing and check ``schema_version``; return the version in use.
+
+    Safe to run from several processes at once: losing a ``CREATE TABLE`` or version-row race is
+    retried. Raises :class:`~gearstash.errors.StoreError` for a schema newer than this release
+    (``name`` names the store in the message) and lets database errors through for the caller to map.
+    """
+    with engine.begin() as conn:
+        _check_version(read_schema_version(conn), name)
+    version: int | None = None
+    for attempt in range(5):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            with engine.begin() as conn:
+                version = read_schema_version(conn)
+                if version is None:
+                    conn.execute(
+                        meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
+                    )
+                    version = SCHEMA_VERSION
+            break
+        except sa.exc.DBAPIError as exc:  # another process created the same table or row first
+            if exc.connection_invalidated or attempt == 4:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+    _check_version(version, name)
+    return SCHEMA_VERSION
+
+
+def _check_version(version: int | None, name: str) -> None:
+    if version is None or version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{name}: the tables have schema_version {version}, newer than this gearstash "
+            f"understands ({SCHEMA_VERSION}); upgrade gearstash to use this store"
+        )
+    raise StoreError(
+        f"{name}: gearstash_meta holds a bad schema_version ({version}); expected {SCHEMA_VERSION}"
+    )
