@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
+import struct
 import time
 from collections.abc import Iterable
 
@@ -25,7 +27,7 @@ from gearstash.records import normalize_server
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 30.0
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024
 
 
 def servers_from(values: Iterable[str] | str | None) -> list[str]:
@@ -63,6 +65,8 @@ class Connection:
     """
 
     __slots__ = (
+        "_buffer",
+        "_view",
         "connect_timeout",
         "decoder",
         "max_packet",
@@ -85,6 +89,8 @@ class Connection:
         self.max_packet = max_packet
         self.sock: socket.socket | None = None
         self.decoder = Decoder(max_packet=max_packet)
+        self._buffer = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buffer)
 
     def __repr__(self) -> str:
         state = "open" if self.sock is not None else "closed"
@@ -107,7 +113,14 @@ class Connection:
                 f"cannot connect to job server {self.server}: {_reason(exc)}", server=self.server
             ) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.read_timeout)
+        # Blocking mode with kernel timeouts: a Python-level timeout would cost a poll() before
+        # every send and recv on the worker's hot path. A timed-out call raises BlockingIOError.
+        sock.settimeout(None)
+        if self.read_timeout:
+            whole = int(self.read_timeout)
+            timeval = struct.pack("ll", whole, int((self.read_timeout - whole) * 1e6))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
         self.sock = sock
         self.decoder = Decoder(max_packet=self.max_packet)
 
@@ -142,51 +155,63 @@ class Connection:
             ) from exc
 
     def read_packet(self, timeout: float | None = -1.0) -> Packet:
-        """The next packet from the server, waiting up to ``timeout`` seconds (default: the read timeout).
+        """The next packet from the server.
 
-        Raises ServerUnavailable on EOF, socket error or timeout, and ProtocolError on a malformed
-        packet; either way the connection is closed.
+        ``timeout``: seconds to wait; negative (the default) means the connection's read timeout,
+        ``None`` waits for ever. Raises ServerUnavailable on EOF, socket error or timeout, and
+        ProtocolError on a malformed packet; either way the connection is closed.
         """
         packet = self.decoder.next_packet() if self.sock is not None else None
-        if packet is not None:
-            return packet
-        if self.sock is None:
-            raise ServerUnavailable(
-                f"not connected to job server {self.server}", server=self.server
-            )
-        if timeout is not None and timeout < 0:
-            timeout = self.read_timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            self._fill(deadline)
+        while packet is None:
+            if timeout is not None and timeout < 0:
+                self._fill()
+            else:
+                self._wait_readable(None if timeout is None else time.monotonic() + timeout)
+                self._fill()
             packet = self.decoder.next_packet()
-            if packet is not None:
-                return packet
+        return packet
 
     def read_available(self) -> list[Packet]:
         """Read what the socket holds now (one recv) and return every complete packet.
 
         For selector loops: call when the socket is readable. Raises like :meth:`read_packet`.
         """
-        self._fill(time.monotonic())
+        self._fill()
         packets: list[Packet] = []
         while (packet := self.decoder.next_packet()) is not None:
             packets.append(packet)
         return packets
 
-    def _fill(self, deadline: float | None) -> None:
+    def _wait_readable(self, deadline: float | None) -> None:
+        sock = self._sock()
+        wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        try:
+            ready, _, _ = select.select([sock], [], [], wait)
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise ServerUnavailable(
+                f"lost job server {self.server}: {exc}", server=self.server
+            ) from exc
+        if not ready:
+            self.close()
+            raise ServerUnavailable(
+                f"job server {self.server} did not answer in time", server=self.server
+            )
+
+    def _sock(self) -> socket.socket:
         sock = self.sock
         if sock is None:
             raise ServerUnavailable(
                 f"not connected to job server {self.server}", server=self.server
             )
+        return sock
+
+    def _fill(self) -> None:
+        """One recv into the decoder (blocking up to the kernel read timeout)."""
+        sock = self._sock()
         try:
-            if deadline is not None:
-                sock.settimeout(max(deadline - time.monotonic(), 0.0))
-            else:
-                sock.settimeout(None)
-            chunk = sock.recv(RECV_SIZE)
-        except TimeoutError as exc:
+            count = sock.recv_into(self._buffer)
+        except (BlockingIOError, TimeoutError) as exc:
             self.close()
             raise ServerUnavailable(
                 f"job server {self.server} did not answer in time", server=self.server
@@ -196,13 +221,13 @@ class Connection:
             raise ServerUnavailable(
                 f"lost job server {self.server}: {_reason(exc)}", server=self.server
             ) from exc
-        if not chunk:
+        if not count:
             self.close()
             raise ServerUnavailable(
                 f"job server {self.server} closed the connection", server=self.server
             )
         try:
-            self.decoder.feed(chunk)
+            self.decoder.feed(self._view[:count])
         except ProtocolError:
             self.close()
             raise
@@ -215,28 +240,24 @@ class Connection:
         self.connect()
         self.send(encode_admin(command))
         reader = AdminReader(multiline)
-        sock = self.sock
-        assert sock is not None
         deadline = None if self.read_timeout is None else time.monotonic() + self.read_timeout
-        while True:
-            result = reader.result()
-            if result is not None:
-                return result
+        while (result := reader.result()) is None:
+            self._wait_readable(deadline)
+            sock = self._sock()
             try:
-                if deadline is not None:
-                    sock.settimeout(max(deadline - time.monotonic(), 0.0))
-                chunk = sock.recv(RECV_SIZE)
+                count = sock.recv_into(self._buffer)
             except OSError as exc:
                 self.close()
                 raise ServerUnavailable(
                     f"lost job server {self.server}: {_reason(exc)}", server=self.server
                 ) from exc
-            if not chunk:
+            if not count:
                 self.close()
                 raise ServerUnavailable(
                     f"job server {self.server} closed the connection", server=self.server
                 )
-            reader.feed(chunk)
+            reader.feed(self._view[:count])
+        return result
 
 
 def _reason(exc: BaseException) -> str:

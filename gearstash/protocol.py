@@ -58,6 +58,7 @@ __all__ = [
     "encode_admin",
     "encode_request",
     "encode_response",
+    "encode_work",
     "parse_int",
     "parse_show_jobs",
     "parse_show_unique_jobs",
@@ -276,6 +277,35 @@ def encode_request(kind: PacketType, *args: BytesLike) -> bytes:
 def encode_response(kind: PacketType, *args: BytesLike) -> bytes:
     """Return the wire bytes of a packet sent by a server (``\\0RES`` magic)."""
     return encode(kind, *args, request=False)
+
+
+_WORK_KINDS: Final = frozenset(
+    {
+        PacketType.WORK_DATA,
+        PacketType.WORK_WARNING,
+        PacketType.WORK_COMPLETE,
+        PacketType.WORK_EXCEPTION,
+    }
+)
+
+
+def encode_work(kind: PacketType, handle: bytes, data: bytes) -> bytes:
+    """Fast path of :func:`encode_request` for WORK_DATA, WORK_WARNING, WORK_COMPLETE and
+    WORK_EXCEPTION (handle + payload), the packets a worker sends per job.
+
+    Same result and same ``ProtocolError("local")`` checks as ``encode_request(kind, handle, data)``
+    for ``bytes`` arguments.
+    """
+    if kind not in _WORK_KINDS:
+        raise ProtocolError(f"encode_work cannot encode {PacketType(kind).name}", side="local")
+    if 0 in handle:
+        raise ProtocolError(f"{kind.name} handle contains a NUL byte: {handle!r}", side="local")
+    size = len(handle) + 1 + len(data)
+    if size > _U32_MAX:
+        raise ProtocolError(
+            f"{kind.name} body of {size} bytes exceeds the 4 GiB frame limit", side="local"
+        )
+    return b"".join((_REQ_PREFIX[kind], _LENGTH.pack(size), handle, b"\0", data))
 
 
 def check_unique(unique: bytes) -> bytes:

@@ -22,7 +22,7 @@ import base64
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from gearstash.errors import ConfigError
@@ -97,9 +97,8 @@ def normalize_server(address: str) -> str:
     return f"{host}:{number}"
 
 
-@dataclass(frozen=True, slots=True)
-class JobKey:
-    """The identity of one job: the issuing server, the handle and the unique."""
+class JobKey(NamedTuple):
+    """The identity of one job: the issuing server, the handle and the unique (hashable)."""
 
     server: str
     handle: bytes
@@ -154,13 +153,14 @@ class JobRef:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """One thing a worker said about a job, in the order it said it.
 
     ``payload`` holds the chunk (data, warning), the result (completed) or the error text (failed,
     exception). ``numerator``/``denominator`` are set for status events. ``function`` and ``worker``
-    are set on ``started``. ``traceback`` is set on ``exception``.
+    are set on ``started``. ``traceback`` is set on ``exception``. Treat an event as immutable
+    once made; it is not a frozen dataclass only because those are slow to build on the hot path.
     """
 
     kind: EventKind

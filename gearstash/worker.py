@@ -17,8 +17,9 @@ raises anything else   WORK_EXCEPTION       ``exception`` + traceback (``job_fai
 =====================  ===================  ==================================
 
 Ordering guarantee: every event of a job is written to the store *before* the server hears that the
-job ended, so a client that sees "done" finds all the data. ``started`` is written together with the
-job's first later event (one store transaction for a job that only returns).
+job ended, so a client that sees "done" finds all the data. While a job runs, its events are written
+in batches: an event waits at most ``flush_interval`` seconds (default 0.05; a flush thread writes
+the events of a job that went quiet), so a job that only returns costs one store write.
 
 A store failure is logged and reported through the ``store_failed`` hook; the job still runs and the
 worker keeps serving. Lost job-server connections are re-made with backoff.
@@ -46,7 +47,7 @@ import pluggy
 from gearstash.connection import DEFAULT_CONNECT_TIMEOUT, Connection, servers_from
 from gearstash.errors import ConfigError, JobFailed, ProtocolError, ServerUnavailable
 from gearstash.plugins import EventHooks, open_store
-from gearstash.protocol import JobAssignment, PacketType, encode_request
+from gearstash.protocol import Packet, PacketType, encode_request, encode_work
 from gearstash.records import Event, EventKind, JobError, JobKey, JobRef
 from gearstash.store import Store, default_store_url
 
@@ -96,15 +97,17 @@ class Job:
     Attributes: ``handle`` (bytes), ``unique`` (bytes), ``function`` (str), ``workload`` (bytes),
     ``server`` (``host:port`` of the server that assigned it), ``key`` (its :class:`JobKey`).
 
-    The ``send_*`` methods store the event, call the observer hooks, then tell the server. They never
-    raise because the server or the store went away: the job keeps running and its events keep being
-    stored.
+    The ``send_*`` methods record the event for the store, call the observer hooks, then tell the
+    server. Recorded events reach the store within the worker's ``flush_interval`` and always before
+    the server hears that the job ended. They never raise because the server or the store went
+    away: the job keeps running and its events keep being stored.
     """
 
     __slots__ = (
         "_conn",
         "_hooks",
         "_pending",
+        "_since",
         "_slot",
         "function",
         "handle",
@@ -114,17 +117,26 @@ class Job:
         "workload",
     )
 
-    def __init__(self, slot: _Slot, conn: Connection, assignment: JobAssignment) -> None:
-        self.handle: bytes = assignment.handle
-        self.unique: bytes = assignment.unique
-        self.function: str = assignment.function.decode("utf-8", "surrogateescape")
-        self.workload: bytes = assignment.workload
+    def __init__(
+        self,
+        slot: _Slot,
+        conn: Connection,
+        handle: bytes,
+        function: bytes,
+        unique: bytes,
+        workload: bytes,
+    ) -> None:
+        self.handle = handle
+        self.unique = unique
+        self.function: str = function.decode("utf-8", "surrogateescape")
+        self.workload = workload
         self.server: str = conn.server
-        self.key = JobKey(conn.server, assignment.handle, assignment.unique)
+        self.key = JobKey(conn.server, handle, unique)
         self._slot = slot
         self._conn: Connection | None = conn
         self._hooks = slot.hooks
         self._pending: list[Event] = []
+        self._since = 0.0
 
     def __repr__(self) -> str:
         return f"<Job {self.function} {self.handle!r} unique={self.unique!r}>"
@@ -137,28 +149,25 @@ class Job:
     def send_data(self, data: bytes | str) -> None:
         """Send a WORK_DATA chunk (str is sent as UTF-8); it is stored in order."""
         chunk = _text_bytes(data)
-        self._pending.append(Event(EventKind.DATA, self.key, time.time(), chunk))
-        self._slot.flush(self)
+        self._slot.record(self, Event(EventKind.DATA, self.key, time.time(), chunk))
         self._hooks.data(self, chunk)
-        self._send(encode_request(PacketType.WORK_DATA, self.handle, chunk))
+        self._send(encode_work(PacketType.WORK_DATA, self.handle, chunk))
 
     def send_warning(self, warning: bytes | str) -> None:
         """Send a WORK_WARNING (str is sent as UTF-8); it is stored in order."""
         chunk = _text_bytes(warning)
-        self._pending.append(Event(EventKind.WARNING, self.key, time.time(), chunk))
-        self._slot.flush(self)
+        self._slot.record(self, Event(EventKind.WARNING, self.key, time.time(), chunk))
         self._hooks.warning(self, chunk)
-        self._send(encode_request(PacketType.WORK_WARNING, self.handle, chunk))
+        self._send(encode_work(PacketType.WORK_WARNING, self.handle, chunk))
 
     def send_status(self, numerator: int, denominator: int) -> None:
         """Send WORK_STATUS ``numerator/denominator`` (non-negative integers); stored with its time."""
         num, den = int(numerator), int(denominator)
         if num < 0 or den < 0:
             raise ValueError(f"status must not be negative: {num}/{den}")
-        self._pending.append(
-            Event(EventKind.STATUS, self.key, time.time(), numerator=num, denominator=den)
+        self._slot.record(
+            self, Event(EventKind.STATUS, self.key, time.time(), numerator=num, denominator=den)
         )
-        self._slot.flush(self)
         self._hooks.status(self, num, den)
         self._send(encode_request(PacketType.WORK_STATUS, self.handle, b"%d" % num, b"%d" % den))
 
@@ -182,6 +191,9 @@ class Worker:
     :param concurrency: jobs run at once; each runs in its own thread with its own connections.
     :param client_id: sent as SET_CLIENT_ID (default ``gearstash-HOST-PID``).
     :param read_timeout: seconds to wait for a server's answer before the connection is re-made.
+    :param flush_interval: longest time, in seconds, an event of a running job waits before it is
+        written to the store (events that come quicker are written together; 0 writes each event
+        at once). A job's final events are always written before the server hears it ended.
     """
 
     def __init__(
@@ -193,6 +205,7 @@ class Worker:
         client_id: str | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = 30.0,
+        flush_interval: float = 0.05,
         plugin_manager: pluggy.PluginManager | None = None,
     ) -> None:
         if concurrency < 1:
@@ -210,6 +223,7 @@ class Worker:
         self.client_id = client_id or f"gearstash-{socket.gethostname()}-{os.getpid()}"
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.flush_interval = max(flush_interval, 0.0)
         self.hooks = EventHooks(plugin_manager)
         self.functions: dict[str, Registration] = {}
         self.jobs_done = 0
@@ -247,6 +261,13 @@ class Worker:
         self._max_jobs = max_jobs
         self._slots = [_Slot(self, i) for i in range(self.concurrency)]
         restore = self._install_signals() if handle_signals else None
+        flusher_done = threading.Event()
+        flusher = None
+        if self.flush_interval > 0:
+            flusher = threading.Thread(
+                target=self._flush_loop, args=(flusher_done,), name="gearstash-flush", daemon=True
+            )
+            flusher.start()
         try:
             if self.concurrency == 1:
                 self._slots[0].run()
@@ -261,6 +282,9 @@ class Worker:
                     while thread.is_alive():
                         thread.join(0.2)
         finally:
+            flusher_done.set()
+            if flusher is not None:
+                flusher.join()
             if restore is not None:
                 restore()
             for slot in self._slots:
@@ -279,10 +303,21 @@ class Worker:
             self.store.close()
 
     def _job_done(self) -> None:
-        with self._count_lock:
+        if self.concurrency == 1:
             self.jobs_done += 1
-            if self._max_jobs is not None and self.jobs_done >= self._max_jobs:
-                self.stop()
+        else:
+            with self._count_lock:
+                self.jobs_done += 1
+        if self._max_jobs is not None and self.jobs_done >= self._max_jobs:
+            self.stop()
+
+    def _flush_loop(self, done: threading.Event) -> None:
+        """Write events of running jobs that waited ``flush_interval`` (e.g. a silent job's start)."""
+        interval = self.flush_interval
+        while not done.wait(interval):
+            now = time.time()
+            for slot in self._slots:
+                slot.flush_due(now)
 
     def _install_signals(self) -> Callable[[], None] | None:
         if threading.current_thread() is not threading.main_thread():
@@ -328,6 +363,9 @@ class _Slot:
         self.index = index
         self.hooks = worker.hooks
         self.store = worker.store
+        self.interval = worker.flush_interval
+        self.lock = threading.Lock()
+        self.job: Job | None = None
         self.links = [
             _Link(
                 Connection(
@@ -382,7 +420,7 @@ class _Slot:
                 packet = conn.read_packet()
                 kind = packet.kind
                 if kind in _ASSIGN:
-                    final = self._run(conn, JobAssignment.from_packet(packet))
+                    final = self._run(conn, packet)
                     if self.worker._stopping.is_set() or self._last_job():
                         conn.send(final)
                     else:
@@ -471,11 +509,35 @@ class _Slot:
 
     # ------------------------------------------------------------ jobs
 
-    def flush(self, job: Job) -> None:
-        """Write the job's pending events to the store; a failure is logged, never raised."""
-        events = job._pending
-        if not events:
+    def record(self, job: Job, event: Event) -> None:
+        """Queue ``event`` for the store; write the queue when the oldest event waited long enough."""
+        with self.lock:
+            pending = job._pending
+            if not pending:
+                job._since = event.at
+            pending.append(event)
+            if event.at - job._since >= self.interval:
+                self._write(job)
+
+    def flush_due(self, now: float) -> None:
+        """Called by the flush thread: write the current job's queue if it waited long enough."""
+        job = self.job
+        if job is None or not job._pending or now - job._since < self.interval:
             return
+        with self.lock:
+            if job._pending:
+                self._write(job)
+
+    def finish(self, job: Job, event: Event) -> None:
+        """Queue the job's final event and write everything queued, before the server is told."""
+        with self.lock:
+            job._pending.append(event)
+            self._write(job)
+            self.job = None
+
+    def _write(self, job: Job) -> None:
+        """Write the job's queued events (caller holds the lock); failures are logged, never raised."""
+        events = job._pending
         job._pending = []
         try:
             self.store.write(events)
@@ -489,19 +551,23 @@ class _Slot:
             )
             self.hooks.store_failed(self.store.url, exc, len(events))
 
-    def _run(self, conn: Connection, assignment: JobAssignment) -> bytes:
-        """Run one job; return the final packet for the server (already stored)."""
-        job = Job(self, conn, assignment)
-        now = time.time()
+    def _run(self, conn: Connection, packet: Packet) -> bytes:
+        """Run one job; return the final packet for the server (its events already stored)."""
+        args = packet.args
+        kind = packet.kind
+        if kind is PacketType.JOB_ASSIGN_UNIQ:
+            handle, function, unique, workload = args
+        elif kind is PacketType.JOB_ASSIGN:
+            handle, function, workload = args
+            unique = b""
+        else:  # JOB_ASSIGN_ALL: handle, function, unique, reducer, workload
+            handle, function, unique, _reducer, workload = args
+        job = Job(self, conn, handle, function, unique, workload)
+        job._since = now = time.time()
         job._pending.append(
-            Event(
-                EventKind.STARTED,
-                job.key,
-                now,
-                function=assignment.function,
-                worker=self.worker.identity,
-            )
+            Event(EventKind.STARTED, job.key, now, function=function, worker=self.worker.identity)
         )
+        self.job = job
         self.hooks.started(job)
         registration = self.worker.functions.get(job.function)
         try:
@@ -510,31 +576,20 @@ class _Slot:
             result = to_bytes(registration.function(job))
         except JobFailed as exc:
             error = JobError("fail", str(exc))
-            job._pending.append(
-                Event(EventKind.FAILED, job.key, time.time(), error.message.encode())
-            )
-            self.flush(job)
+            self.finish(job, Event(EventKind.FAILED, job.key, time.time(), error.message.encode()))
             self.hooks.failed(job, error)
-            return encode_request(PacketType.WORK_FAIL, job.handle)
+            return encode_request(PacketType.WORK_FAIL, handle)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             error = JobError("exception", message, traceback.format_exc())
-            job._pending.append(
-                Event(
-                    EventKind.EXCEPTION,
-                    job.key,
-                    time.time(),
-                    message.encode("utf-8", "replace"),
-                    traceback=error.traceback,
-                )
+            text = message.encode("utf-8", "replace")
+            self.finish(
+                job,
+                Event(EventKind.EXCEPTION, job.key, time.time(), text, traceback=error.traceback),
             )
-            self.flush(job)
             self.hooks.failed(job, error)
-            log.info("job %r (%s) raised %s", job.handle, job.function, message)
-            return encode_request(
-                PacketType.WORK_EXCEPTION, job.handle, message.encode("utf-8", "replace")
-            )
-        job._pending.append(Event(EventKind.COMPLETED, job.key, time.time(), result))
-        self.flush(job)
+            log.info("job %r (%s) raised %s", handle, job.function, message)
+            return encode_work(PacketType.WORK_EXCEPTION, handle, text)
+        self.finish(job, Event(EventKind.COMPLETED, job.key, time.time(), result))
         self.hooks.completed(job, result)
-        return encode_request(PacketType.WORK_COMPLETE, job.handle, result)
+        return encode_work(PacketType.WORK_COMPLETE, handle, result)

@@ -273,7 +273,8 @@ def test_worker_survives_a_failing_store(gearmand):
     ):
         for i in range(3):
             assert c.submit("reverse", b"x%d" % i).result == (b"x%d" % i)[::-1]
-    assert len(calls) >= 3 * 4  # every event was offered to the store
+    # every event was offered to the store: started, 3 status, 3 data, 1 warning, completed
+    assert sum(calls) == 3 * 9
 
 
 def test_worker_rides_out_a_gearmand_restart(gearmand, store_url):
@@ -374,3 +375,57 @@ def test_stop_finishes_the_job_in_hand(gearmand, store_url):
         assert not thread.is_alive()
         view = c.fetch(ref)
         assert view.state is State.COMPLETE and view.result == b"slept"
+
+
+def test_a_silent_running_job_reaches_the_store_within_the_flush_interval(gearmand, store_url):
+    def quiet(job):
+        time.sleep(1.0)
+        return b"done"
+
+    with (
+        running_worker([gearmand.address], store_url, {"quiet": quiet}, flush_interval=0.05),
+        Client([gearmand.address], store=store_url) as c,
+    ):
+        ref = c.submit_background("quiet", b"")
+        store = open_store(store_url)
+        deadline = time.monotonic() + 5
+        record = None
+        while record is None and time.monotonic() < deadline:
+            record = store.get_many([ref])[0]
+            time.sleep(0.01)
+        assert record is not None and record.state is State.RUNNING and record.worker
+        assert c.fetch(ref).state is State.RUNNING
+        assert c.wait(ref, timeout=10).result == b"done"
+
+
+def test_chatty_job_events_are_written_in_batches(gearmand):
+    writes: list[int] = []
+    inner = open_store(f"memory://{uuid.uuid4().hex}")
+
+    class CountingStore:
+        url = "counting://"
+        capabilities = frozenset[str]()
+
+        def write(self, events):
+            writes.append(len(events))
+            inner.write(events)
+
+        def get_many(self, refs):
+            return inner.get_many(refs)
+
+        def close(self):
+            pass
+
+    def chatty(job):
+        for i in range(200):
+            job.send_data(b"%d" % i)
+        return b"ok"
+
+    store = CountingStore()
+    with (
+        running_worker([gearmand.address], store, {"chatty": chatty}, flush_interval=10),
+        Client([gearmand.address], store=store) as c,
+    ):
+        view = c.wait(c.submit_background("chatty", b""), timeout=10)
+    assert view.data == [b"%d" % i for i in range(200)]
+    assert writes == [202]  # started + 200 chunks + completed in one write
