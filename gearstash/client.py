@@ -12,12 +12,13 @@ pipelined status round trip per server and one store query.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +54,7 @@ from gearstash.records import (
     State,
     bytes_to_json,
 )
-from gearstash.store import Store, default_store_url
+from gearstash.store import Store, default_store_url, delete, get_after, watch
 
 _SUBMIT = {
     ("normal", False): PacketType.SUBMIT_JOB,
@@ -546,14 +547,7 @@ class Client:
         records = self.store.get_many(jobs)
         views: list[JobView] = []
         for job, record in zip(jobs, records, strict=True):
-            if job.server:
-                status = found.get((job.server, job.handle))
-            elif record is not None and (record.key.server, job.handle) in found:
-                status = found[(record.key.server, job.handle)]
-            else:
-                answers = [found[(s, job.handle)] for s in self.servers if (s, job.handle) in found]
-                status = next((a for a in answers if a.known), answers[0] if answers else None)
-            views.append(merge_state(job, status, record))
+            views.append(merge_state(job, self._pick_status(job, record, found), record))
         return views
 
     def wait(
@@ -565,33 +559,112 @@ class Client:
         interval: float = 0.02,
         max_interval: float = 0.5,
     ) -> JobView:
-        """Wait until the job is complete or failed; return its final view.
+        """Wait until the job is complete, failed or expired; return its final view.
 
-        Polls :meth:`fetch` with backoff from ``interval`` to ``max_interval`` seconds and calls
-        ``on_progress(view)`` whenever the state, status or number of data chunks changes.
-        Raises JobNotFound when the job is unknown to both server and store (it never existed, or
-        ended under a worker that does not capture), WaitTimeout after ``timeout`` seconds.
+        On a push store (``push`` capability) the store wakes the wait as soon as the worker
+        writes; elsewhere it polls with backoff from ``interval`` to ``max_interval`` seconds.
+        ``on_progress(view)`` is called whenever the state, status or number of data chunks
+        changes. Raises JobNotFound when the job is unknown to both server and store (it never
+        existed, or ended under a worker that does not capture), WaitTimeout after ``timeout``.
+        """
+        for update in self.follow(
+            ref, timeout=timeout, interval=interval, max_interval=max_interval, data=False
+        ):
+            if on_progress is not None:
+                on_progress(update.view)
+            if update.view.state.final:
+                return self.fetch(update.view.ref)  # the whole record, every chunk
+        raise AssertionError("follow() ended without a final state")  # pragma: no cover
+
+    def follow(
+        self,
+        ref: RefLike,
+        *,
+        after: int = 0,
+        timeout: float | None = None,
+        interval: float = 0.02,
+        max_interval: float = 0.5,
+        data: bool = True,
+    ) -> Iterator[Update]:
+        """Yield :class:`Update` objects as the job progresses, ending with its final state.
+
+        Each update carries the data chunks that arrived since the previous one (from chunk
+        ``after`` on; none when ``data`` is False), and the job's current view. An update is
+        yielded when chunks arrive or the state, status or progress changes; the last one has a
+        final state. ``update.view.record`` holds only the chunks of that update. A new attempt of the job (a worker crashed and another took it) restarts the
+        chunks from 0, flagged by ``update.restarted``. Push stores wake the follower at once;
+        others are polled with backoff. Raises JobNotFound and WaitTimeout like :meth:`wait`.
         """
         job = as_ref(ref)
         deadline = None if timeout is None else time.monotonic() + timeout
+        cursor = after
+        attempt: int | None = None
         seen: tuple[object, ...] | None = None
         delay = interval
-        while True:
-            view = self.fetch(job)
-            marker = (view.state, view.numerator, view.denominator, len(view.data))
-            if marker != seen:
-                seen = marker
-                delay = interval
-                if on_progress is not None:
-                    on_progress(view)
-            if view.state.final:
-                return view
-            if view.state is State.UNKNOWN and view.status is not None:
-                raise JobNotFound(f"job {job} is unknown to the job server and the store")
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise WaitTimeout(f"job {job} still {view.state.value} after {timeout} s")
-            time.sleep(delay)
-            delay = min(delay * 1.5, max_interval)
+        with contextlib.closing(watch(self.store, [job])) as watcher:
+            while True:
+                found, _down = self._statuses([job])
+                status = self._pick_status(job, None, found)
+                record = get_after(self.store, job, cursor if data else 1 << 62)
+                restarted = False
+                if record is not None and attempt is not None and record.attempt != attempt:
+                    cursor, restarted = 0, True
+                    record = get_after(self.store, job, 0 if data else 1 << 62)
+                if record is not None:
+                    attempt = record.attempt
+                    if status is None or job.server is None:
+                        status = self._pick_status(job, record, found)
+                view = merge_state(job, status, record)
+                chunks = list(record.data) if data and view.record is not None and record else []
+                offset = cursor
+                cursor += len(chunks)
+                marker = (view.state, view.numerator, view.denominator, cursor)
+                if chunks or marker != seen or restarted:
+                    seen = marker
+                    delay = interval
+                    yield Update(chunks, offset, view, restarted)
+                if view.state.final:
+                    return
+                if view.state is State.UNKNOWN and view.status is not None:
+                    raise JobNotFound(f"job {job} is unknown to the job server and the store")
+                wait = delay
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise WaitTimeout(f"job {job} still {view.state.value} after {timeout} s")
+                    wait = min(wait, left)
+                if not watcher.wait(wait):
+                    delay = min(delay * 1.5, max_interval)
+
+    def _pick_status(
+        self, job: JobRef, record: JobRecord | None, found: dict[tuple[str, bytes], Status]
+    ) -> Status | None:
+        """The live status that belongs to ``job`` among the answers in ``found``."""
+        if job.server:
+            return found.get((job.server, job.handle))
+        if record is not None and (record.key.server, job.handle) in found:
+            return found[(record.key.server, job.handle)]
+        answers = [found[(s, job.handle)] for s in self.servers if (s, job.handle) in found]
+        return next((a for a in answers if a.known), answers[0] if answers else None)
+
+    def forget(self, refs: RefLike | Sequence[RefLike]) -> int:
+        """Delete the stored records of one or more jobs; returns how many records went.
+
+        Raises StoreError when the store cannot delete.
+        """
+        items = [refs] if isinstance(refs, JobRef | str | bytes) else list(refs)
+        return delete(self.store, [as_ref(r) for r in items])
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One step of :meth:`Client.follow`: new ``chunks`` (starting at chunk number ``offset``),
+    the job's current ``view``, and whether a new attempt ``restarted`` the chunks from 0."""
+
+    chunks: list[bytes]
+    offset: int
+    view: JobView
+    restarted: bool = False
 
 
 __all__ = [
@@ -599,6 +672,7 @@ __all__ = [
     "GearstashError",
     "JobView",
     "Status",
+    "Update",
     "as_ref",
     "merge_state",
 ]

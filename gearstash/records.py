@@ -36,6 +36,7 @@ class State(enum.StrEnum):
 
     ``queued``: the server holds the job, no worker has it. ``running``: a worker has it.
     ``complete`` / ``failed``: a worker finished it (``failed`` covers WORK_FAIL and exceptions).
+    ``expired``: the store kept the job until its TTL ran out and can tell that it did.
     ``unknown``: neither the server nor the store has ever seen it (or the store forgot it).
     """
 
@@ -43,12 +44,16 @@ class State(enum.StrEnum):
     RUNNING = "running"
     COMPLETE = "complete"
     FAILED = "failed"
+    EXPIRED = "expired"
     UNKNOWN = "unknown"
 
     @property
     def final(self) -> bool:
-        """True for ``complete`` and ``failed``."""
-        return self in (State.COMPLETE, State.FAILED)
+        """True for ``complete``, ``failed`` and ``expired`` (nothing more will happen)."""
+        return self in _FINAL_STATES
+
+
+_FINAL_STATES = frozenset({State.COMPLETE, State.FAILED, State.EXPIRED})
 
 
 class EventKind(enum.StrEnum):
@@ -159,8 +164,10 @@ class Event:
 
     ``payload`` holds the chunk (data, warning), the result (completed) or the error text (failed,
     exception). ``numerator``/``denominator`` are set for status events. ``function`` and ``worker``
-    are set on ``started``. ``traceback`` is set on ``exception``. Treat an event as immutable
-    once made; it is not a frozen dataclass only because those are slow to build on the hot path.
+    are set on ``started``. ``traceback`` is set on ``exception``. ``ttl``, when not None,
+    overrides the store's default time to keep the job (seconds after this write; 0 = for ever).
+    Treat an event as immutable once made; it is not a frozen dataclass only because those are
+    slow to build on the hot path.
     """
 
     kind: EventKind
@@ -172,6 +179,7 @@ class Event:
     function: bytes = b""
     worker: str = ""
     traceback: str = ""
+    ttl: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +204,12 @@ class JobError:
 class JobRecord:
     """Everything a store keeps about one job (see the README's "Record format").
 
-    ``state`` is the stored state: ``running``, ``complete`` or ``failed``. ``attempt`` counts how
-    many times a worker started this job instance; a new attempt starts the data afresh.
+    ``state`` is the stored state: ``running``, ``complete`` or ``failed`` (``expired`` when a
+    store returns what it knows of an expired job: its key, no data). ``attempt`` counts how many
+    times a worker started this job instance; a new attempt starts the data afresh.
+    ``data_offset`` is the index of ``data[0]`` among all the job's chunks (non-zero only for
+    records read with a cursor, :func:`gearstash.store.get_after`). ``expires_at`` is the unix
+    time after which the store may forget the job (None: never, or the store cannot tell).
     """
 
     key: JobKey
@@ -213,6 +225,8 @@ class JobRecord:
     started_at: float | None = None
     finished_at: float | None = None
     updated_at: float | None = None
+    expires_at: float | None = None
+    data_offset: int = 0
 
     def apply(self, event: Event) -> None:
         """Apply one event to this record in memory (the reference semantics for every store)."""
@@ -292,6 +306,8 @@ class JobRecord:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "updated_at": self.updated_at,
+            "expires_at": self.expires_at,
+            "data_offset": self.data_offset,
         }
 
     @classmethod
@@ -320,6 +336,8 @@ class JobRecord:
             started_at=obj.get("started_at"),
             finished_at=obj.get("finished_at"),
             updated_at=obj.get("updated_at"),
+            expires_at=obj.get("expires_at"),
+            data_offset=int(obj.get("data_offset") or 0),
         )
 
 

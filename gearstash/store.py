@@ -9,13 +9,14 @@ registered the same way (see ``gearstash.plugins``).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from gearstash.errors import ConfigError
+from gearstash.errors import ConfigError, StoreError
 from gearstash.records import Event, JobRecord, JobRef
 
 
@@ -36,7 +37,13 @@ class Store(Protocol):
     * ``url`` describes the store with any password replaced by ``***``; it is safe to log.
     * ``capabilities`` is a set of words: ``shared`` (several processes/hosts see the same records),
       ``persistent`` (survives a restart of the process), ``evicts`` (may drop records under memory
-      pressure before they expire), ``push`` (can wake waiters).
+      pressure before they expire), ``push`` (can wake waiters), ``expires`` (honours TTLs),
+      ``delete``.
+
+    Optional methods (see the functions below for their contracts and fallbacks):
+    ``get_after(ref, after) -> JobRecord | None`` (cursor read), ``watch(refs) -> Watch`` (push),
+    ``delete(refs) -> int``, ``purge() -> int``. Every store should honour ``Event.ttl`` and its
+    own default TTL, and set ``JobRecord.expires_at``.
     """
 
     url: str
@@ -60,6 +67,88 @@ def get_one(store: Store, ref: JobRef) -> JobRecord | None:
     return store.get_many([ref])[0]
 
 
+# ------------------------------------------------------------------ optional store methods
+#
+# A store may also implement the methods below; the functions here call them when present and
+# fall back to something correct (if slower) when not, so a minimal third-party store still works.
+
+
+class Watch(Protocol):
+    """A subscription to changes of some jobs (see :func:`watch`)."""
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a watched job may have changed, or ``timeout`` seconds passed.
+
+        True when the store signalled a change (a push store), False on timeout. A change that
+        happened after the watch was made and before this call is not lost.
+        """
+        ...
+
+    def close(self) -> None:
+        """End the subscription; idempotent."""
+        ...
+
+
+class PollWatch:
+    """The watch of a store without push: waits the whole timeout (callers poll)."""
+
+    def __init__(self) -> None:
+        self._closed = threading.Event()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep ``timeout`` seconds (less if closed); always False."""
+        self._closed.wait(timeout)
+        return False
+
+    def close(self) -> None:
+        """Wake a sleeping :meth:`wait`."""
+        self._closed.set()
+
+
+def get_after(store: Store, ref: JobRef, after: int) -> JobRecord | None:
+    """The newest record matching ``ref`` holding only data chunks from index ``after`` on.
+
+    ``record.data_offset == after`` in the result. Uses ``store.get_after(ref, after)`` when the
+    store has it (a cursor read: only the new chunks travel), else slices a full read.
+    """
+    method = getattr(store, "get_after", None)
+    if method is not None:
+        result: JobRecord | None = method(ref, after)
+        return result
+    record = get_one(store, ref)
+    if record is not None and after:
+        record.data = record.data[after:]
+        record.data_offset = after
+    return record
+
+
+def watch(store: Store, refs: Sequence[JobRef]) -> Watch:
+    """Subscribe to changes of ``refs``: ``store.watch(refs)`` on push stores, else a PollWatch."""
+    method = getattr(store, "watch", None)
+    if method is None:
+        return PollWatch()
+    result: Watch = method(refs)
+    return result
+
+
+def delete(store: Store, refs: Sequence[JobRef]) -> int:
+    """Forget the jobs matching ``refs`` (every record each one matches); returns how many.
+
+    Raises StoreError when the store cannot delete.
+    """
+    method = getattr(store, "delete", None)
+    if method is None:
+        raise StoreError(f"store {store.url} cannot delete records")
+    count: int = method(refs)
+    return count
+
+
+def purge(store: Store) -> int:
+    """Remove expired records now (stores that expire by themselves return 0)."""
+    method = getattr(store, "purge", None)
+    return int(method()) if method is not None else 0
+
+
 StoreFactory = Callable[[str], Store]
 
 
@@ -79,6 +168,24 @@ def url_scheme(url: str) -> str:
     if not sep or not scheme:
         raise ConfigError(f"a store URL needs a scheme, like sqlite:///path: {redact_url(url)!r}")
     return scheme.lower()
+
+
+DEFAULT_TTL = 86400.0
+"""Seconds a store keeps a job after its last event unless told otherwise (``?ttl=`` in the URL)."""
+
+
+def ttl_from_query(url: str, default: float = DEFAULT_TTL) -> float:
+    """The ``ttl`` query parameter of a store URL in seconds (0 = keep for ever), else ``default``."""
+    values = parse_qs(urlsplit(url).query).get("ttl")
+    if not values:
+        return default
+    try:
+        ttl = float(values[-1])
+    except ValueError:
+        raise ConfigError(f"ttl must be a number of seconds in {redact_url(url)!r}") from None
+    if ttl < 0:
+        raise ConfigError(f"ttl must not be negative in {redact_url(url)!r}")
+    return ttl
 
 
 def redact_url(url: str) -> str:

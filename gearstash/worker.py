@@ -84,11 +84,13 @@ def _text_bytes(value: bytes | str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Registration:
-    """A function served under ``name``; ``timeout`` is sent as CAN_DO_TIMEOUT when set."""
+    """A function served under ``name``; ``timeout`` is sent as CAN_DO_TIMEOUT when set; ``ttl``
+    overrides the store's default time to keep this function's jobs."""
 
     name: str
     function: JobFunction
     timeout: int | None = None
+    ttl: float | None = None
 
 
 class Job:
@@ -109,6 +111,7 @@ class Job:
         "_pending",
         "_since",
         "_slot",
+        "_ttl",
         "function",
         "handle",
         "key",
@@ -137,6 +140,7 @@ class Job:
         self._hooks = slot.hooks
         self._pending: list[Event] = []
         self._since = 0.0
+        self._ttl: float | None = None
 
     def __repr__(self) -> str:
         return f"<Job {self.function} {self.handle!r} unique={self.unique!r}>"
@@ -149,14 +153,16 @@ class Job:
     def send_data(self, data: bytes | str) -> None:
         """Send a WORK_DATA chunk (str is sent as UTF-8); it is stored in order."""
         chunk = _text_bytes(data)
-        self._slot.record(self, Event(EventKind.DATA, self.key, time.time(), chunk))
+        self._slot.record(self, Event(EventKind.DATA, self.key, time.time(), chunk, ttl=self._ttl))
         self._hooks.data(self, chunk)
         self._send(encode_work(PacketType.WORK_DATA, self.handle, chunk))
 
     def send_warning(self, warning: bytes | str) -> None:
         """Send a WORK_WARNING (str is sent as UTF-8); it is stored in order."""
         chunk = _text_bytes(warning)
-        self._slot.record(self, Event(EventKind.WARNING, self.key, time.time(), chunk))
+        self._slot.record(
+            self, Event(EventKind.WARNING, self.key, time.time(), chunk, ttl=self._ttl)
+        )
         self._hooks.warning(self, chunk)
         self._send(encode_work(PacketType.WORK_WARNING, self.handle, chunk))
 
@@ -166,7 +172,15 @@ class Job:
         if num < 0 or den < 0:
             raise ValueError(f"status must not be negative: {num}/{den}")
         self._slot.record(
-            self, Event(EventKind.STATUS, self.key, time.time(), numerator=num, denominator=den)
+            self,
+            Event(
+                EventKind.STATUS,
+                self.key,
+                time.time(),
+                numerator=num,
+                denominator=den,
+                ttl=self._ttl,
+            ),
         )
         self._hooks.status(self, num, den)
         self._send(encode_request(PacketType.WORK_STATUS, self.handle, b"%d" % num, b"%d" % den))
@@ -232,19 +246,33 @@ class Worker:
         self._count_lock = threading.Lock()
         self._max_jobs: int | None = None
 
-    def register(self, name: str, function: JobFunction, *, timeout: int | None = None) -> None:
-        """Serve ``function`` under ``name``. Call before :meth:`work`."""
+    def register(
+        self,
+        name: str,
+        function: JobFunction,
+        *,
+        timeout: int | None = None,
+        ttl: float | None = None,
+    ) -> None:
+        """Serve ``function`` under ``name``. Call before :meth:`work`.
+
+        ``timeout``: seconds the server gives a job before it hands it to another worker
+        (CAN_DO_TIMEOUT). ``ttl``: seconds the store keeps these jobs after their last event
+        (0 = for ever; default: the store's own default).
+        """
         if not name or "\0" in name:
             raise ConfigError(f"bad function name {name!r}")
-        self.functions[name] = Registration(name, function, timeout)
+        if ttl is not None and ttl < 0:
+            raise ConfigError("ttl must not be negative")
+        self.functions[name] = Registration(name, function, timeout, ttl)
 
     def function(
-        self, name: str | None = None, *, timeout: int | None = None
+        self, name: str | None = None, *, timeout: int | None = None, ttl: float | None = None
     ) -> Callable[[JobFunction], JobFunction]:
         """Decorator form of :meth:`register` (the name defaults to the function's ``__name__``)."""
 
         def decorate(fn: JobFunction) -> JobFunction:
-            self.register(name or fn.__name__, fn, timeout=timeout)
+            self.register(name or fn.__name__, fn, timeout=timeout, ttl=ttl)
             return fn
 
         return decorate
@@ -563,20 +591,31 @@ class _Slot:
         else:  # JOB_ASSIGN_ALL: handle, function, unique, reducer, workload
             handle, function, unique, _reducer, workload = args
         job = Job(self, conn, handle, function, unique, workload)
+        registration = self.worker.functions.get(job.function)
+        ttl = job._ttl = registration.ttl if registration is not None else None
         job._since = now = time.time()
         job._pending.append(
-            Event(EventKind.STARTED, job.key, now, function=function, worker=self.worker.identity)
+            Event(
+                EventKind.STARTED,
+                job.key,
+                now,
+                function=function,
+                worker=self.worker.identity,
+                ttl=ttl,
+            )
         )
         self.job = job
         self.hooks.started(job)
-        registration = self.worker.functions.get(job.function)
         try:
             if registration is None:
                 raise JobFailed(f"this worker does not serve {job.function!r}")
             result = to_bytes(registration.function(job))
         except JobFailed as exc:
             error = JobError("fail", str(exc))
-            self.finish(job, Event(EventKind.FAILED, job.key, time.time(), error.message.encode()))
+            self.finish(
+                job,
+                Event(EventKind.FAILED, job.key, time.time(), error.message.encode(), ttl=ttl),
+            )
             self.hooks.failed(job, error)
             return encode_request(PacketType.WORK_FAIL, handle)
         except Exception as exc:
@@ -585,11 +624,18 @@ class _Slot:
             text = message.encode("utf-8", "replace")
             self.finish(
                 job,
-                Event(EventKind.EXCEPTION, job.key, time.time(), text, traceback=error.traceback),
+                Event(
+                    EventKind.EXCEPTION,
+                    job.key,
+                    time.time(),
+                    text,
+                    traceback=error.traceback,
+                    ttl=ttl,
+                ),
             )
             self.hooks.failed(job, error)
             log.info("job %r (%s) raised %s", handle, job.function, message)
             return encode_work(PacketType.WORK_EXCEPTION, handle, text)
-        self.finish(job, Event(EventKind.COMPLETED, job.key, time.time(), result))
+        self.finish(job, Event(EventKind.COMPLETED, job.key, time.time(), result, ttl=ttl))
         self.hooks.completed(job, result)
         return encode_work(PacketType.WORK_COMPLETE, handle, result)

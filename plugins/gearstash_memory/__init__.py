@@ -2,8 +2,11 @@
 
 ``memory://`` keeps records in a dict inside the current process (tests, one-process apps): nothing is
 shared with other processes and nothing survives the process. ``memory://NAME`` stores with the same
-name in one process share their records. ``null://`` keeps nothing: a worker with it only runs hooks
-(the "plain worker" of the benchmarks).
+name in one process share their records. ``?ttl=SECONDS`` sets the default time a job is kept after
+its last event (default one day; 0 = for ever); an expired job reads as ``expired`` until
+``purge()`` (run by itself every 1,000 writes) drops it. Waiters in the same process are woken by
+push. ``null://`` keeps nothing: a worker with it only runs hooks (the "plain worker" of the
+benchmarks).
 
 Registered through the ``gearstash`` entry-point group exactly as a third-party store would be.
 """
@@ -11,49 +14,146 @@ Registered through the ``gearstash`` entry-point group exactly as a third-party 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 from gearstash import hookimpl
 from gearstash.hookspecs import RegisterStore
-from gearstash.records import Event, JobKey, JobRecord, JobRef
+from gearstash.records import Event, JobKey, JobRecord, JobRef, State
+from gearstash.store import PollWatch, ttl_from_query
 
 _shared: dict[str, MemoryStore] = {}
 _shared_lock = threading.Lock()
+PURGE_EVERY = 1000
+
+
+class MemoryWatch:
+    """Woken by every write to its store (waiters re-read; cheap in one process)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self._seen = store._version
+        self._closed = False
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the store is written to (True) or ``timeout`` passes (False)."""
+        cond = self._store._cond
+        with cond:
+            if self._store._version == self._seen and not self._closed:
+                cond.wait(timeout)
+            changed = self._store._version != self._seen
+            self._seen = self._store._version
+        return changed
+
+    def close(self) -> None:
+        """Stop watching (wakes a waiting thread)."""
+        with self._store._cond:
+            self._closed = True
+            self._store._cond.notify_all()
 
 
 class MemoryStore:
-    """Records in a dict, guarded by a lock. Thread-safe; not shared across processes."""
+    """Records in a dict, guarded by a condition variable. Thread-safe; not shared across processes."""
 
-    capabilities = frozenset[str]()
+    capabilities = frozenset({"push", "expires", "delete"})
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
-        self._lock = threading.Lock()
+        self.ttl = ttl_from_query(url)
+        self._cond = threading.Condition()
+        self._version = 0
+        self._writes = 0
         self._records: dict[JobKey, JobRecord] = {}
         self._by_handle: dict[bytes, list[JobKey]] = {}
 
     def write(self, events: Sequence[Event]) -> None:
-        """Apply ``events`` in order under one lock (atomic for readers)."""
-        with self._lock:
+        """Apply ``events`` in order under one lock (atomic for readers); wake watchers."""
+        with self._cond:
             for event in events:
                 record = self._records.get(event.key)
                 if record is None:
                     record = self._records[event.key] = JobRecord(event.key)
                     self._by_handle.setdefault(event.key.handle, []).append(event.key)
                 record.apply(event)
+                ttl = self.ttl if event.ttl is None else event.ttl
+                record.expires_at = event.at + ttl if ttl > 0 else None
+            self._version += 1
+            self._writes += 1
+            if self._writes % PURGE_EVERY == 0:
+                self._purge_locked(time.time())
+            self._cond.notify_all()
+
+    def _find(self, ref: JobRef) -> JobRecord | None:
+        for key in reversed(self._by_handle.get(ref.handle, ())):
+            if ref.matches(key):
+                return self._records[key]
+        return None
+
+    @staticmethod
+    def _view(record: JobRecord, now: float, after: int = 0) -> JobRecord:
+        if record.expires_at is not None and record.expires_at <= now:
+            return JobRecord(
+                record.key,
+                function=record.function,
+                state=State.EXPIRED,
+                attempt=record.attempt,
+                expires_at=record.expires_at,
+            )
+        copy = record.copy()
+        if after:
+            copy.data = copy.data[after:]
+            copy.data_offset = after
+        return copy
 
     def get_many(self, refs: Sequence[JobRef]) -> list[JobRecord | None]:
         """The newest matching record for each reference (copies; safe to keep)."""
-        out: list[JobRecord | None] = []
-        with self._lock:
+        now = time.time()
+        with self._cond:
+            found = [self._find(ref) for ref in refs]
+            return [None if r is None else self._view(r, now) for r in found]
+
+    def get_after(self, ref: JobRef, after: int) -> JobRecord | None:
+        """Like ``get_many([ref])[0]`` with only the data chunks from index ``after`` on."""
+        with self._cond:
+            record = self._find(ref)
+            return None if record is None else self._view(record, time.time(), after)
+
+    def watch(self, refs: Sequence[JobRef]) -> MemoryWatch:
+        """A watch woken by any write to this store."""
+        return MemoryWatch(self)
+
+    def delete(self, refs: Sequence[JobRef]) -> int:
+        """Forget every record each reference matches; returns how many were removed."""
+        removed = 0
+        with self._cond:
             for ref in refs:
-                found = None
-                for key in reversed(self._by_handle.get(ref.handle, ())):
-                    if ref.matches(key):
-                        found = self._records[key].copy()
-                        break
-                out.append(found)
-        return out
+                keys = self._by_handle.get(ref.handle, [])
+                for key in [k for k in keys if ref.matches(k)]:
+                    keys.remove(key)
+                    del self._records[key]
+                    removed += 1
+                if not keys:
+                    self._by_handle.pop(ref.handle, None)
+            self._version += 1
+            self._cond.notify_all()
+        return removed
+
+    def purge(self) -> int:
+        """Drop expired records now; returns how many."""
+        with self._cond:
+            return self._purge_locked(time.time())
+
+    def _purge_locked(self, now: float) -> int:
+        dead = [
+            k for k, r in self._records.items() if r.expires_at is not None and r.expires_at <= now
+        ]
+        for key in dead:
+            del self._records[key]
+            keys = self._by_handle[key.handle]
+            keys.remove(key)
+            if not keys:
+                del self._by_handle[key.handle]
+        return len(dead)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -74,13 +174,17 @@ class NullStore:
         """``None`` for every reference."""
         return [None] * len(refs)
 
+    def watch(self, refs: Sequence[JobRef]) -> PollWatch:
+        """Nothing ever changes here: a polling watch."""
+        return PollWatch()
+
     def close(self) -> None:
         """Nothing to release."""
 
 
 def open_memory(url: str) -> MemoryStore:
     """``memory://`` → a new private store; ``memory://NAME`` → the process-wide store NAME."""
-    name = url.partition("://")[2]
+    name = url.partition("://")[2].partition("?")[0]
     if not name:
         return MemoryStore(url)
     with _shared_lock:
