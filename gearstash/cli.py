@@ -338,6 +338,60 @@ def wait(
         sys.exit(EXIT_FAILED)
 
 
+@main.command()
+@_server_option
+@_store_option
+@click.option("--timeout", "-t", type=float, default=None, help="Give up after this many seconds.")
+@click.option("--after", type=int, default=0, show_default=True, help="Start at this chunk number.")
+@click.argument("handle")
+def follow(
+    servers: tuple[str, ...], store: str | None, timeout: float | None, after: int, handle: str
+) -> None:
+    """Print HANDLE's data chunks as they arrive, like ``tail -f``, until the job ends.
+
+    Chunks go to standard output as raw bytes; progress and the final state go to standard error.
+    Uses push where the store has it. Exits 0 when the job completed, 3 when it failed, 4 on
+    timeout or when the job is unknown.
+    """
+    ref = JobRef.parse(handle)
+    out = sys.stdout.buffer
+    state = State.UNKNOWN
+    with _client(servers, store) as client:
+        for update in client.follow(ref, after=after, timeout=timeout):
+            if update.restarted:
+                click.echo("-- a new attempt started; its data follows --", err=True)
+            for chunk in update.chunks:
+                out.write(chunk)
+                if not chunk.endswith(b"\n"):
+                    out.write(b"\n")
+            out.flush()
+            state = update.view.state
+        click.echo(f"-- {ref.handle.decode('utf-8', 'replace')} {state.value} --", err=True)
+    if state is not State.COMPLETE:
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@_store_option
+@click.argument("handles", nargs=-1, required=True)
+def forget(store: str | None, handles: tuple[str, ...]) -> None:
+    """Delete the stored records of each HANDLE (every record a bare handle matches)."""
+    with Client(["127.0.0.1"], store=store) as client:
+        removed = client.forget([JobRef.parse(h) for h in handles])
+    click.echo(f"forgot {removed} record(s)")
+
+
+@main.command()
+@_store_option
+def purge(store: str | None) -> None:
+    """Remove expired records from the store now (stores also purge by themselves)."""
+    from gearstash.store import purge as purge_store
+
+    with Client(["127.0.0.1"], store=store) as client:
+        removed = purge_store(client.store)
+    click.echo(f"purged {removed} expired record(s) from {client.store.url}")
+
+
 # ---------------------------------------------------------------- plugins / demo
 
 

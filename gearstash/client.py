@@ -591,8 +591,9 @@ class Client:
         Each update carries the data chunks that arrived since the previous one (from chunk
         ``after`` on; none when ``data`` is False), and the job's current view. An update is
         yielded when chunks arrive or the state, status or progress changes; the last one has a
-        final state. ``update.view.record`` holds only the chunks of that update. A new attempt of the job (a worker crashed and another took it) restarts the
-        chunks from 0, flagged by ``update.restarted``. Push stores wake the follower at once;
+        final state. ``update.view.record`` holds only the chunks of that update. A new attempt
+        of the job (a worker crashed and another took it) restarts the chunks from 0, flagged by
+        ``update.restarted``. Push stores wake the follower at once;
         others are polled with backoff. Raises JobNotFound and WaitTimeout like :meth:`wait`.
         """
         job = as_ref(ref)

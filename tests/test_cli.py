@@ -414,3 +414,43 @@ def test_demo_runs_end_to_end(cli_env, tmp_path):
     assert "321CBA" in proc.stdout and "654FED" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
     assert (tmp_path / "jobs.db").exists()  # the default store landed in $GEARSTASH_HOME
+
+
+# ---------------------------------------------------------------- follow / forget / purge
+
+PACED = textwrap.dedent(
+    """
+    import time
+
+
+    def paced(job):
+        for i in range(4):
+            job.send_data(b"line %d" % i)
+            time.sleep(0.05)
+        return b"done"
+    """
+)
+
+
+def test_follow_prints_chunks_like_tail_then_forget_and_purge(gearmand, cli_env, tmp_path):
+    (tmp_path / "pacedjobs.py").write_text(PACED)
+    with worker_process(
+        ["--server", gearmand.address, "pacedjobs:paced"],
+        env=cli_env,
+        cwd=tmp_path,
+        servers=[gearmand],
+        functions=["paced"],
+    ):
+        ref = cli("submit", "-s", gearmand.address, "paced", "x", "--background").output.strip()
+        followed = run_gearstash(
+            "follow", "-s", gearmand.address, ref, "--timeout", "20", env=cli_env
+        )
+        assert followed.returncode == 0, followed.stderr
+        assert followed.stdout == "line 0\nline 1\nline 2\nline 3\n"
+        assert "complete" in followed.stderr
+    forgot = cli("forget", ref)
+    assert forgot.exit_code == 0 and "forgot 1 record" in forgot.output
+    gone = cli("fetch", "-s", gearmand.address, ref, "--json")
+    assert json.loads(gone.output)["state"] == "unknown"
+    purged = cli("purge")
+    assert purged.exit_code == 0 and "purged" in purged.output

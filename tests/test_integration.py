@@ -429,3 +429,78 @@ def test_chatty_job_events_are_written_in_batches(gearmand):
         view = c.wait(c.submit_background("chatty", b""), timeout=10)
     assert view.data == [b"%d" % i for i in range(200)]
     assert writes == [202]  # started + 200 chunks + completed in one write
+
+
+def _paced(job):
+    """Five data chunks, a little apart, then the joined result."""
+    for i in range(5):
+        job.send_status(i + 1, 5)
+        job.send_data(b"line %d" % i)
+        time.sleep(0.05)
+    return b"paced"
+
+
+def test_follow_yields_every_chunk_once_in_order_then_the_final_state(gearmand, store_url):
+    with (
+        running_worker([gearmand.address], store_url, {"paced": _paced}),
+        Client([gearmand.address], store=store_url) as c,
+    ):
+        ref = c.submit_background("paced", b"")
+        updates = list(c.follow(ref, timeout=20))
+    chunks = [chunk for u in updates for chunk in u.chunks]
+    assert chunks == [b"line %d" % i for i in range(5)]
+    offsets = [u.offset for u in updates if u.chunks]
+    assert offsets == sorted(offsets) and offsets[0] == 0
+    assert updates[-1].view.state is State.COMPLETE
+    assert len(updates) > 2  # it followed the job as it went, not just at the end
+
+
+def test_follow_from_a_cursor(gearmand, store_url):
+    with (
+        running_worker([gearmand.address], store_url, {"paced": _paced}),
+        Client([gearmand.address], store=store_url) as c,
+    ):
+        ref = c.submit_background("paced", b"")
+        c.wait(ref, timeout=20)
+        updates = list(c.follow(ref, after=3, timeout=5))
+    assert [chunk for u in updates for chunk in u.chunks] == [b"line 3", b"line 4"]
+    assert updates[0].offset == 3
+
+
+def test_forget_removes_the_record(gearmand, store_url):
+    with (
+        running_worker([gearmand.address], store_url),
+        Client([gearmand.address], store=store_url) as c,
+    ):
+        ref = c.submit_background("echo", b"bye")
+        assert c.wait(ref, timeout=10).result == b"bye"
+        assert c.forget(ref) == 1
+        assert c.fetch(ref).state is State.UNKNOWN
+        assert c.forget(ref) == 0
+
+
+def test_per_function_ttl_expires_the_record(gearmand):
+    store_url = f"memory://{uuid.uuid4().hex}?ttl=3600"
+    worker_functions = {"echo": FUNCTIONS["echo"]}
+    worker = Worker([gearmand.address], store=store_url)
+    worker.register("echo", worker_functions["echo"])
+    worker.register("brief", FUNCTIONS["echo"], ttl=0.3)
+    thread = threading.Thread(target=worker.work, kwargs={"handle_signals": False})
+    thread.start()
+    try:
+        with Client([gearmand.address], store=store_url) as c:
+            kept = c.submit_background("echo", b"kept")
+            brief = c.submit_background("brief", b"brief")
+            assert c.wait(brief, timeout=10).result == b"brief"
+            assert c.wait(kept, timeout=10).result == b"kept"
+            record = c.fetch(brief).record
+            assert record is not None and record.expires_at is not None
+            time.sleep(0.4)
+            gone = c.fetch(brief)
+            assert gone.state is State.EXPIRED and gone.data == [] and gone.result is None
+            assert c.fetch(kept).state is State.COMPLETE
+            assert open_store(store_url).purge() == 1  # type: ignore[attr-defined]
+            assert c.fetch(brief).state is State.UNKNOWN
+    finally:
+        worker.stop()
+        thread.join(10)
