@@ -2,7 +2,9 @@
 # Make a machine ready for gearstash's demo, tests and benchmark. Idempotent; run as root on
 # Debian 12 (sudo is used when not root). From any directory:  bash scripts/setup.sh
 #
-#   1. Debian packages: gearmand, the C gearman tools, memcached, php-cli + pecl gearman
+#   1. Debian packages: gearmand, the C gearman tools, memcached, redis-server (tests start their
+#      own for restarts, AUTH and TLS), openssl, php-cli + the gearman, redis, memcached, pgsql,
+#      sqlite3 and mysql extensions
 #      (apt is skipped when all of them are already there, unless GEARSTASH_SETUP_FORCE=1);
 #   2. .venv with python3 (>= 3.11), created when missing or broken;
 #   3. pip install -e '.[test,postgres,mysql,redis,memcache]' pygearman into .venv
@@ -15,17 +17,20 @@ ROOT=$(pwd)
 say() { printf 'setup: %s\n' "$*"; }
 
 # -- 1. system packages -------------------------------------------------------------------------
-APT_PACKAGES=(gearman-job-server gearman-tools memcached php-cli php-gearman)
+APT_PACKAGES=(gearman-job-server gearman-tools memcached redis-server openssl
+              php-cli php-gearman php-redis php-memcached php-pgsql php-sqlite3 php-mysql)
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
 
 system_ready() {
-    have gearmand && have gearman && have gearadmin && have memcached && have php || return 1
-    php -r 'exit(extension_loaded("gearman") ? 0 : 1);' >/dev/null 2>&1
+    have gearmand && have gearman && have gearadmin && have memcached && have redis-server &&
+        have openssl && have php || return 1
+    php -r 'foreach (["gearman", "redis", "memcached", "pgsql", "pdo_sqlite", "pdo_mysql"] as $e)
+                if (!extension_loaded($e)) exit(1);' >/dev/null 2>&1
 }
 
 if [ "${GEARSTASH_SETUP_FORCE:-0}" != 1 ] && system_ready; then
-    say "gearmand, gearman tools, memcached and php-gearman present: apt skipped"
+    say "gearmand, gearman tools, memcached, redis-server and the php extensions present: apt skipped"
 else
     SUDO=()
     if [ "$(id -u)" -ne 0 ]; then
