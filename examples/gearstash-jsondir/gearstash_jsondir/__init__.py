@@ -29,7 +29,8 @@ def _name(key: JobKey) -> str:
 
 
 class JsonDirStore:
-    """Records as JSON files named ``<sha256(handle)[:16]>-<sha256(server, handle, unique)[:32]>``."""
+    """Records as JSON files ``<sha256(handle)[:16]>-<sha256(server, handle, unique)[:32]>.json``
+    holding ``{"created": <ns>, "record": <gearstash.job/1 record>}``."""
 
     capabilities = frozenset({"shared", "persistent", "expires", "delete"})
 
@@ -48,45 +49,61 @@ class JsonDirStore:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def _load(self, path: Path) -> JobRecord | None:
+    def _read(self, path: Path) -> tuple[int, JobRecord] | None:
+        """(creation stamp, record) of one file; the stamp orders jobs that share a handle."""
         try:
             with open(path, encoding="utf-8") as f:
-                record = JobRecord.from_json(json.load(f))
+                obj = json.load(f)
+            return int(obj["created"]), JobRecord.from_json(obj["record"])
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, KeyError) as exc:
             raise StoreError(f"store {self.url}: cannot read {path.name}: {exc}") from exc
+
+    def _load(self, path: Path) -> JobRecord | None:
+        found = self._read(path)
+        if found is None:
+            return None
+        record = found[1]
         if record.expires_at is not None and record.expires_at <= time.time():
-            return JobRecord(record.key, function=record.function, state=State.EXPIRED,
-                             attempt=record.attempt, expires_at=record.expires_at)
+            return JobRecord(
+                record.key,
+                function=record.function,
+                state=State.EXPIRED,
+                attempt=record.attempt,
+                expires_at=record.expires_at,
+            )
         return record
 
     def write(self, events: Sequence[Event]) -> None:
         """Apply the events to each job's file under the directory lock."""
         try:
             with self._locked():
-                records: dict[JobKey, JobRecord] = {}
+                records: dict[JobKey, tuple[int, JobRecord]] = {}
                 for event in events:
-                    record = records.get(event.key)
-                    if record is None:
-                        record = self._load(self.root / _name(event.key)) or JobRecord(event.key)
-                        records[event.key] = record
+                    if event.key not in records:
+                        found = self._read(self.root / _name(event.key))
+                        records[event.key] = found or (time.time_ns(), JobRecord(event.key))
+                    record = records[event.key][1]
                     record.apply(event)
                     ttl = self.ttl if event.ttl is None else event.ttl
                     record.expires_at = event.at + ttl if ttl > 0 else None
-                for key, record in records.items():
+                for key, (created, record) in records.items():
                     path = self.root / _name(key)
                     tmp = path.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(record.to_json()), encoding="utf-8")
+                    body = {"created": created, "record": record.to_json()}
+                    tmp.write_text(json.dumps(body), encoding="utf-8")
                     os.replace(tmp, path)
         except OSError as exc:
             raise StoreError(f"store {self.url}: {exc}") from exc
 
     def _candidates(self, handle: bytes) -> list[JobRecord]:
+        """Every job with this handle, oldest first."""
         prefix = hashlib.sha256(handle).hexdigest()[:16]
-        paths = sorted(self.root.glob(f"{prefix}-*.json"), key=lambda p: p.stat().st_mtime_ns)
-        found = [self._load(p) for p in paths]
-        return [r for r in found if r is not None and r.key.handle == handle]
+        found = [(p, self._read(p)) for p in self.root.glob(f"{prefix}-*.json")]
+        ordered = sorted((f[0], str(p)) for p, f in found if f is not None)
+        loaded = [self._load(Path(p)) for _, p in ordered]
+        return [r for r in loaded if r is not None and r.key.handle == handle]
 
     def get_many(self, refs: Sequence[JobRef]) -> list[JobRecord | None]:
         """The newest (last written) matching record per reference."""

@@ -1,0 +1,11 @@
+"""gearstash's store contract, run against this store."""
+
+import pytest
+
+from gearstash.testing import StoreContract
+
+
+class TestJsonDirStore(StoreContract):
+    @pytest.fixture
+    def store_url(self, tmp_path):
+        return f"jsondir://{tmp_path}/jobs"
