@@ -112,7 +112,7 @@ def test_selected_by_url_scheme_by_a_worker(venv: Path, gearmand, tmp_path: Path
         ],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         submitted = run(
