@@ -11,8 +11,10 @@ The tests after "SQL store" check what only the SQL store promises (schema, URLs
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 import multiprocessing
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -588,3 +590,150 @@ def test_sqlite_memory_is_private_to_the_store() -> None:
         first.close()  # idempotent
     with pytest.raises(StoreError, match="closed"):
         first.write(full_job(key))
+
+
+def _writers(store: Store) -> Any:
+    """The SQL store's write connections (gearstash_sql.writers.Writers)."""
+    return store._writers  # type: ignore[attr-defined]
+
+
+def test_sql_threads_write_at_once(sql_url: str) -> None:
+    """Threads of one process write at once, each on its own connection (SQLite: one, in turn);
+    a thread's connection closes when the thread ends, and close() closes every thread's."""
+    store = open_store(sql_url)
+    try:
+        workers, count = 6, 25
+        server = _server()
+        own = [JobKey(server, _handle(), b"own") for _ in range(workers)]
+        shared = JobKey(server, _handle(), b"shared")
+        store.write([ev(EventKind.STARTED, shared, T0, function=b"f")])
+        barrier = threading.Barrier(workers)
+        errors: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                barrier.wait(timeout=60)
+                key = own[n]
+                store.write([ev(EventKind.STARTED, key, T0, function=b"f", worker=f"t{n}")])
+                for i in range(count):
+                    payload = b"%d:%d" % (n, i)
+                    store.write(
+                        [
+                            ev(EventKind.DATA, key, T0 + i, payload=payload),
+                            ev(EventKind.STATUS, key, T0 + i, numerator=i, denominator=count),
+                        ]
+                    )
+                    store.write([ev(EventKind.DATA, shared, T0 + i, payload=payload)])
+                store.write([ev(EventKind.COMPLETED, key, T0 + count, payload=b"%d" % n)])
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert errors == [] and not any(thread.is_alive() for thread in threads)
+        records = store.get_many([JobRef(k.handle, server, k.unique) for k in [*own, shared]])
+        for n, record in enumerate(records[:workers]):
+            assert record is not None
+            assert record.data == [b"%d:%d" % (n, i) for i in range(count)]
+            assert [p.numerator for p in record.status] == list(range(count))
+            assert (record.state, record.result, record.worker) == (
+                State.COMPLETE,
+                b"%d" % n,
+                f"t{n}",
+            )
+        shared_record = records[-1]
+        assert shared_record is not None and len(shared_record.data) == workers * count
+        for n in range(workers):
+            mine = [c for c in shared_record.data if c.startswith(b"%d:" % n)]
+            assert mine == [b"%d:%d" % (n, i) for i in range(count)]
+        gc.collect()
+        assert len(_writers(store)) == 1  # this thread's (SQLite: the store's one)
+    finally:
+        store.close()
+    assert len(_writers(store)) == 0
+    with pytest.raises(StoreError, match="closed"):
+        store.write([ev(EventKind.STARTED, _key(), T0)])
+    with pytest.raises(StoreError, match="closed"):
+        store.get_many([JobRef(b"H:1")])
+
+
+def _write_in_child(store: Store, key: JobKey) -> None:
+    store.write([ev(EventKind.STARTED, key, T0), ev(EventKind.COMPLETED, key, T0 + 1)])
+    assert get(store, JobRef(key.handle, key.server, key.unique)) is not None
+    store.close()
+
+
+def test_sql_forked_child_leaves_the_parents_connections_alone(sql_url: str) -> None:
+    """A store used again after fork() connects afresh in the child and never closes (or uses)
+    the parent's connections: the parent goes on writing on the connection it had. A lock some
+    thread of the parent held at the fork does not block the child."""
+    store = open_store(sql_url)
+    parent_key, child_key = _key(), _key()
+    # daemon: a child that hangs is killed below (and at exit), never left for the session to join
+    child = multiprocessing.get_context("fork").Process(
+        target=_write_in_child, args=(store, child_key), daemon=True
+    )
+    try:
+        store.write([ev(EventKind.STARTED, parent_key, T0)])
+        assert get(store, JobRef(parent_key.handle)) is not None  # a pooled read connection too
+        writer = _writers(store).get()
+        with store._write_guard:  # type: ignore[attr-defined]  # as if a thread were writing
+            child.start()
+        child.join(timeout=30)
+        assert child.exitcode == 0
+        time.sleep(0.05)  # a hang-up caused by the child would have reached us
+        store.write([ev(EventKind.COMPLETED, parent_key, T0 + 1, payload=b"ok")])
+        assert _writers(store).get() is writer
+        got = store.get_many(
+            [JobRef(k.handle, k.server, k.unique) for k in (parent_key, child_key)]
+        )
+        assert [r.state if r else None for r in got] == [State.COMPLETE, State.COMPLETE]
+    finally:
+        if child.is_alive():  # hung (a bug): not left behind
+            child.kill()
+            child.join(timeout=10)
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ],
+)
+def test_sql_connection_dropped_while_idle_is_replaced(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    """The server ends a write connection while it is idle (restart, timeout): the next write
+    goes out on a new connection instead of failing (and so is not lost)."""
+    url = sql_url_for(request, kind)
+    store = open_store(url)
+    try:
+        key = _key()
+        store.write([ev(EventKind.STARTED, key, T0)])
+        writer = _writers(store).get()
+        if kind == "postgres":
+            kill = f"SELECT pg_terminate_backend({writer.conn.info.backend_pid})"  # ours
+        else:
+            kill = f"KILL {writer.conn.thread_id()}"  # ours
+        admin = sa.create_engine(url)
+        try:
+            with admin.begin() as conn:
+                conn.execute(sa.text(kill))
+        finally:
+            admin.dispose()
+        deadline = time.monotonic() + 5
+        while not writer.poller.poll(0) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # one statement, run in autocommit: sent on a dead connection, its fate would be unknown
+        store.write([ev(EventKind.COMPLETED, key, T0 + 2, payload=b"after")])
+        assert _writers(store).get() is not writer
+        got = get(store, JobRef(key.handle, key.server, key.unique))
+        assert got is not None and (got.result, got.state) == (b"after", State.COMPLETE)
+    finally:
+        store.close()
+        delete_run_rows(url)

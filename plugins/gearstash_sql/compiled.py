@@ -1,12 +1,12 @@
-"""Core statements compiled once per store and run straight on a pooled DBAPI cursor.
+"""Core statements compiled once per store and run straight on a DBAPI cursor.
 
 The write path is gearstash's hot path (a worker writes every job it runs), and SQLAlchemy's
-``Connection.execute`` costs about as much per statement as SQLite itself. So writes compile their
-Core constructs once for the store's dialect (:class:`Compiled`) and run them with
-``cursor.execute``/``executemany`` on a connection from the engine's pool. This is only done for
+``Connection.execute`` costs about as much per statement as SQLite itself. The common writes are
+SQL text in :mod:`gearstash_sql.direct`; the general write path (a job run again, several jobs in one
+call) compiles its Core constructs once for the store's dialect (:class:`Compiled`) and runs them
+with ``cursor.execute``/``executemany`` on the thread's write connection. This is only done for
 statements whose parameters the three drivers take natively (bytes, str, int, float, None) and whose
-columns need no result processing; reads and DDL go through SQLAlchemy as usual.
-"""
+columns need no result processing; reads and DDL go through SQLAlchemy as usual."""
 
 from __future__ import annotations
 

@@ -1,9 +1,12 @@
 """Store URL → SQLAlchemy engine, with the per-database settings the store relies on.
 
 * ``sqlite:///path``: the parent folder is created; WAL journal, ``synchronous=NORMAL``, a busy
-  timeout of :data:`SQLITE_BUSY_TIMEOUT_MS`; writes begin with ``BEGIN IMMEDIATE`` (SQLite serialises
-  writers, so a write holds the lock from its first statement and never has to upgrade a read lock;
-  see :func:`begin_sqlite`).
+  timeout of :data:`SQLITE_BUSY_TIMEOUT_MS`; pysqlite in autocommit mode. A write of several
+  statements begins with ``BEGIN IMMEDIATE`` (SQLite serialises writers, so a write holds the lock
+  from its first statement and never has to upgrade a read lock); a write of one statement runs
+  alone, which SQLite starts as a write transaction too. Reads begin with ``BEGIN`` (see
+  :func:`begin_sqlite`). (``cache_size``, ``temp_store`` and a larger ``wal_autocheckpoint`` were
+  measured: none made writes cheaper.)
   ``sqlite://`` and ``sqlite:///:memory:`` give a private in-process database on one shared connection.
 * ``postgresql://`` / ``postgres://`` use psycopg 3 unless a driver is named (``postgresql+...``).
 * ``mysql://`` / ``mariadb://`` use PyMySQL unless a driver is named.
@@ -19,13 +22,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from gearstash.errors import ConfigError
 from gearstash.store import redact_url
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT_S = 10
+_CLIENT_MULTI_STATEMENTS = 1 << 16  # pymysql.constants.CLIENT.MULTI_STATEMENTS (the protocol's)
 
 # backend → default driver (the DBAPI gearstash installs with its extras)
 DEFAULT_DRIVERS = {
@@ -66,11 +70,17 @@ def parse_url(url: str) -> Target:
     return Target(parsed, family, memory, parsed.password or "")
 
 
-def make_engine(target: Target) -> sa.Engine:
-    """A pooled engine for ``target`` (created once per store). May raise OSError (SQLite folder)."""
+def make_engine(target: Target, *, pooled: bool = True) -> sa.Engine:
+    """An engine for ``target`` (created once per store). May raise OSError (SQLite folder).
+
+    ``pooled=False``: a pool-less engine, whose every connection is new; the store takes its write
+    connections from one and keeps them (see :mod:`gearstash_sql.writers`).
+    """
     kwargs: dict[str, Any] = {"hide_parameters": True}
     connect_args: dict[str, Any] = {}
     query = {name.lower() for name in target.url.query}
+    if not pooled:
+        kwargs["poolclass"] = NullPool
     if target.family == "sqlite":
         # gearstash issues BEGIN itself (see begin_sqlite); pysqlite must not.
         connect_args.update(isolation_level=None, check_same_thread=False)
@@ -83,16 +93,32 @@ def make_engine(target: Target) -> sa.Engine:
         if "connect_timeout" not in query:
             connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
     else:
-        kwargs["pool_recycle"] = 3600  # MariaDB drops idle connections after wait_timeout
-        # Every gearstash transaction ends in COMMIT or ROLLBACK; PyMySQL would spend a round trip
-        # on the pool's extra ROLLBACK at each check-in.
-        kwargs["pool_reset_on_return"] = None
+        if pooled:
+            kwargs["pool_recycle"] = 3600  # MariaDB drops idle connections after wait_timeout
+            # Every gearstash transaction ends in COMMIT or ROLLBACK; PyMySQL would spend a round
+            # trip on the pool's extra ROLLBACK at each check-in.
+            kwargs["pool_reset_on_return"] = None
         if "connect_timeout" not in query:
             connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
     engine = sa.create_engine(target.url, connect_args=connect_args, **kwargs)
     if target.family == "sqlite":
         _sqlite_hooks(engine, wal=not target.memory)
+    elif not pooled and multi_statements(target):
+        _multi_statements_hook(engine)
     return engine
+
+
+def multi_statements(target: Target) -> bool:
+    """True when the write connections take several statements per query (MySQL over PyMySQL)."""
+    return target.family == "mysql" and target.url.get_driver_name() == "pymysql"
+
+
+def _multi_statements_hook(engine: sa.Engine) -> None:
+    """PyMySQL: ``CLIENT.MULTI_STATEMENTS`` on top of the flags SQLAlchemy sets (FOUND_ROWS)."""
+
+    @event.listens_for(engine, "do_connect")
+    def _on_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams["client_flag"] = int(cparams.get("client_flag", 0)) | _CLIENT_MULTI_STATEMENTS
 
 
 def _sqlite_hooks(engine: sa.Engine, *, wal: bool) -> None:

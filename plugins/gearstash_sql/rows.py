@@ -26,6 +26,9 @@ _STATUS = EventKind.STATUS
 _STARTED = EventKind.STARTED
 _COMPLETED = EventKind.COMPLETED
 _EXCEPTION = EventKind.EXCEPTION
+_RUNNING = State.RUNNING.value
+_COMPLETE = State.COMPLETE.value
+_FAILED = State.FAILED.value
 
 # (seq, kind, payload, numerator, denominator, at)
 Chunk = tuple[int, str, bytes | None, int | None, int | None, float]
@@ -148,6 +151,109 @@ class RowChange:
             }
             for seq, kind, payload, num, den, at in self.chunks
         ]
+
+
+class Scan:
+    """What a run of events does to a job row that does not exist yet (one pass, no dicts).
+
+    ``row`` is the new row in :data:`JOB_COLUMNS` order, ``chunks`` its chunks (seq from 0).
+    ``starts`` counts the ``started`` events and ``finals`` has bit 1 set when a ``completed``
+    event occurred and bit 2 when a ``failed``/``exception`` one did. For a run without ``started``
+    the same values are what the run changes on an *existing* row too (plus ``next_seq`` grows by
+    ``len(chunks)``): see :data:`BUMP_COLUMNS`.
+    """
+
+    __slots__ = ("chunks", "finals", "row", "starts")
+
+    def __init__(self, key: JobKey, events: Iterable[Event]) -> None:
+        function = b""
+        state = _RUNNING
+        attempt = 1
+        result: bytes | None = None
+        error_kind: str | None = None
+        error_message: str | None = None
+        traceback: str | None = None
+        worker = ""
+        started_at: float | None = None
+        finished_at: float | None = None
+        updated_at: float | None = None
+        seq = 0
+        starts = 0
+        finals = 0
+        chunks: list[Chunk] = []
+        for event in events:
+            kind = event.kind
+            at = updated_at = event.at
+            if kind is _DATA:
+                chunks.append((seq, "data", event.payload, None, None, at))
+                seq += 1
+            elif kind is _STATUS:
+                chunks.append((seq, "status", None, event.numerator, event.denominator, at))
+                seq += 1
+            elif kind is _WARNING:
+                chunks.append((seq, "warning", event.payload, None, None, at))
+                seq += 1
+            elif kind is _STARTED:
+                if started_at is not None:
+                    attempt += 1
+                starts += 1
+                function = event.function or function
+                worker = event.worker
+                state = _RUNNING
+                started_at = at
+                finished_at = result = error_kind = error_message = traceback = None
+                chunks = []
+                seq = 0
+            elif kind is _COMPLETED:
+                state = _COMPLETE
+                result = event.payload
+                finished_at = at
+                finals |= 1
+            else:
+                state = _FAILED
+                error_kind = "exception" if kind is _EXCEPTION else "fail"
+                error_message = event.payload.decode("utf-8", "replace")
+                traceback = event.traceback
+                finished_at = at
+                finals |= 2
+        self.row: tuple[Any, ...] = (
+            key.server,
+            key.handle,
+            key.unique,
+            function,
+            state,
+            attempt,
+            result,
+            error_kind,
+            error_message,
+            traceback,
+            worker,
+            started_at,
+            finished_at,
+            updated_at,
+            None,  # expires_at
+            seq,
+        )
+        self.chunks = chunks
+        self.starts = starts
+        self.finals = finals
+
+
+# finals bits → the columns a run without ``started`` sets on an existing row (besides next_seq)
+BUMP_COLUMNS: dict[int, tuple[str, ...]] = {
+    0: ("updated_at",),
+    1: ("updated_at", "state", "result", "finished_at"),
+    2: ("updated_at", "state", "error_kind", "error_message", "traceback", "finished_at"),
+    3: (
+        "updated_at",
+        "state",
+        "result",
+        "error_kind",
+        "error_message",
+        "traceback",
+        "finished_at",
+    ),
+}
 
 
 def group_by_key(events: Sequence[Event]) -> list[tuple[JobKey, list[Event]]]:

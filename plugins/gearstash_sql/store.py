@@ -1,27 +1,29 @@
 """:class:`SqlStore`: the Store contract on SQLAlchemy Core (SQLite, PostgreSQL, MariaDB/MySQL).
 
-Writes: one transaction per ``write()`` call. Each job row is locked before it changes (``SELECT ...
-FOR UPDATE`` on PostgreSQL and MariaDB; SQLite writes begin with ``BEGIN IMMEDIATE``), jobs of one
-call are locked in a fixed order, and a transaction that loses a race or a deadlock to another writer
-is run again, so concurrent writers never lose an update. The common cases cost one statement per
-job plus the chunk inserts:
+Writes: one transaction per ``write()`` call, on a connection the thread keeps
+(:mod:`gearstash_sql.writers`). The common batches of one job are one statement (two to four with
+chunks outside PostgreSQL), run straight on the DBAPI cursor (:mod:`gearstash_sql.direct`):
 
-* a batch that starts with ``started`` (a new job): ``INSERT ... ON CONFLICT DO NOTHING RETURNING id``
-  (PostgreSQL, SQLite) or a plain ``INSERT`` (MariaDB; a duplicate key re-runs the transaction on the
-  general path);
-* a batch without ``started`` (data, status, the final event): ``UPDATE ... SET next_seq = next_seq +
-  n ... RETURNING id, next_seq`` (PostgreSQL, SQLite);
-* otherwise (a retry of a job, MariaDB): lock the row, apply the events in Python
-  (:class:`~gearstash_sql.rows.RowChange`), update it.
+* the batch starts with ``started`` (a new job): ``INSERT ... ON CONFLICT DO NOTHING`` (a plain
+  ``INSERT`` on MariaDB), then the chunks;
+* no ``started`` in the batch (data, status, the final event of a running job): ``UPDATE ... SET
+  next_seq = next_seq + n`` (``RETURNING id, next_seq``), then the chunks.
+
+A single statement runs in autocommit; several run between ``BEGIN`` (SQLite: ``BEGIN
+IMMEDIATE``) and ``COMMIT``. Anything else (a job run again, so its row exists; events of a job with
+no row yet; one call with several jobs' events) takes the general path in a transaction: lock the
+job row (``SELECT ... FOR UPDATE`` on PostgreSQL and MariaDB; SQLite's ``BEGIN IMMEDIATE`` already
+holds the database), apply the events in Python (:class:`~gearstash_sql.rows.RowChange`), update
+it. Jobs of one call are locked in a fixed order, and a transaction that loses a race or a deadlock
+to another writer is run again, so concurrent writers never lose an update.
 
 Reads: :meth:`SqlStore.get_many` runs three queries per 500 handles (candidate keys by handle, the
-chosen job rows, their chunks) in one read snapshot.
+chosen job rows, their chunks) in one read snapshot, on the engine's pooled connections.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import threading
 import time
@@ -36,7 +38,8 @@ from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef
 from gearstash.store import redact_url
 
 from .compiled import Compiled, CompiledCache
-from .engine import begin_sqlite, make_engine, parse_url, read_engine
+from .direct import Statements, pg_chunk_arrays
+from .engine import begin_sqlite, make_engine, multi_statements, parse_url, read_engine
 from .failures import is_disconnect, is_retryable, to_store_error
 from .rows import (
     CHUNK_COLUMNS,
@@ -44,15 +47,19 @@ from .rows import (
     JOB_COLUMNS,
     RECORD_COLUMNS,
     RowChange,
+    Scan,
     build_record,
     group_by_key,
 )
 from .schema import MAX_KEY_BYTES, chunks, ensure_schema, jobs
+from .writers import Writer, Writers, WritersClosed, forks, on_fork, orphan
 
 IN_CHUNK = 500  # parameters per IN list
 MAX_TRIES = 8  # runs of one transaction that lost races or deadlocks
 _T = TypeVar("_T")
 _STARTED = EventKind.STARTED
+# how write() takes a job's batch (see the module docstring)
+_GENERAL, _NEW, _BUMP = 0, 1, 2
 
 _KEY_WHERE = sa.and_(
     jobs.c.server == sa.bindparam("k_server"),
@@ -67,6 +74,10 @@ class SqlStore:
     Opening connects, creates the tables if missing and checks their schema version; it raises
     :class:`~gearstash.errors.StoreError` when the database cannot be reached or the tables are newer
     than this release, :class:`~gearstash.errors.ConfigError` for a URL that is not a SQL URL.
+
+    Each thread that writes keeps a connection of its own (SQLite: the store keeps one, which its
+    threads take in turn); :meth:`close` closes them all, and a thread's closes when the thread
+    ends. After :meth:`close`, ``write`` and ``get_many`` raise StoreError.
     """
 
     capabilities = frozenset({"shared", "persistent"})
@@ -77,20 +88,22 @@ class SqlStore:
         self.family = target.family
         self._password = target.password
         self._closed = False
-        # A private in-memory SQLite database lives on one shared connection: one user at a time.
-        self._guard: contextlib.AbstractContextManager[Any] = (
-            threading.Lock() if target.memory else contextlib.nullcontext()
-        )
+        self._memory = target.memory
+        self._make_locks()
+        on_fork(self)
+        self._write_engine: sa.Engine | None = None
         try:
             self._engine = make_engine(target)
+            if not target.memory:
+                self._write_engine = make_engine(target, pooled=False)
         except Exception as exc:
             raise self._error(exc, "opening the store") from exc
-        self._memory = target.memory
-        self._pid = os.getpid()
-        self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
+        self._forks = forks()
+        dialect = self._engine.dialect
+        self._dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
         self._reader = read_engine(self._engine, self.family)
         sqlite_begin = self.family == "sqlite"
-        self._begin_write = "BEGIN IMMEDIATE" if sqlite_begin else None
+        self._begin_write = "BEGIN IMMEDIATE" if sqlite_begin else "BEGIN"
         self._begin_read = "BEGIN" if sqlite_begin else None
         try:
             ensure_schema(self._engine, self.url)
@@ -98,13 +111,41 @@ class SqlStore:
             self._engine.dispose()
             raise self._error(exc, "opening the store") from exc
         self._build_statements()  # after the first connection: the dialect knows the server now
+        self._direct = Statements(dialect, self.family)
+        # PostgreSQL puts a job's chunks in the same statement as its row; MySQL over PyMySQL
+        # sends the row, the chunks and BEGIN/COMMIT in one query (see direct.py)
+        self._chunks_inline = self.family == "postgresql"
+        self._multi = multi_statements(target)
+        self._one_trip = self._chunks_inline or self._multi
+        self._writers = Writers(self._connect_writer, shared=self.family == "sqlite")
 
     def __repr__(self) -> str:
         return f"SqlStore({self.url!r})"
 
+    def _make_locks(self) -> None:
+        # A private in-memory SQLite database lives on one shared connection: one user at a time.
+        self._guard: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if self._memory else contextlib.nullcontext()
+        )
+        # SQLite runs one writer at a time: this process's threads queue here rather than in
+        # SQLite's busy handler, which sleeps a millisecond or more between tries (measured with
+        # 4-8 threads that also wait on the network, as worker threads do: 1.5x the writes/s
+        # and a tenth of the tail latency of a connection per thread without the lock).
+        self._write_guard: contextlib.AbstractContextManager[Any] = (
+            self._guard
+            if self._memory
+            else threading.Lock()
+            if self.family == "sqlite"
+            else contextlib.nullcontext()
+        )
+
+    def _after_fork_in_child(self) -> None:
+        self._make_locks()  # a parent's thread may have held them at the fork
+
     # ------------------------------------------------------------------ statements (built once)
 
     def _build_statements(self) -> None:
+        """The general path's statements (Core, compiled once) and the reads'."""
         family = self.family
         dialect = self._engine.dialect
         insert_job: Any
@@ -120,23 +161,9 @@ class SqlStore:
                 .on_conflict_do_nothing(index_elements=["handle", "server", "unique_key"])
                 .returning(jobs.c.id)
             )
-        else:  # MariaDB: a duplicate raises 1062 and the transaction runs again on the locking path
+        else:  # MariaDB: the row is locked first, so it cannot exist (unless created since: 1062)
             insert_job = jobs.insert()
         self._insert_job = Compiled(insert_job, dialect, JOB_COLUMNS)
-        # UPDATE ... RETURNING where the database has it (not MariaDB); SET list varies by batch
-        self._bump_job = (
-            None
-            if family == "mysql"
-            else CompiledCache(
-                lambda: (
-                    jobs.update()
-                    .where(_KEY_WHERE)
-                    .values(next_seq=jobs.c.next_seq + sa.bindparam("b_n", type_=sa.Integer()))
-                    .returning(jobs.c.id, jobs.c.next_seq)
-                ),
-                dialect,
-            )
-        )
         self._lock_job = Compiled(
             sa.select(
                 jobs.c.id, jobs.c.attempt, jobs.c.started_at, jobs.c.function, jobs.c.next_seq
@@ -175,11 +202,27 @@ class SqlStore:
         """
         if not events:
             return
-        groups = group_by_key(events)
-        for key, _ in groups:
-            self._check_key(key)
-        with self._guard:
-            self._write_transaction(lambda cursor, first: self._write_groups(cursor, groups, first))
+        key = events[0].key
+        for event in events:
+            if event.key is not key and event.key != key:
+                self._write_jobs(group_by_key(events))
+                return
+        self._check_key(key)
+        if self._closed:
+            raise self._closed_error()
+        scan = Scan(key, events)
+        mode = _NEW if events[0].kind is _STARTED else _GENERAL if scan.starts else _BUMP
+        with self._write_guard:
+            if mode != _GENERAL and (self._one_trip or not scan.chunks):
+                # one statement (or one MySQL query): it runs alone, in autocommit
+                if self._autocommit(mode, scan):
+                    return
+                mode = _GENERAL  # the row was not as expected (a retried job, no row yet)
+            self._transaction(
+                lambda cursor, first: self._apply(
+                    cursor, key, events, scan, mode if first or self.family != "mysql" else _GENERAL
+                )
+            )
 
     def get_many(self, refs: Sequence[JobRef]) -> list[JobRecord | None]:
         """The newest record matching each reference, in order (None if none). Raises StoreError."""
@@ -204,82 +247,134 @@ class SqlStore:
         return out
 
     def close(self) -> None:
-        """Dispose of the engine's connections. Idempotent."""
+        """Close every thread's write connection and the pooled read connections. Idempotent."""
         if not self._closed:
             self._closed = True
+            self._after_fork()
+            self._writers.close()
             self._engine.dispose()
+            if self._write_engine is not None:
+                self._write_engine.dispose()
+
+    # ------------------------------------------------------------------ connections
+
+    def _connect_writer(self) -> Writer:
+        conn: Any
+        if self._write_engine is None:  # in-memory SQLite: the engine's one connection
+            fairy = self._engine.raw_connection()
+            conn = fairy.dbapi_connection
+            fairy.close()  # back to the StaticPool, which keeps it open
+            return Writer(conn, owned=False, socket=None)
+        fairy = self._write_engine.raw_connection()
+        fairy.detach()  # ours now: SQLAlchemy neither pools nor resets it
+        conn = fairy.dbapi_connection
+        try:
+            if self.family == "postgresql":
+                conn.autocommit = True
+            elif self.family == "mysql":
+                conn.autocommit(True)
+            return Writer(conn, owned=True, socket=None if self.family == "sqlite" else _fd(conn))
+        except BaseException:
+            conn.close()
+            raise
+
+    def _writer(self) -> Writer:
+        """This thread's write connection. Raises StoreError (closed store, cannot connect)."""
+        try:
+            return self._writers.get()
+        except WritersClosed:
+            raise self._closed_error() from None
+        except Exception as exc:
+            raise self._error(exc, "write") from exc
+
+    def _failed(self, writer: Writer, exc: BaseException, *, in_transaction: bool) -> bool:
+        """Clean up ``writer`` after ``exc``: roll back, or drop it if it died. True if it died."""
+        dead = isinstance(exc, self._dbapi_error) and self._engine.dialect.is_disconnect(
+            exc,  # type: ignore[arg-type]  # a DBAPI Error (PEP 249 has no common base type)
+            writer.conn,
+            None,
+        )
+        if not dead and in_transaction:
+            try:
+                writer.conn.rollback()
+            except Exception:
+                dead = True
+        if dead or (not isinstance(exc, Exception) and self.family != "sqlite"):
+            # a network connection interrupted mid-protocol is not trusted again
+            self._writers.drop(writer)
+        return dead
 
     # ------------------------------------------------------------------ transactions
 
-    def _write_transaction(self, body: Callable[[Any, bool], None]) -> None:
-        """Run ``body(cursor, first_try)`` in one write transaction on a pooled DBAPI connection.
+    def _autocommit(self, mode: int, scan: Scan) -> bool:
+        """Run the one statement of ``scan`` on its own; False if the row was not as expected."""
+        writer = self._writer()
+        cursor = writer.cursor
+        try:
+            if self._multi and scan.chunks:
+                return self._mysql_query(cursor, mode, scan)
+            if mode == _NEW:
+                return self._new(cursor, scan)
+            return self._bump(cursor, scan)
+        except BaseException as exc:
+            if self._closed:
+                raise self._closed_error() from exc
+            if mode == _NEW and self.family == "mysql" and _duplicate(exc):
+                return False  # the job has a row: nothing was written
+            self._failed(writer, exc, in_transaction=False)
+            if isinstance(exc, Exception) and is_retryable(exc, self.family):
+                return False  # lost to another writer, nothing written: the general path
+            if not isinstance(exc, Exception):
+                raise
+            # A dropped connection: the statement may or may not have been applied (a connection
+            # the server hung up on while idle is replaced before use: see Writer.idle_ok).
+            raise self._error(exc, "write") from exc
+
+    def _transaction(self, body: Callable[[Any, bool], None]) -> None:
+        """Run ``body(cursor, first_try)`` between BEGIN and COMMIT on this thread's connection.
 
         The transaction runs again after a lost race or deadlock, and once after a dropped
         connection unless the drop happened during the commit (the outcome is then unknown).
         """
-        self._check_open()
         for attempt in range(1, MAX_TRIES + 1):
+            writer = self._writer()
+            cursor = writer.cursor
             committing = False
             try:
-                raw = self._engine.raw_connection()
-            except Exception as exc:
-                raise self._error(exc, "write") from exc
-            try:
-                cursor = raw.cursor()
-                try:
-                    if self._begin_write is not None:
-                        cursor.execute(self._begin_write)
-                    body(cursor, attempt == 1)
-                    committing = True
-                    raw.commit()
-                finally:
-                    cursor.close()
+                cursor.execute(self._begin_write)
+                body(cursor, attempt == 1)
+                committing = True
+                cursor.execute("COMMIT")
                 return
             except BaseException as exc:
-                # Never hand a connection back with the transaction open (KeyboardInterrupt too).
-                disconnect = self._abandon(raw, exc)
+                # Never leave a transaction open (KeyboardInterrupt too).
+                dead = self._failed(writer, exc, in_transaction=True)
                 if not isinstance(exc, Exception):
                     raise
+                if self._closed:
+                    raise self._closed_error() from exc
                 if attempt < MAX_TRIES and is_retryable(exc, self.family):
                     time.sleep(random.uniform(0, 0.002 * attempt))
                     continue
-                if attempt == 1 and disconnect and not committing:
-                    continue  # a fresh connection from the refreshed pool
+                if attempt == 1 and dead and not committing:
+                    continue  # on a new connection
                 raise self._error(exc, "write") from exc
-            finally:
-                raw.close()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreError(f"{self.url}: the store is closed")
-        if self._pid != os.getpid() and not self._memory:
-            # Forked since the last use: the pooled connections belong to the parent. Forget them
-            # (without closing: that would close the parent's sockets) and connect afresh.
-            self._engine.dispose(close=False)
-            self._pid = os.getpid()
-
-    def _abandon(self, raw: Any, exc: BaseException) -> bool:
-        """Roll back after ``exc``; drop the connection (and the pool) if it died. True if it did."""
-        disconnect = isinstance(exc, self._dbapi_error) and self._engine.dialect.is_disconnect(
-            exc,  # type: ignore[arg-type]  # a DBAPI Error (PEP 249 has no common base type)
-            raw.dbapi_connection,
-            None,
-        )
-        if not disconnect:
-            try:
-                raw.rollback()
-                return False
-            except Exception:
-                pass
-        raw.invalidate(exc)
-        if not self._memory:
-            self._engine.dispose(close=False)  # its other connections are dead too
-        return True
+    def _after_fork(self) -> None:
+        if self._forks != forks():
+            # Forked since the last use: the pooled connections belong to the parent. Keep them
+            # alive and unused (closing would end the parent's sessions, or SQLite's locks).
+            if not self._memory:
+                orphan(self._engine.pool)
+                self._engine.dispose(close=False)
+            self._forks = forks()
 
     def _read_transaction(self, body: Callable[[sa.Connection], _T]) -> _T:
         """Run ``body(conn)`` in one read snapshot, once more after a dropped connection."""
-        self._check_open()
+        if self._closed:
+            raise self._closed_error()
+        self._after_fork()
         for attempt in (1, 2):
             try:
                 with self._reader.connect() as conn, conn.begin():
@@ -295,6 +390,9 @@ class SqlStore:
     def _error(self, exc: BaseException, doing: str) -> Exception:
         return to_store_error(exc, self.url, doing, self._password)
 
+    def _closed_error(self) -> StoreError:
+        return StoreError(f"{self.url}: the store is closed")
+
     def _check_key(self, key: JobKey) -> None:
         if len(key.handle) > MAX_KEY_BYTES or len(key.unique) > MAX_KEY_BYTES:
             raise StoreError(
@@ -306,53 +404,132 @@ class SqlStore:
 
     # ------------------------------------------------------------------ writing
 
-    def _write_groups(
-        self, cursor: Any, groups: list[tuple[JobKey, list[Event]]], first_try: bool
-    ) -> None:
+    def _write_jobs(self, groups: list[tuple[JobKey, list[Event]]]) -> None:
+        """Several jobs' events: one transaction, the jobs in lock order."""
+        for key, _ in groups:
+            self._check_key(key)
+        if self._closed:
+            raise self._closed_error()
+        plans = []
         for key, events in groups:
-            if events[0].kind is _STARTED:
-                # Usually a new job: insert it whole. (MariaDB: only on the first try, since a
-                # duplicate there aborts the transaction; later tries take the locking path.)
-                if first_try or self.family != "mysql":
-                    change = RowChange().apply_all(events)
-                    if self._insert(cursor, change, key):
-                        continue
-            elif self._bump_job is not None and not any(e.kind is _STARTED for e in events):
-                change = RowChange().apply_all(events)
-                if self._bump(cursor, change, key):
-                    continue
-            self._write_locked(cursor, key, events)
+            scan = Scan(key, events)
+            mode = _NEW if events[0].kind is _STARTED else _GENERAL if scan.starts else _BUMP
+            plans.append((key, events, scan, mode))
+        mysql = self.family == "mysql"
 
-    def _insert(self, cursor: Any, change: RowChange, key: JobKey) -> bool:
-        """Insert a new job row with its chunks; False if the row exists (PostgreSQL, SQLite)."""
-        statement = self._insert_job
-        cursor.execute(statement.sql, statement.params(change.fresh_row(key)))
-        if self.family == "mysql":
-            job_id = cursor.lastrowid
-        else:
-            rows = cursor.fetchall()
-            if not rows:
-                return False
-            job_id = rows[0][0]
-        self._append(cursor, change, job_id, 0)
-        return True
+        def body(cursor: Any, first: bool) -> None:
+            for key, events, scan, mode in plans:
+                self._apply(cursor, key, events, scan, mode if first or not mysql else _GENERAL)
 
-    def _bump(self, cursor: Any, change: RowChange, key: JobKey) -> bool:
-        """Apply a batch without ``started`` to an existing row in one UPDATE; False if no row."""
-        assert self._bump_job is not None
-        values = change.changes
-        count = values.pop("next_seq")
-        statement = self._bump_job.get(list(values))
-        values.update(k_server=key.server, k_handle=key.handle, k_unique=key.unique, b_n=count)
-        cursor.execute(statement.sql, statement.params(values))
-        rows = cursor.fetchall()
-        if not rows:
+        with self._write_guard:
+            self._transaction(body)
+
+    def _apply(
+        self, cursor: Any, key: JobKey, events: Sequence[Event], scan: Scan, mode: int
+    ) -> None:
+        """Write one job's events inside a transaction."""
+        if mode == _NEW:
+            if self._new(cursor, scan):
+                return
+        elif mode == _BUMP and self._bump(cursor, scan):
+            return
+        self._write_locked(cursor, key, events)
+
+    def _new(self, cursor: Any, scan: Scan) -> bool:
+        """Create the job row (and chunks) of a batch that starts with ``started``.
+
+        False if the job has a row (MariaDB: raises 1062 instead).
+        """
+        direct = self._direct
+        chunk_rows = scan.chunks
+        if self._chunks_inline and chunk_rows:
+            cursor.execute(direct.new_with_chunks, (*scan.row, *pg_chunk_arrays(chunk_rows)))
+            return bool(cursor.rowcount > 0)
+        cursor.execute(direct.new, scan.row)
+        if cursor.rowcount != 1:
             return False
-        job_id, next_seq = rows[0]
-        self._append(cursor, change, job_id, next_seq - count)
+        if chunk_rows:
+            job_id = cursor.lastrowid
+            cursor.executemany(direct.insert_chunks, [(job_id, *chunk) for chunk in chunk_rows])
         return True
 
-    def _write_locked(self, cursor: Any, key: JobKey, events: list[Event]) -> None:
+    def _bump(self, cursor: Any, scan: Scan) -> bool:
+        """Apply a batch without ``started`` to the job's row; False if there is none."""
+        direct = self._direct
+        bump = direct.bumps[scan.finals]
+        row = scan.row
+        chunk_rows = scan.chunks
+        count = len(chunk_rows)
+        if not count:
+            cursor.execute(bump.plain, (*bump.values(row), 0, *direct.key_order(row)))
+            return bool(cursor.rowcount == 1)
+        if bump.returning is None:  # MySQL (no RETURNING) inside a transaction
+            return False
+        if self._chunks_inline:
+            cursor.execute(
+                bump.returning,
+                (
+                    *bump.values(row),
+                    count,
+                    *direct.key_order(row),
+                    count,
+                    *pg_chunk_arrays(chunk_rows),
+                ),
+            )
+            return bool(cursor.rowcount > 0)
+        cursor.execute(bump.returning, (*bump.values(row), count, *direct.key_order(row)))
+        found = cursor.fetchall()
+        if not found:
+            return False
+        job_id, next_seq = found[0]
+        base = next_seq - count
+        cursor.executemany(
+            direct.insert_chunks,
+            [(job_id, base + seq, *rest) for seq, *rest in chunk_rows],
+        )
+        return True
+
+    def _mysql_query(self, cursor: Any, mode: int, scan: Scan) -> bool:
+        """MySQL/MariaDB: a batch with chunks as one multi-statement query, in its own transaction.
+
+        False if the row was not as expected (nothing was written); raises 1062 for a ``new``
+        batch of a job that has a row (rolled back).
+        """
+        direct = self._direct
+        mogrify = cursor.mogrify
+        row = scan.row
+        chunk_rows = scan.chunks
+        parts = ["BEGIN"]
+        if mode == _NEW:
+            parts.append(mogrify(direct.new, row))
+            parts.append(
+                direct.mysql_chunks
+                + ", ".join(mogrify(direct.mysql_chunk_row, chunk) for chunk in chunk_rows)
+            )
+        else:
+            bump = direct.bumps[scan.finals]
+            key = direct.key_order(row)
+            count = len(chunk_rows)
+            parts.append(mogrify(bump.plain, (*bump.values(row), count, *key)))
+            # (a job without a row: the UPDATE matches nothing and so do these)
+            parts.extend(
+                mogrify(direct.mysql_chunk_of_bump, (count, *chunk, *key)) for chunk in chunk_rows
+            )
+        parts.append("COMMIT")
+        try:
+            cursor.execute(";".join(parts))  # BEGIN's result
+            cursor.nextset()  # the job row's
+            applied = bool(cursor.rowcount == 1)  # an UPDATE: rows matched (FOUND_ROWS)
+            while cursor.nextset():
+                pass
+        except BaseException:
+            # the statements after a failed one never ran; end the transaction BEGIN opened
+            with contextlib.suppress(Exception):
+                cursor.connection.rollback()
+            raise
+        return applied
+
+    def _write_locked(self, cursor: Any, key: JobKey, events: Sequence[Event]) -> None:
         """The general path: lock the row (or create it), apply the events in Python, update."""
         lock = self._lock_job
         params = lock.params(
@@ -376,6 +553,20 @@ class SqlStore:
         if change.cleared:
             cursor.execute(self._delete_chunks.sql, self._delete_chunks.params({"b_id": job_id}))
         self._append(cursor, change, job_id, 0)
+
+    def _insert(self, cursor: Any, change: RowChange, key: JobKey) -> bool:
+        """Insert a new job row with its chunks; False if the row exists (PostgreSQL, SQLite)."""
+        statement = self._insert_job
+        cursor.execute(statement.sql, statement.params(change.fresh_row(key)))
+        if self.family == "mysql":
+            job_id = cursor.lastrowid
+        else:
+            rows = cursor.fetchall()
+            if not rows:
+                return False
+            job_id = rows[0][0]
+        self._append(cursor, change, job_id, 0)
+        return True
 
     def _append(self, cursor: Any, change: RowChange, job_id: int, base: int) -> None:
         if change.chunks:
@@ -411,6 +602,23 @@ class SqlStore:
             for chunk in conn.execute(self._load_chunks, {"ids": id_part}):
                 chunk_rows.setdefault(chunk[0], []).append(chunk)
         return chosen, rows, chunk_rows
+
+
+def _fd(conn: Any) -> int | None:
+    """The socket of a DBAPI connection (psycopg, PyMySQL), or None if it does not say."""
+    try:
+        if hasattr(conn, "fileno"):  # psycopg, psycopg2
+            return int(conn.fileno())
+        sock = getattr(conn, "_sock", None)  # PyMySQL
+        return None if sock is None else int(sock.fileno())
+    except Exception:
+        return None
+
+
+def _duplicate(exc: BaseException) -> bool:
+    """A MySQL/MariaDB duplicate-key error (1062)."""
+    args: tuple[Any, ...] = getattr(exc, "args", ())
+    return bool(args) and args[0] == 1062
 
 
 def _slices(items: list[_T]) -> Iterator[list[_T]]:
