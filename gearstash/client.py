@@ -13,6 +13,7 @@ pipelined status round trip per server and one store query.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -55,6 +56,8 @@ from gearstash.records import (
     bytes_to_json,
 )
 from gearstash.store import Store, default_store_url, delete, get_after, watch
+
+log = logging.getLogger("gearstash.client")
 
 _SUBMIT = {
     ("normal", False): PacketType.SUBMIT_JOB,
@@ -602,6 +605,7 @@ class Client:
         attempt: int | None = None
         seen: tuple[object, ...] | None = None
         delay = interval
+        warned = False
         with contextlib.closing(watch(self.store, [job])) as watcher:
             while True:
                 found, _down = self._statuses([job])
@@ -628,6 +632,9 @@ class Client:
                     return
                 if view.state is State.UNKNOWN and view.status is not None:
                     raise JobNotFound(f"job {job} is unknown to the job server and the store")
+                if view.status is None and not warned:
+                    warned = True
+                    log.warning("no job server answers for %s; still waiting", job)
                 wait = delay
                 if deadline is not None:
                     left = deadline - time.monotonic()
