@@ -1,0 +1,98 @@
+"""Built-in Redis store: ``redis://``, ``rediss://`` (TLS) and ``unix://`` URLs.
+
+``redis://[[user]:password@]host[:port][/db][?options]``, ``rediss://…`` (TLS; add
+``ssl_ca_certs=/path/ca.pem`` or ``ssl_cert_reqs=none``), ``unix:///path/redis.sock?db=0``.
+Needs redis-py (``pip install 'gearstash[redis]'``, with hiredis) and Redis ≥ 5 (tested with 7.0,
+where one ``PEXPIRE … GT`` keeps the index's TTL).
+Capabilities: ``shared``, ``push`` (waiters are woken by pub/sub), ``expires``, ``delete``; whether
+the data survives a restart of Redis depends on its persistence settings.
+
+Options (query parameters; any other one goes to redis-py, e.g. ``socket_timeout=2``,
+``socket_connect_timeout=2`` — both 5 s by default — or ``ssl_ca_certs``):
+
+* ``ttl=SECONDS`` — keep a job this long after its last write (default 86400; ``0`` = for ever).
+  ``Worker.function(ttl=...)`` overrides it per function.
+* ``grace=SECONDS`` — how long an expired job still reads as ``expired`` (its tombstone outlives
+  its data by ``min(ttl, grace)``; default 86400). After that it reads as unknown (``None``).
+* ``prefix=WORD`` — the first part of every key and channel (default ``gs``).
+
+Key layout (``gs`` is the prefix; strings are bytes; numbers and times are decimal text, times
+unix seconds as Python prints a float):
+
+``K`` — the job's *key encoding*
+    the netstrings of its server (``host:port``, UTF-8), handle and unique, concatenated (a
+    netstring is ``<byte length>:<bytes>,``). Server ``127.0.0.1:4730``, handle ``H:web1:70``,
+    unique ``5f0c`` give ``14:127.0.0.1:4730,9:H:web1:70,4:5f0c,``.
+``J`` — the job digest: the first 24 hex digits (lower case) of SHA-1(K).
+``H`` — the handle digest: the first 24 hex digits of SHA-1(handle).
+
+``gs:{J}:job`` — HASH, one per job instance (server, handle, unique)
+    ``server``, ``handle``, ``unique``, ``function``, ``state`` (``running`` / ``complete`` /
+    ``failed``), ``attempt``, ``worker``, ``updated_at``; and only when set: ``expires_at``
+    (absent when the job is kept for ever), ``started_at``, ``finished_at``, ``result`` (present
+    and empty: an empty result), ``error_kind`` (``fail`` / ``exception``), ``error_message``,
+    ``traceback``. A new attempt (the job started again) removes ``finished_at``, ``result`` and
+    the error fields and empties the three lists.
+``gs:{J}:data`` — LIST: the data chunks, in the order the worker sent them.
+``gs:{J}:warnings`` — LIST: the warnings, in order.
+``gs:{J}:status`` — LIST: ``"<numerator> <denominator> <at>"``, in order.
+``gs:{J}:gone`` — STRING, the tombstone: the job's ``expires_at``. It outlives the job's other
+    keys by ``min(ttl, grace)``; while it exists and ``gs:{J}:job`` does not, the job reads as
+    ``expired``.
+``gs:h:{H}`` — ZSET, the handle index: member K of every job with that handle, scored 1, 2, 3…
+    in the order the jobs were first written (the highest score is the newest job). It lives at
+    least as long as the tombstones of its jobs; an entry whose job and tombstone are both gone
+    stays until a new job with the handle is written (readers skip it).
+``gs:ev:{H}`` — pub/sub channel: each write to a job with that handle publishes the job's J.
+
+A job's keys live ``ttl`` seconds after its last write (``ttl`` of the write's last event, else
+the store's ``?ttl=``); each write sets that TTL on all of them, ``ttl + min(ttl, grace)`` on the
+tombstone, and makes sure the handle index lives at least as long. ``ttl=0`` removes the TTLs
+and the tombstone. ``expires_at`` is the writer's clock plus ``ttl``. Every key of one job carries
+the hash tag ``{J}`` (one Redis Cluster slot); the handle index and channel carry ``{H}``.
+
+One ``write()`` is one Lua script (EVALSHA), applied atomically: concurrent writers' chunks never
+interleave within a batch and never get lost. Reads run one script per job (atomic: hash and lists
+of the same moment); a read by handle alone follows the index inside that script, and index
+pruning inside the write script reads other jobs' keys: neither declares those keys, so the store
+needs a single Redis server (or a primary with replicas), not Redis Cluster, though the key layout
+is ready for one.
+
+Finding a job by handle, in any language (PHP with phpredis; the test suite runs this recipe)::
+
+    $H = substr(sha1($handle), 0, 24);
+    $members = $redis->zRange("gs:h:{" . $H . "}", 0, -1);   // oldest first
+    $K = end($members);   // the newest job; or walk back to the first whose server/unique match
+    // K holds three netstrings: "<len>:<server>,<len>:<handle>,<len>:<unique>,"
+    $J = substr(sha1($K), 0, 24);
+    $job = $redis->hGetAll("gs:{" . $J . "}:job");    // empty: expired, deleted or unknown
+    $data = $redis->lRange("gs:{" . $J . "}:data", 0, -1);
+    // no hash, but "gs:{J}:gone" exists: the job expired at that time
+
+Knowing the server and unique, build K and J directly and skip the index. Read the hash and the
+lists in one MULTI/EXEC (or one Lua script) for a consistent snapshot.
+
+Registered through the ``gearstash`` entry-point group exactly as a third-party store would be.
+"""
+
+from __future__ import annotations
+
+from gearstash import hookimpl
+from gearstash.hookspecs import RegisterStore
+
+from .store import RedisStore, RedisWatch
+
+__all__ = ["RedisStore", "RedisWatch", "open_redis", "register_stores"]
+
+
+def open_redis(url: str) -> RedisStore:
+    """Open the Redis store at ``url``. Raises StoreError (unreachable, refused), ConfigError."""
+    return RedisStore(url)
+
+
+@hookimpl
+def register_stores(register: RegisterStore) -> None:
+    """Register ``redis``, ``rediss`` and ``unix``."""
+    register("redis", open_redis, description="Redis (redis://[user:pass@]host:port/db); shared")
+    register("rediss", open_redis, description="Redis over TLS (rediss://…?ssl_ca_certs=PATH)")
+    register("unix", open_redis, description="Redis on a unix socket (unix:///path.sock?db=N)")

@@ -1,0 +1,36 @@
+"""The one place where redis-py and socket exceptions become :class:`~gearstash.errors.StoreError`.
+
+Messages name the store by its redacted URL, say what failed, carry redis-py's own first line and
+never a password (the ones the URL holds are replaced by ``***`` should a driver ever echo them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from gearstash.errors import GearstashError, StoreError
+
+MAX_DETAIL = 400
+
+
+def to_store_error(
+    exc: BaseException, name: str, doing: str, secrets: Iterable[str] = ()
+) -> GearstashError:
+    """A StoreError for ``exc`` saying what failed (``doing``) in store ``name`` (a redacted URL).
+
+    A :class:`~gearstash.errors.GearstashError` (already mapped) is returned unchanged.
+    """
+    if isinstance(exc, GearstashError):
+        return exc
+    if isinstance(exc, OSError) and exc.strerror:
+        detail = f"{type(exc).__name__}: {exc.strerror}"
+    else:
+        text = str(exc)
+        detail = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    detail = " ".join(detail.split())  # one line
+    for secret in secrets:
+        if len(secret) >= 3:  # shorter would mangle the message; redis-py never echoes it anyway
+            detail = detail.replace(secret, "***")
+    if len(detail) > MAX_DETAIL:
+        detail = detail[: MAX_DETAIL - 3] + "..."
+    return StoreError(f"{name}: {doing} failed: {detail}")

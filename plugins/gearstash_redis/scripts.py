@@ -1,0 +1,233 @@
+"""The two Lua scripts of the Redis store: one ``write()`` call, one job read. No I/O here.
+
+Both run with EVALSHA (EVAL when the server answers NOSCRIPT). Scripts are atomic in Redis, so a
+batch is applied whole or not at all, chunks from concurrent writers never interleave within a
+batch, and a read never sees half a batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+# Event codes in the write script's ARGV (see WRITE below).
+OP_STARTED = b"S"
+OP_DATA = b"D"
+OP_WARNING = b"W"
+OP_STATUS = b"T"
+OP_COMPLETED = b"C"
+OP_FAILED = b"F"
+MAX_RUN = 1000  # values per RPUSH (Lua's unpack() has a C-stack limit of ~8000)
+
+# KEYS, per job (6 each): job, data, warnings, status, gone, index.
+# ARGV, per job: K, server, handle, unique, ttl_ms (0 = keep for ever), life_ms (tombstone and
+#   index entry), updated_at, expires_at, n (number of ARGV slots of the ops that follow), ops...
+# (The prefix, J and the channel are cut out of the key names: PREFIX:{J}:job, PREFIX:h:{H}.)
+# ops: S at function worker | D n chunk... | W n warning... | T n "num den at"... |
+#      C at result | F at kind message traceback
+WRITE = r"""
+local function prune(prefix, idx, keep)
+  -- forget index entries whose job and tombstone have both expired (oldest 8 only)
+  for _, m in ipairs(redis.call('ZRANGE', idx, 0, 7)) do
+    if m ~= keep then
+      local base = prefix .. ':{' .. string.sub(redis.sha1hex(m), 1, 24) .. '}:'
+      if redis.call('EXISTS', base .. 'job', base .. 'gone') == 0 then
+        redis.call('ZREM', idx, m)
+      end
+    end
+  end
+end
+
+local a = 1
+for k = 1, #KEYS, 6 do
+  local job, data, warn, stat, gone, idx =
+    KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
+  local member = ARGV[a]
+  local ttl, life = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local last = a + 9 + tonumber(ARGV[a + 8])
+  local prefix = string.sub(job, 1, -32)  -- PREFIX:{J}:job
+  local f = {}
+  local now = redis.call('HMGET', job, 'attempt', 'started_at')
+  local created = not now[1]
+  local new_index = false
+  local started = now[2] ~= false
+  local attempts = 0
+  local pushed = not created  -- the lists may hold something (a new attempt empties them)
+  local lists = not created  -- the lists may exist (their TTLs follow the hash's)
+  if created then
+    f['server'] = ARGV[a + 1]
+    f['handle'] = ARGV[a + 2]
+    f['unique'] = ARGV[a + 3]
+    f['function'] = ''
+    f['state'] = 'running'
+    f['worker'] = ''
+    local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
+    if top[2] then
+      redis.call('ZADD', idx, tonumber(top[2]) + 1, member)
+      prune(prefix, idx, member)
+    else
+      redis.call('ZADD', idx, 1, member)
+      new_index = true
+    end
+  end
+  local i = a + 9
+  while i < last do
+    local op = ARGV[i]
+    if op == 'D' or op == 'W' or op == 'T' then
+      local n = tonumber(ARGV[i + 1])
+      local list = data
+      if op == 'W' then list = warn elseif op == 'T' then list = stat end
+      redis.call('RPUSH', list, unpack(ARGV, i + 2, i + 1 + n))
+      pushed = true
+      lists = true
+      i = i + 2 + n
+    elseif op == 'S' then
+      if started then attempts = attempts + 1 end
+      started = true
+      if ARGV[i + 2] ~= '' then f['function'] = ARGV[i + 2] end
+      f['worker'] = ARGV[i + 3]
+      f['state'] = 'running'
+      f['started_at'] = ARGV[i + 1]
+      f['finished_at'] = false
+      f['result'] = false
+      f['error_kind'] = false
+      f['error_message'] = false
+      f['traceback'] = false
+      if pushed then
+        redis.call('DEL', data, warn, stat)
+        pushed = false
+      end
+      i = i + 4
+    elseif op == 'C' then
+      f['state'] = 'complete'
+      f['finished_at'] = ARGV[i + 1]
+      f['result'] = ARGV[i + 2]
+      i = i + 3
+    else -- 'F'
+      f['state'] = 'failed'
+      f['finished_at'] = ARGV[i + 1]
+      f['error_kind'] = ARGV[i + 2]
+      f['error_message'] = ARGV[i + 3]
+      f['traceback'] = ARGV[i + 4]
+      i = i + 5
+    end
+  end
+  if created then
+    f['attempt'] = tostring(1 + attempts)
+  elseif attempts > 0 then
+    redis.call('HINCRBY', job, 'attempt', attempts)
+  end
+  f['updated_at'] = ARGV[a + 6]
+  local expires = ARGV[a + 7]
+  f['expires_at'] = ttl > 0 and expires
+  local hset, hdel = {}, {}
+  for name, value in pairs(f) do
+    if value then
+      hset[#hset + 1] = name
+      hset[#hset + 1] = value
+    else
+      hdel[#hdel + 1] = name
+    end
+  end
+  if #hdel > 0 and not created then redis.call('HDEL', job, unpack(hdel)) end
+  redis.call('HSET', job, unpack(hset))
+  if ttl > 0 then
+    redis.call('PEXPIRE', job, ttl)
+    if lists then
+      redis.call('PEXPIRE', data, ttl)
+      redis.call('PEXPIRE', warn, ttl)
+      redis.call('PEXPIRE', stat, ttl)
+    end
+    redis.call('SET', gone, expires, 'PX', life)
+    if new_index then
+      redis.call('PEXPIRE', idx, life)
+    else
+      local left = redis.call('PTTL', idx)
+      if left >= 0 and left < life then redis.call('PEXPIRE', idx, life) end
+    end
+  else
+    redis.call('PERSIST', job)
+    if lists then
+      redis.call('PERSIST', data)
+      redis.call('PERSIST', warn)
+      redis.call('PERSIST', stat)
+    end
+    redis.call('DEL', gone)
+    redis.call('PERSIST', idx)
+  end
+  -- PREFIX:ev:{H} gets J
+  redis.call('PUBLISH', prefix .. ':ev:' .. string.sub(idx, #prefix + 4), string.sub(job, -29, -6))
+  a = last
+end
+return #KEYS / 6
+"""
+
+# KEYS: job, data, warnings, status, gone. ARGV[1]: index of the first data chunk to return.
+# Returns {1, hash as [field, value, ...], data, warnings, status} for a live job,
+# {0, tombstone or nil} for one that is gone.
+READ = r"""
+local h = redis.call('HGETALL', KEYS[1])
+if #h == 0 then return {0, redis.call('GET', KEYS[5])} end
+return {1, h, redis.call('LRANGE', KEYS[2], ARGV[1], -1), redis.call('LRANGE', KEYS[3], 0, -1),
+        redis.call('LRANGE', KEYS[4], 0, -1)}
+"""
+
+# The newest job of a handle that a reference without server or unique names, read like READ.
+# KEYS: the handle index. ARGV: prefix, handle, server or '' (any), '1' if a server is given,
+# unique, '1' if a unique is given, index of the first data chunk.
+# Returns {K, 1, hash, data, warnings, status} or {K, 0, tombstone}: the newest job of the index
+# that matches and has not vanished without a trace; nil when there is none.
+READ_REF = r"""
+local prefix, handle, server, unique, after = ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[7]
+local any_server, any_unique = ARGV[4] ~= '1', ARGV[6] ~= '1'
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+for n = #members, 1, -1 do
+  local m = members[n]
+  local parts, pos = {}, 1
+  for p = 1, 3 do
+    local colon = string.find(m, ':', pos, true)
+    local size = colon and tonumber(string.sub(m, pos, colon - 1))
+    if not size then break end
+    parts[p] = string.sub(m, colon + 1, colon + size)
+    pos = colon + size + 2
+  end
+  if parts[3] and parts[2] == handle and (any_server or parts[1] == server)
+      and (any_unique or parts[3] == unique) then
+    local base = prefix .. ':{' .. string.sub(redis.sha1hex(m), 1, 24) .. '}:'
+    local h = redis.call('HGETALL', base .. 'job')
+    if #h > 0 then
+      return {m, 1, h, redis.call('LRANGE', base .. 'data', after, -1),
+              redis.call('LRANGE', base .. 'warnings', 0, -1),
+              redis.call('LRANGE', base .. 'status', 0, -1)}
+    end
+    local gone = redis.call('GET', base .. 'gone')
+    if gone then return {m, 0, gone} end
+  end
+end
+return false
+"""
+
+
+def sha1(source: str) -> bytes:
+    """The EVALSHA name of a script."""
+    return hashlib.sha1(source.encode()).hexdigest().encode()
+
+
+# Redis >= 7: one call keeps the index's TTL at the longest of its jobs' (GT never shortens it,
+# and leaves an index kept for ever alone).
+_INDEX_TTL = """
+      local left = redis.call('PTTL', idx)
+      if left >= 0 and left < life then redis.call('PEXPIRE', idx, life) end
+"""
+assert _INDEX_TTL in WRITE
+WRITE_GT = WRITE.replace(_INDEX_TTL, "\n      redis.call('PEXPIRE', idx, life, 'GT')\n")
+
+WRITE_SHA = sha1(WRITE)
+WRITE_GT_SHA = sha1(WRITE_GT)
+READ_SHA = sha1(READ)
+READ_REF_SHA = sha1(READ_REF)
+SOURCES = {
+    WRITE_SHA: WRITE.encode(),
+    WRITE_GT_SHA: WRITE_GT.encode(),
+    READ_SHA: READ.encode(),
+    READ_REF_SHA: READ_REF.encode(),
+}

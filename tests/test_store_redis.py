@@ -1,0 +1,983 @@
+"""The Redis store (``redis://``, ``rediss://``, ``unix://``): the store contract, and what only the
+Redis store promises — its documented key layout, TTLs and tombstones, pub/sub waits, AUTH, ACL
+users, TLS, unix sockets and its behaviour when Redis dies or restarts.
+
+Tests on the shared Redis (127.0.0.1:6379, db 15) use a key prefix unique to the test and delete
+their keys afterwards (never FLUSHDB). Tests that stop, restart or configure a server start their
+own ``redis-server`` on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import test_store_contract as contract
+from redis.crc import key_slot
+from servers import find_binary, need
+from test_store_contract import T0, assert_same, ev, full_job
+
+from gearstash.errors import ConfigError, StoreError
+from gearstash.gearmand import free_port
+from gearstash.plugins import open_store
+from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef, State
+from gearstash.store import Store, get_after, watch
+
+RUN = uuid.uuid4().hex[:8]
+_count = iter(range(1_000_000))
+
+
+def _name(tag: str = "") -> str:
+    return f"gst{RUN}x{next(_count)}{tag}"
+
+
+def _key(handle: bytes | None = None, server: str = "s.test:4730", unique: bytes = b"u") -> JobKey:
+    return JobKey(server, handle or _name().encode(), unique)
+
+
+def _full(key: JobKey) -> JobRef:
+    return JobRef(key.handle, key.server, key.unique)
+
+
+# ---------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def prefix(raw: redis.Redis) -> Iterator[str]:
+    """A key prefix of this test's own on the shared Redis; its keys are deleted afterwards."""
+    name = _name("p")
+    yield name
+    keys = list(raw.scan_iter(match=f"{name}:*", count=1000))
+    for start in range(0, len(keys), 500):
+        raw.delete(*keys[start : start + 500])
+
+
+@pytest.fixture
+def store_url(redis_url: str, prefix: str) -> str:
+    return f"{redis_url}?prefix={prefix}"
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    opened = open_store(store_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def _url(store_url: str, **options: Any) -> str:
+    return store_url + "".join(f"&{k}={v}" for k, v in options.items())
+
+
+class PrivateRedis:
+    """A redis-server of one test's own (no persistence), on a free port or a unix socket."""
+
+    def __init__(self, workdir: Path, *args: str, port: int | None = None) -> None:
+        binary = find_binary("redis-server", "/usr/bin/redis-server")
+        need(binary is not None, "redis-server is not installed (Debian package redis-server)")
+        assert binary is not None
+        self.binary = binary
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port() if port is None else port
+        self.args = args
+        self.log = workdir / f"redis-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PrivateRedis:
+        self.log.write_text("")
+        argv = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--logfile",
+            str(self.log),
+            *self.args,
+        ]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while "Ready to accept connections" not in self.log.read_text(errors="replace"):
+            code = self.proc.poll()
+            if code is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start ({code}): {self.log.read_text()}")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        if proc is not None:
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Any]:
+    """``start(*args, port=None) -> PrivateRedis``; every server started is stopped afterwards."""
+    made: list[PrivateRedis] = []
+
+    def start(*args: str, port: int | None = None) -> PrivateRedis:
+        server = PrivateRedis(tmp_path / f"redis{len(made)}", *args, port=port)
+        made.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in made:
+            server.stop()
+
+
+# ---------------------------------------------------------------------------------- the contract
+
+CONTRACT = sorted(
+    name
+    for name, function in vars(contract).items()
+    if name.startswith("test_")
+    and inspect.isfunction(function)
+    and "store" in inspect.signature(function).parameters
+    and set(inspect.signature(function).parameters) <= {"store", "store_url"}
+)
+
+
+def test_contract_tests_found() -> None:
+    assert {
+        "test_full_job_round_trip",
+        "test_get_many_in_order_with_missing",
+        "test_concurrent_writer_processes",
+        "test_second_started_is_a_new_attempt",
+    } <= set(CONTRACT)
+
+
+@pytest.mark.parametrize("name", CONTRACT)
+def test_contract(name: str, store_url: str, store: Store) -> None:
+    """Every store-level test of test_store_contract.py, on Redis."""
+    function = getattr(contract, name)
+    wanted = inspect.signature(function).parameters
+    function(**{k: v for k, v in {"store": store, "store_url": store_url}.items() if k in wanted})
+
+
+# ---------------------------------------------------------------------------------- key layout
+
+
+def _netstring(value: bytes) -> bytes:
+    return b"%d:%b," % (len(value), value)
+
+
+def _digest(value: bytes) -> str:
+    return hashlib.sha1(value).hexdigest()[:24]
+
+
+def test_key_layout_as_documented(store: Store, raw: redis.Redis, prefix: str) -> None:
+    key = _key(unique=b"\x00u\xff")
+    store.write(full_job(key))
+    member = _netstring(key.server.encode()) + _netstring(key.handle) + _netstring(key.unique)
+    assert member.startswith(b"11:s.test:4730,")
+    j, h = _digest(member), _digest(key.handle)
+    base = f"{prefix}:{{{j}}}:"
+    fields = raw.hgetall(base + "job")
+    record = store.get_many([_full(key)])[0]
+    assert record is not None and record.expires_at is not None
+    assert fields == {
+        b"server": b"s.test:4730",
+        b"handle": key.handle,
+        b"unique": b"\x00u\xff",
+        b"function": b"resize",
+        b"state": b"complete",
+        b"attempt": b"1",
+        b"worker": b"host-1.42",
+        b"result": b"done",
+        b"started_at": repr(T0).encode(),
+        b"finished_at": repr(T0 + 0.7).encode(),
+        b"updated_at": repr(T0 + 0.7).encode(),
+        b"expires_at": b"%.3f" % record.expires_at,
+    }
+    assert raw.lrange(base + "data", 0, -1) == [b"one", b"two", b"three"]
+    assert raw.lrange(base + "warnings", 0, -1) == [b"careful"]
+    assert raw.lrange(base + "status", 0, -1) == [
+        f"1 3 {T0 + 0.4!r}".encode(),
+        f"3 3 {T0 + 0.6!r}".encode(),
+    ]
+    assert raw.get(base + "gone") == fields[b"expires_at"]
+    assert raw.zrange(f"{prefix}:h:{{{h}}}", 0, -1, withscores=True) == [(member, 1.0)]
+    names = [base + s for s in ("job", "data", "warnings", "status", "gone")]
+    assert [raw.type(n) for n in names] == [b"hash", b"list", b"list", b"list", b"string"]
+
+    # a failure: error fields; a new attempt drops result and error and empties the lists
+    store.write([ev(EventKind.EXCEPTION, key, T0 + 1, payload=b"boom", traceback="tb")])
+    fields = raw.hgetall(base + "job")
+    assert (fields[b"state"], fields[b"error_kind"], fields[b"error_message"]) == (
+        b"failed",
+        b"exception",
+        b"boom",
+    )
+    assert fields[b"traceback"] == b"tb" and fields[b"result"] == b"done"
+    store.write([ev(EventKind.STARTED, key, T0 + 2, worker="w2")])
+    fields = raw.hgetall(base + "job")
+    assert (fields[b"attempt"], fields[b"state"], fields[b"function"]) == (
+        b"2",
+        b"running",
+        b"resize",
+    )
+    for gone in (b"result", b"error_kind", b"error_message", b"traceback", b"finished_at"):
+        assert gone not in fields
+    assert not raw.exists(base + "data", base + "warnings", base + "status")
+
+
+def test_key_encoding_round_trips() -> None:
+    from gearstash_redis.layout import decode_key, encode_key
+
+    documented = JobKey("127.0.0.1:4730", b"H:web1:70", b"5f0c")
+    assert encode_key(documented) == b"14:127.0.0.1:4730,9:H:web1:70,4:5f0c,"  # the docstring's
+    for key in (documented, JobKey("", b"", b""), JobKey("h\u00e9:1", b"a,b:c\x00", b"\xff" * 300)):
+        assert decode_key(encode_key(key)) == key
+    for junk in (b"", b"1:a,", b"1:a,1:b,1:c", b"1:a,1:b,1:c,x", b"x:a,1:b,1:c,", b"2:a,1:b,1:c,"):
+        assert decode_key(junk) is None
+
+
+def test_keys_of_a_job_share_one_cluster_slot(store: Store, raw: redis.Redis, prefix: str) -> None:
+    keys = [_key(), _key(unique=b"{tricky}"), _key(handle=b"H:{x}:1", server="[::1]:4730")]
+    for key in keys:
+        store.write(full_job(key))
+    slots = set()
+    for key in keys:
+        member = _netstring(key.server.encode()) + _netstring(key.handle) + _netstring(key.unique)
+        names = raw.keys(f"{prefix}:{{{_digest(member)}}}:*")
+        assert len(names) == 5  # job, data, warnings, status, gone
+        assert len({key_slot(n) for n in names}) == 1
+        slots.add(key_slot(names[0]))
+        index = f"{prefix}:h:{{{_digest(key.handle)}}}".encode()
+        assert raw.exists(index) and key_slot(index) == key_slot(
+            f"{{{_digest(key.handle)}}}".encode()
+        )
+    assert len(slots) == 3  # different jobs spread over slots
+
+
+def test_handle_index_orders_jobs_by_first_write(
+    store: Store, raw: redis.Redis, prefix: str
+) -> None:
+    handle = _name().encode()
+    keys = [_key(handle, unique=b"%d" % i) for i in range(3)]
+    for key in keys:
+        store.write([ev(EventKind.STARTED, key, T0)])
+    store.write([ev(EventKind.DATA, keys[0], T0 + 5, payload=b"late")])  # not a new job
+    index = raw.zrange(f"{prefix}:h:{{{_digest(handle)}}}", 0, -1, withscores=True)
+    assert [score for _, score in index] == [1.0, 2.0, 3.0]
+    assert [m.rsplit(b":", 1)[1] for m, _ in index] == [b"0,", b"1,", b"2,"]
+    got = store.get_many([JobRef(handle)])[0]
+    assert got is not None and got.key == keys[2]
+
+
+# ---------------------------------------------------------------------------------- TTLs
+
+
+def _base(prefix: str, key: JobKey) -> str:
+    member = _netstring(key.server.encode()) + _netstring(key.handle) + _netstring(key.unique)
+    return f"{prefix}:{{{_digest(member)}}}:"
+
+
+def _pttls(raw: redis.Redis, prefix: str, key: JobKey) -> dict[str, int]:
+    base = _base(prefix, key)
+    out = {s: raw.pttl(base + s) for s in ("job", "data", "warnings", "status", "gone")}
+    out["index"] = raw.pttl(f"{prefix}:h:{{{_digest(key.handle)}}}")
+    return out
+
+
+@pytest.mark.parametrize("script", ["as chosen", "before Redis 7"])
+def test_every_key_gets_a_ttl(store_url: str, raw: redis.Redis, prefix: str, script: str) -> None:
+    from gearstash_redis.scripts import WRITE_GT_SHA, WRITE_SHA
+
+    store = open_store(_url(store_url, ttl=100, grace=30))
+    if script == "as chosen":
+        assert store._write_sha == WRITE_GT_SHA  # type: ignore[attr-defined]  # Redis 7 here
+    else:
+        store._write_sha = WRITE_SHA  # type: ignore[attr-defined]  # PTTL, then PEXPIRE
+    try:
+        key = _key()
+        before = time.time()
+        store.write(full_job(key))
+        ttls = _pttls(raw, prefix, key)
+        for name in ("job", "data", "warnings", "status"):
+            assert 99_000 < ttls[name] <= 100_000, (name, ttls)
+        # tombstone and index: ttl + min(ttl, grace)
+        assert 129_000 < ttls["gone"] <= 130_000 and 129_000 < ttls["index"] <= 130_000, ttls
+        record = store.get_many([_full(key)])[0]
+        assert record is not None and record.expires_at is not None
+        assert before + 99 < record.expires_at < time.time() + 101
+
+        # a per-event ttl overrides the store's, for every key of the job (lists included, even
+        # when the write does not touch them); the index keeps the longest life of its jobs
+        store.write([ev(EventKind.COMPLETED, key, T0, payload=b"x", ttl=5)])
+        ttls = _pttls(raw, prefix, key)
+        for name in ("job", "data", "warnings", "status"):
+            assert 4_000 < ttls[name] <= 5_000, (name, ttls)
+        assert 9_000 < ttls["gone"] <= 10_000 and ttls["index"] > 120_000, ttls
+        other = key._replace(unique=b"other")
+        store.write([ev(EventKind.STARTED, other, T0, ttl=500)])
+        assert 529_000 < _pttls(raw, prefix, other)["index"] <= 530_000
+        record = store.get_many([_full(key)])[0]
+        assert record is not None and record.expires_at is not None
+        assert record.expires_at < time.time() + 5
+    finally:
+        store.close()
+
+
+def test_ttl_zero_keeps_for_ever(store_url: str, raw: redis.Redis, prefix: str) -> None:
+    store = open_store(_url(store_url, ttl=0))
+    try:
+        key = _key()
+        store.write(full_job(key))
+        assert _pttls(raw, prefix, key) == {
+            "job": -1,
+            "data": -1,
+            "warnings": -1,
+            "status": -1,
+            "gone": -2,  # no tombstone: the job never expires
+            "index": -1,
+        }
+        record = store.get_many([_full(key)])[0]
+        assert record is not None and record.expires_at is None
+        assert b"expires_at" not in raw.hgetall(_base(prefix, key) + "job")
+        store.write([ev(EventKind.DATA, key, T0, payload=b"x", ttl=50)])  # and back to a TTL
+        ttls = _pttls(raw, prefix, key)
+        assert 49_000 < ttls["data"] <= 50_000 and 49_000 < ttls["job"] <= 50_000
+        assert ttls["index"] == -1  # an index that held a job kept for ever stays
+    finally:
+        store.close()
+
+
+def test_expired_job_reads_expired_then_unknown(
+    store_url: str, raw: redis.Redis, prefix: str
+) -> None:
+    store = open_store(_url(store_url, ttl=0.5, grace=0.5))
+    try:
+        key = _key()
+        written = time.monotonic()
+        store.write(full_job(key))
+        refs = [_full(key), JobRef(key.handle), JobRef(key.handle, key.server)]
+        assert [r.state if r else None for r in store.get_many(refs)] == [State.COMPLETE] * 3
+        time.sleep(written + 0.75 - time.monotonic())  # expired at 0.5 s, tombstone until 1 s
+        expired = store.get_many(refs)
+        for record in expired:
+            assert record is not None
+            assert (record.key, record.state, record.data, record.result) == (
+                key,
+                State.EXPIRED,
+                [],
+                None,
+            )
+            assert record.expires_at is not None and record.expires_at < time.time()
+        assert raw.exists(_base(prefix, key) + "job") == 0
+        time.sleep(written + 1.15 - time.monotonic())
+        assert store.get_many(refs) == [None, None, None]
+    finally:
+        store.close()
+
+
+def test_vanished_newest_job_falls_back_to_older_one(
+    store: Store, raw: redis.Redis, prefix: str
+) -> None:
+    handle = _name().encode()
+    kept, brief = _key(handle, unique=b"kept"), _key(handle, unique=b"brief")
+    store.write([ev(EventKind.STARTED, kept, T0, ttl=0)])
+    store.write([ev(EventKind.STARTED, brief, T0, ttl=0.2)])  # newer; gone after 0.4 s
+    newest = store.get_many([JobRef(handle)])[0]
+    assert newest is not None and newest.key == brief
+    time.sleep(0.5)
+    index = f"{prefix}:h:{{{_digest(handle)}}}"
+    assert raw.zcard(index) == 2  # the dead entry is still listed …
+    got = store.get_many([JobRef(handle), JobRef(handle, None, b"brief")])
+    assert got[0] is not None and got[0].key == kept  # … but skipped
+    assert got[1] is None
+    store.write([ev(EventKind.STARTED, _key(handle, unique=b"third"), T0)])
+    assert raw.zcard(index) == 2  # writing a new job with the handle pruned it
+
+
+# ---------------------------------------------------------------------------------- writes, reads
+
+
+def test_concurrent_writer_threads_keep_each_writers_order(store: Store) -> None:
+    key = _key()
+    store.write([ev(EventKind.STARTED, key, T0)])
+    writers, count = 8, 150
+    barrier = threading.Barrier(writers)
+    errors: list[BaseException] = []
+
+    def writer(w: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            for i in range(count):
+                batch = [ev(EventKind.DATA, key, T0, payload=b"%d:%d" % (w, i))]
+                if i % 10 == 0:  # now and then several chunks in one call
+                    batch.append(ev(EventKind.DATA, key, T0, payload=b"%d:%d+" % (w, i)))
+                store.write(batch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    record = store.get_many([_full(key)])[0]
+    assert record is not None and len(record.data) == writers * (count + count // 10)
+    for w in range(writers):
+        mine = [c for c in record.data if c.startswith(b"%d:" % w)]
+        want = []
+        for i in range(count):
+            want.append(b"%d:%d" % (w, i))
+            if i % 10 == 0:
+                want.append(b"%d:%d+" % (w, i))
+        assert mine == want
+        for i in range(0, count, 10):  # a batch's chunks stay together
+            at = record.data.index(b"%d:%d" % (w, i))
+            assert record.data[at + 1] == b"%d:%d+" % (w, i)
+
+
+def test_one_batch_many_jobs_and_long_runs(store: Store) -> None:
+    keys = [_key(unique=b"%d" % i) for i in range(3)]
+    chunks = [b"c%d" % i for i in range(2500)]  # more than one RPUSH per run
+    batch: list[Event] = []
+    for key in keys:
+        batch.append(ev(EventKind.STARTED, key, T0, function=b"f"))
+    for i, chunk in enumerate(chunks):  # interleaved jobs, interleaved kinds
+        key = keys[i % 3]
+        batch.append(ev(EventKind.DATA, key, T0 + i, payload=chunk))
+        if i % 500 == 0:
+            batch.append(ev(EventKind.STATUS, key, T0 + i, numerator=i, denominator=2500))
+            batch.append(ev(EventKind.WARNING, key, T0 + i, payload=b"w%d" % i))
+    batch += [ev(EventKind.COMPLETED, k, T0 + 9, payload=b"r") for k in keys]
+    batch += [ev(EventKind.STARTED, keys[2], T0 + 10), ev(EventKind.DATA, keys[2], T0 + 11)]
+    store.write(batch)
+    got = store.get_many([_full(k) for k in keys])
+    for key, record in zip(keys, got, strict=True):
+        assert_same(record, JobRecord.from_events(key, [e for e in batch if e.key == key]))
+    assert got[0] is not None and len(got[0].data) == 834
+    assert got[2] is not None and (got[2].attempt, got[2].data) == (2, [b""])
+
+
+def test_get_after_reads_only_new_chunks(store: Store) -> None:
+    key = _key()
+    store.write([ev(EventKind.STARTED, key, T0)])
+    store.write([ev(EventKind.DATA, key, T0, payload=b"%d" % i) for i in range(5)])
+    for ref in (_full(key), JobRef(key.handle)):
+        record = get_after(store, ref, 3)
+        assert record is not None and (record.data, record.data_offset) == ([b"3", b"4"], 3)
+        record = get_after(store, ref, 1 << 62)  # the client's "no data, please"
+        assert record is not None and (record.data, record.state) == ([], State.RUNNING)
+        record = get_after(store, ref, 0)
+        assert record is not None and len(record.data) == 5 and record.data_offset == 0
+    assert get_after(store, JobRef(_name().encode()), 2) is None
+
+
+def test_round_trips_are_bounded(store: Store) -> None:
+    server = "rt.test:4730"
+    keys = [_key(server=server, unique=b"%d" % i) for i in range(300)]
+    calls: list[int] = []
+    real = store._roundtrip  # type: ignore[attr-defined]
+
+    def counting(commands: list[Any], *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(commands))
+        return real(commands, *args, **kwargs)
+
+    store._roundtrip = counting  # type: ignore[attr-defined]
+    store.write([e for k in keys for e in full_job(k)])
+    assert calls == [1]  # one EVALSHA for 300 jobs
+    calls.clear()
+    refs = []
+    for i in range(1000):
+        k = keys[i % 300]
+        refs.append(
+            [_full(k), JobRef(k.handle), JobRef(k.handle, server), JobRef(b"nope%d" % i)][i % 4]
+        )
+    got = store.get_many(refs)
+    assert [r is not None for r in got] == [i % 4 != 3 for i in range(1000)]
+    assert calls == [len(set(refs))]  # one pipeline: a read script per distinct reference
+    calls.clear()
+    named = {i % 300 for i in range(1000) if i % 4 != 3}
+    assert store.delete(refs) == len(named) == 225  # type: ignore[attr-defined]
+    assert len(calls) == 2  # the index, then the deletions
+
+
+def test_delete_forgets_every_match(store: Store, raw: redis.Redis, prefix: str) -> None:
+    handle = _name().encode()
+    a, b, c = (
+        _key(handle, server=s, unique=u) for s, u in (("a:1", b"1"), ("b:1", b"1"), ("a:1", b"2"))
+    )
+    for key in (a, b, c):
+        store.write(full_job(key))
+    assert store.delete([_full(b)]) == 1  # type: ignore[attr-defined]
+    assert store.get_many([_full(b)]) == [None]
+    assert not raw.keys(_base(prefix, b) + "*")
+    assert store.delete([JobRef(handle, "a:1")]) == 2  # type: ignore[attr-defined]
+    assert store.get_many([_full(a), _full(c), JobRef(handle)]) == [None, None, None]
+    assert raw.keys(f"{prefix}:*") == []  # every key, index included
+    assert store.delete([JobRef(handle)]) == 0  # type: ignore[attr-defined]
+
+
+def test_capabilities_and_purge(store: Store) -> None:
+    assert store.capabilities == {"shared", "push", "expires", "delete"}
+    assert store.purge() == 0  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------- watch
+
+
+def _write_later(store: Store, events: list[Event], delay: float) -> threading.Thread:
+    def run() -> None:
+        time.sleep(delay)
+        store.write(events)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_watch_wakes_on_a_write_from_another_thread(store: Store) -> None:
+    key = _key()
+    store.write([ev(EventKind.STARTED, key, T0)])
+    for ref in (_full(key), JobRef(key.handle)):
+        with_watch = watch(store, [ref])
+        try:
+            assert with_watch.wait(0.05) is False  # nothing happened
+            thread = _write_later(store, [ev(EventKind.DATA, key, T0, payload=b"x")], 0.05)
+            start = time.monotonic()
+            assert with_watch.wait(5) is True
+            assert time.monotonic() - start < 1
+            thread.join()
+            assert with_watch.wait(0.05) is False  # the announcement was consumed
+        finally:
+            with_watch.close()
+
+
+def test_watch_misses_nothing_written_before_wait(store: Store) -> None:
+    key = _key()
+    w = watch(store, [_full(key)])
+    try:
+        store.write([ev(EventKind.STARTED, key, T0)])  # after watch(), before wait()
+        store.write([ev(EventKind.DATA, key, T0)])
+        start = time.monotonic()
+        assert w.wait(5) is True and time.monotonic() - start < 0.5
+        assert w.wait(0) is False  # both announcements were drained by the first wait
+    finally:
+        w.close()
+    assert w.wait(1) is False  # closed: no wait
+
+
+def test_watch_with_a_full_reference_ignores_other_jobs_of_the_handle(store: Store) -> None:
+    key = _key()
+    other = key._replace(unique=b"other")
+    w = watch(store, [_full(key)])
+    wide = watch(store, [JobRef(key.handle)])
+    try:
+        store.write([ev(EventKind.STARTED, other, T0)])
+        assert w.wait(0.1) is False
+        assert wide.wait(1) is True
+    finally:
+        w.close()
+        wide.close()
+
+
+def _write_in_child(url: str, key: JobKey, delay: float) -> None:
+    time.sleep(delay)
+    store = open_store(url)
+    try:
+        store.write([Event(EventKind.DATA, key, T0, payload=b"child")])
+    finally:
+        store.close()
+
+
+def test_watch_wakes_on_a_write_from_another_process(store_url: str, store: Store) -> None:
+    key = _key()
+    w = watch(store, [_full(key)])
+    try:
+        ctx = contract._processes()
+        proc = ctx.Process(target=_write_in_child, args=(store_url, key, 0.05))
+        proc.start()
+        assert w.wait(10) is True
+        proc.join(timeout=10)
+        assert proc.exitcode == 0
+        record = store.get_many([_full(key)])[0]
+        assert record is not None and record.data == [b"child"]
+    finally:
+        w.close()
+
+
+def test_watch_closed_from_another_thread(store: Store) -> None:
+    w = watch(store, [JobRef(_name().encode())])
+    closer = threading.Timer(0.05, w.close)
+    closer.start()
+    start = time.monotonic()
+    assert w.wait(5) is False
+    assert time.monotonic() - start < 1
+    closer.join()
+
+
+def test_watch_latency(store: Store) -> None:
+    """A waiter wakes within a few milliseconds of a write (median of 30)."""
+    key = _key()
+    store.write([ev(EventKind.STARTED, key, T0)])
+    w = watch(store, [_full(key)])
+    delays: list[float] = []
+    try:
+        for _ in range(30):
+            written = threading.Event()
+            stamp: list[float] = []
+
+            def write(written: threading.Event = written, stamp: list[float] = stamp) -> None:
+                written.wait(5)
+                time.sleep(0.002)
+                stamp.append(time.perf_counter())
+                store.write([ev(EventKind.DATA, key, T0)])
+
+            thread = threading.Thread(target=write)
+            thread.start()
+            written.set()
+            assert w.wait(5) is True
+            delays.append(time.perf_counter() - stamp[0])
+            thread.join()
+    finally:
+        w.close()
+    delays.sort()
+    assert delays[len(delays) // 2] < 0.005, delays
+
+
+# ---------------------------------------------------------------------------------- connections
+
+
+def _actions(store: Store, key: JobKey) -> dict[str, Any]:
+    return {
+        "write": lambda: store.write(full_job(key)),
+        "read": lambda: store.get_many([JobRef(key.handle)]),
+        "watch": lambda: watch(store, [JobRef(key.handle)]),
+        "delete": lambda: store.delete([_full(key)]),  # type: ignore[attr-defined]
+    }
+
+
+def test_dead_redis_raises_store_error_without_password(private_redis: Any) -> None:
+    server = private_redis("--requirepass", "s3cret")
+    url = f"redis://:s3cret@127.0.0.1:{server.port}/0"
+    shown = f"redis://:***@127.0.0.1:{server.port}/0"
+    store = open_store(url)
+    try:
+        assert store.url == shown and "s3cret" not in repr(store)
+        key = _key()
+        store.write(full_job(key))
+        server.stop()
+        for name, action in _actions(store, key).items():
+            with pytest.raises(StoreError) as info:
+                action()
+            message = str(info.value)
+            assert "s3cret" not in message, name
+            assert message.startswith(shown + ": "), message
+            assert "onnect" in message, message  # redis-py's "Error 111 connecting to …"
+    finally:
+        store.close()
+    with pytest.raises(StoreError) as info:
+        open_store(url)
+    assert shown in str(info.value) and "s3cret" not in str(info.value)
+    with pytest.raises(StoreError, match="closed"):
+        store.write(full_job(_key()))
+
+
+def test_store_survives_a_redis_restart(private_redis: Any) -> None:
+    server = private_redis()
+    store = open_store(f"redis://127.0.0.1:{server.port}/0")
+    try:
+        key = _key()
+        store.write(full_job(key)[:2])
+        w = watch(store, [JobRef(key.handle)])
+        server.stop()
+        server.start()  # same port; empty (no persistence), no scripts loaded
+        assert w.wait(5) is True  # the subscription broke: anything may have changed
+        store.write(full_job(key))  # the pooled connection is dead: a fresh one, NOSCRIPT → load
+        record = store.get_many([JobRef(key.handle)])[0]
+        assert record is not None and record.state is State.COMPLETE and record.data[0] == b"one"
+        assert w.wait(5) is True  # subscribed again …
+        assert w.wait(0.05) is False
+        store.write([ev(EventKind.DATA, key, T0)])
+        assert w.wait(5) is True  # … and woken again
+        w.close()
+    finally:
+        store.close()
+
+
+def test_scripts_flushed_are_loaded_again(private_redis: Any) -> None:
+    server = private_redis()
+    store = open_store(f"redis://127.0.0.1:{server.port}/0")
+    client = redis.Redis(port=server.port)
+    try:
+        key = _key()
+        store.write(full_job(key)[:3])
+        client.script_flush()
+        store.write(full_job(key)[3:])
+        client.script_flush()
+        want = JobRecord.from_events(key, full_job(key))
+        for record in store.get_many([JobRef(key.handle), _full(key)]):
+            assert_same(record, want)
+        shas = [s.decode() for s in _script_shas(store)]
+        assert client.script_exists(*shas) == [False, True, True]  # write, the reads
+        store.write([ev(EventKind.DATA, key, T0)])
+        assert client.script_exists(*shas) == [True, True, True]
+    finally:
+        client.close()
+        store.close()
+
+
+def _script_shas(store: Store) -> list[bytes]:
+    from gearstash_redis.scripts import READ_REF_SHA, READ_SHA
+
+    return [store._write_sha, READ_SHA, READ_REF_SHA]  # type: ignore[attr-defined]
+
+
+def test_store_is_fork_safe(store: Store) -> None:
+    key = _key()
+    store.write([ev(EventKind.STARTED, key, T0)])  # the parent has an open connection now
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            store.write([ev(EventKind.DATA, key, T0, payload=b"child")])
+            record = store.get_many([_full(key)])[0]
+            code = 0 if record is not None and record.data == [b"child"] else 3
+            store.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    store.write([ev(EventKind.DATA, key, T0, payload=b"parent")])  # the parent's socket still works
+    record = store.get_many([_full(key)])[0]
+    assert record is not None and record.data == [b"child", b"parent"]
+
+
+def test_password_and_acl_users(private_redis: Any) -> None:
+    server = private_redis(
+        "--requirepass",
+        "s3cret",
+        *("--user", "alice", "on", ">wonderland", "~*", "&*", "+@all"),
+        *("--user", "bob", "on", ">builder123", "~*", "&*", "+@all", "-@scripting"),
+    )
+    port = server.port
+    for url in (
+        f"redis://:s3cret@127.0.0.1:{port}/0",
+        f"redis://default:s3cret@127.0.0.1:{port}/1",
+        f"redis://alice:wonderland@127.0.0.1:{port}/2",
+        f"redis://127.0.0.1:{port}/3?password=s3cret",
+    ):
+        store = open_store(url)
+        try:
+            assert "s3cret" not in store.url and "wonderland" not in repr(store)
+            key = _key()
+            w = watch(store, [_full(key)])
+            store.write(full_job(key))
+            assert w.wait(5) is True
+            w.close()
+            assert_same(
+                store.get_many([JobRef(key.handle)])[0], JobRecord.from_events(key, full_job(key))
+            )
+        finally:
+            store.close()
+    for url, words in (
+        (f"redis://:wr0ngpass@127.0.0.1:{port}/0", ("invalid", "password")),
+        (f"redis://alice:wr0ngpass@127.0.0.1:{port}/0", ("invalid", "password")),
+        (f"redis://127.0.0.1:{port}/0", ("authentication",)),
+        (f"redis://bob:builder123@127.0.0.1:{port}/0", ("permission",)),
+        (f"redis://127.0.0.1:{port}/0?password=wr0ngpass", ("invalid", "password=***")),
+    ):
+        with pytest.raises(StoreError) as info:
+            open_store(url)
+        message = str(info.value)
+        assert "wr0ngpass" not in message and "builder123" not in message
+        assert all(word in message.lower() for word in words), message
+
+
+def test_unix_socket_url(private_redis: Any, tmp_path: Path) -> None:
+    path = tmp_path / "redis.sock"
+    server = private_redis("--unixsocket", str(path), "--unixsocketperm", "700")
+    store = open_store(f"unix://{path}?db=3&ttl=60")
+    try:
+        assert store.url == f"unix://{path}?db=3&ttl=60"
+        key = _key()
+        store.write(full_job(key))
+        assert_same(
+            store.get_many([JobRef(key.handle)])[0], JobRecord.from_events(key, full_job(key))
+        )
+        client = redis.Redis(port=server.port, db=3)
+        assert client.dbsize() == 6  # in db 3: job, data, warnings, status, gone, index
+        client.close()
+    finally:
+        store.close()
+
+
+def _certificate(tmp_path: Path) -> tuple[Path, Path]:
+    openssl = find_binary("openssl", "/usr/bin/openssl")
+    need(openssl is not None, "openssl is not installed (Debian package openssl)")
+    assert openssl is not None
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_url(private_redis: Any, tmp_path: Path) -> None:
+    cert, key_file = _certificate(tmp_path)
+    port = free_port()
+    try:
+        private_redis(
+            "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key_file), "--tls-ca-cert-file", str(cert),
+            "--tls-auth-clients", "no", "--requirepass", "s3cret",
+        )  # fmt: skip
+    except RuntimeError as exc:  # Debian's redis-server has TLS; a build without it says so
+        need("tls" not in str(exc).lower(), f"redis-server was built without TLS: {exc}")
+        raise
+    for options in (f"ssl_ca_certs={cert}", "ssl_cert_reqs=none"):
+        store = open_store(f"rediss://:s3cret@127.0.0.1:{port}/0?{options}")
+        try:
+            key = _key()
+            w = watch(store, [JobRef(key.handle)])
+            store.write(full_job(key))
+            assert w.wait(5) is True
+            w.close()
+            assert_same(store.get_many([_full(key)])[0], JobRecord.from_events(key, full_job(key)))
+        finally:
+            store.close()
+    (tmp_path / "other").mkdir()
+    other, _ = _certificate(tmp_path / "other")
+    for url in (
+        f"rediss://:s3cret@127.0.0.1:{port}/0?ssl_ca_certs={other}",  # not our CA
+        f"redis://:s3cret@127.0.0.1:{port}/0?socket_timeout=1",  # no TLS
+    ):
+        with pytest.raises(StoreError) as info:
+            open_store(url)
+        assert "s3cret" not in str(info.value) and ":***@" in str(info.value)
+
+
+def test_url_options(redis_url: str, prefix: str) -> None:
+    store = open_store(f"{redis_url}?prefix={prefix}&ttl=5&grace=1.5&gearstash_x=1")
+    try:
+        assert (store.ttl, store.grace, store.layout.prefix) == (5.0, 1.5, prefix)  # type: ignore[attr-defined]
+        kwargs = store._connection_kwargs  # type: ignore[attr-defined]
+        assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (5.0, 5.0)
+        assert kwargs["db"] == 15 and "prefix" not in kwargs and "gearstash_x" not in kwargs
+    finally:
+        store.close()
+    store = open_store(f"{redis_url}?socket_timeout=2&socket_connect_timeout=1&prefix={prefix}")
+    try:
+        kwargs = store._connection_kwargs  # type: ignore[attr-defined]
+        assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (2.0, 1.0)
+        assert store.ttl == 86400.0 and store.layout.prefix == prefix  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    for bad in ("prefix=a{b}", "prefix=", "ttl=-1", "grace=soon", "bogus=1", "socket_timeout=x"):
+        with pytest.raises(ConfigError):
+            open_store(f"{redis_url}?{bad}")
+
+
+# ---------------------------------------------------------------------------------- other readers
+
+PHP_READER = r"""<?php
+// The README's recipe: find the newest job with a handle, straight from Redis.
+[$_, $port, $db, $prefix, $handle] = $argv;
+$redis = new Redis();
+$redis->connect('127.0.0.1', (int)$port);
+$redis->select((int)$db);
+function netstrings(string $k): array {
+    $out = [];
+    while ($k !== '') {
+        $colon = strpos($k, ':');
+        $len = (int)substr($k, 0, $colon);
+        $out[] = substr($k, $colon + 1, $len);
+        $k = substr($k, $colon + 1 + $len + 1);
+    }
+    return $out;
+}
+$H = substr(sha1($handle), 0, 24);
+$members = $redis->zRange("$prefix:h:{" . $H . "}", 0, -1);
+$K = end($members);
+[$server, $h, $unique] = netstrings($K);
+$J = substr(sha1($K), 0, 24);
+$job = $redis->hGetAll("$prefix:{" . $J . "}:job");
+echo json_encode([
+    'server' => $server, 'unique' => $unique, 'count' => count($members),
+    'state' => $job['state'], 'result' => $job['result'], 'attempt' => (int)$job['attempt'],
+    'data' => $redis->lRange("$prefix:{" . $J . "}:data", 0, -1),
+    'status' => $redis->lRange("$prefix:{" . $J . "}:status", 0, -1),
+]);
+"""
+
+
+@pytest.mark.php
+def test_php_reads_the_documented_layout(store: Store, prefix: str, tmp_path: Path) -> None:
+    php = shutil.which("php")
+    has_redis = (
+        php is not None
+        and "redis" in subprocess.run([php, "-m"], capture_output=True, text=True).stdout.split()
+    )
+    need(has_redis, "php-cli with the redis extension is not installed (php-cli php-redis)")
+    assert php is not None
+    handle = _name().encode()
+    old = JobKey("127.0.0.1:4730", handle, b"old")
+    new = JobKey("127.0.0.1:4731", handle, b"new")
+    store.write(full_job(old))
+    store.write(full_job(new))
+    script = tmp_path / "reader.php"
+    script.write_text(PHP_READER)
+    port, db = 6379, 15
+    out = subprocess.run(
+        [php, str(script), str(port), str(db), prefix, handle.decode()],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    assert json.loads(out) == {
+        "server": "127.0.0.1:4731",
+        "unique": "new",
+        "count": 2,
+        "state": "complete",
+        "result": "done",
+        "attempt": 1,
+        "data": ["one", "two", "three"],
+        "status": [f"1 3 {T0 + 0.4!r}", f"3 3 {T0 + 0.6!r}"],
+    }
