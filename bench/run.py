@@ -6,7 +6,8 @@ For every case and repeat: fill the queue of a fresh function name with N trivia
 jobs (pipelined SUBMIT_JOB_BG on a raw socket) and check gearmand's ``status`` shows N queued;
 run one worker process that drains exactly N jobs and reports its own first-to-last-job time
 and CPU time; check ``status`` shows 0 left and, for SQLite capture, that every job's record is
-in the store. Cases are interleaved within each repeat so drift hits them alike. Then one
+in the store (Redis capture: a private redis-server on a free port). Cases are interleaved
+within each repeat so drift hits them alike. Then one
 memory run per gearstash store: 100k jobs, VmRSS at job 10,000 and at the end. Prints a table
 and writes bench/results/latest.json.
 """
@@ -14,6 +15,7 @@ and writes bench/results/latest.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -26,6 +28,8 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+import servers
 
 from gearstash.gearmand import Gearmand
 from gearstash.plugins import open_store
@@ -43,7 +47,7 @@ class Case:
     name: str
     impl: str  # gearstash | php | pygearman
     variant: str  # plain | status
-    store: str = ""  # gearstash only: null | sqlite
+    store: str = ""  # gearstash only: null | sqlite | redis
 
 
 CASES = [
@@ -55,6 +59,8 @@ CASES = [
     Case("pygearman status+data", "pygearman", "status"),
     Case("gearstash sqlite plain", "gearstash", "plain", "sqlite"),
     Case("gearstash sqlite status+data", "gearstash", "status", "sqlite"),
+    Case("gearstash redis plain", "gearstash", "plain", "redis"),
+    Case("gearstash redis status+data", "gearstash", "status", "redis"),
 ]
 
 
@@ -129,12 +135,16 @@ def worker_argv(case: Case, g: Gearmand, function: str, n: int, store_url: str) 
     return [PY, str(BENCH / "pygearman_worker.py"), g.address, function, str(n), case.variant]
 
 
-def run_one(case: Case, g: Gearmand, function: str, n: int, tmp: Path) -> dict[str, float]:
+def run_one(
+    case: Case, g: Gearmand, function: str, n: int, tmp: Path, redis_url: str = ""
+) -> dict[str, float]:
     """Fill, drain with one worker process, verify; return the worker's JSON report."""
     jobs = fill(g.port, function, n)
     if queued(g, function)[0] != n:
         raise RuntimeError(f"{function}: expected {n} queued, status says {queued(g, function)}")
-    store_url = "null://" if case.store == "null" else f"sqlite:///{tmp / (function + '.db')}"
+    store_url = {"null": "null://", "redis": redis_url}.get(
+        case.store, f"sqlite:///{tmp / (function + '.db')}"
+    )
     proc = subprocess.run(
         worker_argv(case, g, function, n, store_url),
         capture_output=True,
@@ -148,7 +158,7 @@ def run_one(case: Case, g: Gearmand, function: str, n: int, tmp: Path) -> dict[s
     if report["jobs"] != n:
         raise RuntimeError(f"{case.name}: worker ran {report['jobs']} jobs, not {n}")
     wait_drained(g, function)
-    if case.store == "sqlite":
+    if case.store in ("sqlite", "redis"):
         check_captured(store_url, g.address, jobs, case.variant)
     report["rate"] = (n - 1) / report["seconds"]
     report["cpu_us"] = report["cpu_seconds"] / (n - 1) * 1e6
@@ -274,6 +284,16 @@ def verdicts(
             ratio(summary, "gearstash sqlite status+data", "gearstash status+data"),
             0.5,
         ),
+        (
+            "redis capture vs gearstash plain",
+            ratio(summary, "gearstash redis plain", "gearstash plain"),
+            0.8,
+        ),
+        (
+            "redis capture status+data vs gearstash status+data",
+            ratio(summary, "gearstash redis status+data", "gearstash status+data"),
+            0.8,
+        ),
     ]
     out: list[dict[str, object]] = [
         {
@@ -318,12 +338,20 @@ def main() -> None:
     wanted = [w.strip() for w in opts.cases.split(",") if w.strip()]
     cases = [c for c in CASES if not wanted or any(w in c.name for w in wanted)]
 
-    with tempfile.TemporaryDirectory(prefix="gearstash-bench-") as tmpdir, Gearmand() as g:
-        tmp = Path(tmpdir)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gearstash-bench-")))
+        g = stack.enter_context(Gearmand())
         problem = sqlite_problem(tmp)
         if problem:
             print(f"sqlite:// store unavailable, its cases are skipped: {problem}")
             cases = [c for c in cases if c.store != "sqlite"]
+        redis_url = ""
+        if any(c.store == "redis" for c in cases):
+            try:
+                redis_url = f"redis://127.0.0.1:{stack.enter_context(servers.redis_server()).port}/0"
+            except RuntimeError as exc:
+                print(f"redis:// store unavailable, its cases are skipped: {exc}")
+                cases = [c for c in cases if c.store != "redis"]
         info = machine(g)
         print(
             f"gearmand {info['gearmand']} on {g.address}; {info['nproc']} x {info['cpu']}; "
@@ -335,7 +363,7 @@ def main() -> None:
         for rep in range(opts.repeat):
             for i, case in enumerate(cases):
                 function = f"bench{rep}_{i}_{case.impl}_{case.variant}"
-                report = run_one(case, g, function, opts.jobs, tmp)
+                report = run_one(case, g, function, opts.jobs, tmp, redis_url)
                 rates[case.name].append(report["rate"])
                 cpu_us[case.name].append(report["cpu_us"])
                 print(
