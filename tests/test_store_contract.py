@@ -1,45 +1,63 @@
-"""The store contract (``gearstash.store.Store``), run against every built-in store.
+"""The store contract (``gearstash.testing.StoreContract``) on every built-in store, and what only
+the SQL store promises.
 
-The contract tests are plain functions of a ``store`` fixture (opened with ``open_store`` so the
-entry-point registration is exercised too): memory, SQLite, PostgreSQL and MariaDB. They name their
-jobs on servers unique to this run and test (``_server()``), so the shared PostgreSQL/MariaDB
-databases can hold other runs' rows, and the fixture deletes this run's rows afterwards.
+``TestMemoryContract``, ``TestSqliteContract``, ``TestPostgresContract`` and ``TestMysqlContract``
+run the shipped contract suite (the one third-party stores run) through ``open_store``. Its tests name
+their jobs on servers unique to this run (``gs{RUN}-...``), so the shared PostgreSQL/MariaDB
+databases can hold other runs' rows; the fixtures delete this run's rows afterwards.
 
-The tests after "SQL store" check what only the SQL store promises (schema, URLs, limits).
+The tests after "SQL store" check what only the SQL store promises (schema, URLs, limits, threads,
+fork, dead connections, expiry and purge, cursors, LISTEN/NOTIFY). Tests that purge use a private
+database (a purge acts on every job in the tables, other tests' too).
+
+Other test modules (``test_store_redis``, ``test_store_memcache``) import helpers from here
+(``T0``, ``ev``, ``full_job``, ``assert_same``, ``_key``, ``_server``, ``_handle``,
+``_processes``) and run this module's ``test_*`` functions of ``store``/``store_url`` on their
+stores: those are thin, non-collected aliases of the ``StoreContract`` methods (see the end of the
+"compatibility" section).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
-import itertools
+import inspect
 import multiprocessing
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from gearstash.errors import StoreError
+from gearstash import testing
+from gearstash.errors import ConfigError, StoreError
 from gearstash.plugins import open_store
-from gearstash.records import Event, EventKind, JobError, JobKey, JobRecord, JobRef, State
-from gearstash.store import Store
+from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef, State
+from gearstash.store import Store, get_after, watch
+from gearstash.testing import StoreContract
 
-RUN = uuid.uuid4().hex[:10]
-_numbers = itertools.count()
+RUN = testing.RUN  # the contract suite's servers are gs{RUN}-...: delete_run_rows finds them
+T0 = testing.T0  # recent (not expired), full float precision
+full_job = testing.full_job  # started, 3 data, warning, 2 status, completed
+assert_same = testing.assert_same  # field by field, except expires_at
+_server = testing.new_server  # a job-server name unique to this run and call
+_handle = testing.new_handle  # a handle unique to this run and call
+_key = testing.new_key  # a job key no other test uses
+_numbers = iter(range(10**9))
 
-STORES = [
-    pytest.param("memory", id="memory"),
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-    pytest.param("mysql", id="mysql", marks=pytest.mark.mysql),
-]
-SQL_STORES = STORES[1:]
 
-T0 = float(int(time.time())) + 0.123456  # recent (not expired), full float precision
+def ev(kind: EventKind, key: JobKey, at: float, **kwargs: Any) -> Event:
+    return Event(kind, key, at, **kwargs)
+
+
+def get(store: Store, ref: JobRef) -> JobRecord | None:
+    return store.get_many([ref])[0]
+
+
+def exact(key: JobKey) -> JobRef:
+    return JobRef(key.handle, key.server, key.unique)
 
 
 def _processes() -> Any:
@@ -55,49 +73,11 @@ def _processes() -> Any:
     return ctx
 
 
-def _server(tag: str = "s") -> str:
-    """A job-server name unique to this run and call."""
-    return f"gs{RUN}-{next(_numbers)}-{tag}.test:4730"
-
-
-def _handle(tag: str = "") -> bytes:
-    """A handle unique to this run and call (other runs may share the database)."""
-    return f"H:{RUN}:{next(_numbers)}{tag}".encode()
-
-
-def _key(server: str | None = None, unique: bytes = b"u") -> JobKey:
-    return JobKey(server or _server(), _handle(), unique)
-
-
-def ev(kind: EventKind, key: JobKey, at: float, **kwargs: Any) -> Event:
-    return Event(kind, key, at, **kwargs)
-
-
-def full_job(key: JobKey) -> list[Event]:
-    """started, 3 data, warning, 2 status, completed."""
-    return [
-        ev(EventKind.STARTED, key, T0, function=b"resize", worker="host-1.42"),
-        ev(EventKind.DATA, key, T0 + 0.1, payload=b"one"),
-        ev(EventKind.DATA, key, T0 + 0.2, payload=b"two"),
-        ev(EventKind.WARNING, key, T0 + 0.3, payload=b"careful"),
-        ev(EventKind.STATUS, key, T0 + 0.4, numerator=1, denominator=3),
-        ev(EventKind.DATA, key, T0 + 0.5, payload=b"three"),
-        ev(EventKind.STATUS, key, T0 + 0.6, numerator=3, denominator=3),
-        ev(EventKind.COMPLETED, key, T0 + 0.7, payload=b"done"),
-    ]
-
-
-def get(store: Store, ref: JobRef) -> JobRecord | None:
-    return store.get_many([ref])[0]
-
-
-def assert_same(got: JobRecord | None, want: JobRecord) -> None:
-    """Field by field, so a failure names the field."""
-    assert got is not None, f"no record for {want.key}"
-    for field in dataclasses.fields(JobRecord):
-        if field.name == "expires_at":  # the store's TTL decides; tested on its own
-            continue
-        assert getattr(got, field.name) == getattr(want, field.name), field.name
+SQL_STORES = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    pytest.param("mysql", id="mysql", marks=pytest.mark.mysql),
+]
 
 
 def sql_url_for(request: pytest.FixtureRequest, kind: str) -> str:
@@ -128,22 +108,6 @@ def delete_run_rows(url: str) -> None:
         engine.dispose()
 
 
-@pytest.fixture(params=STORES)
-def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    url = sql_url_for(request, request.param)
-    yield url
-    delete_run_rows(url)
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    opened = open_store(store_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
 @pytest.fixture(params=SQL_STORES)
 def sql_url(request: pytest.FixtureRequest) -> Iterator[str]:
     url = sql_url_for(request, request.param)
@@ -154,247 +118,68 @@ def sql_url(request: pytest.FixtureRequest) -> Iterator[str]:
 # ---------------------------------------------------------------------------------- the contract
 
 
-def test_full_job_round_trip(store: Store) -> None:
-    key = _key()
-    events = full_job(key)
-    store.write(events[:1])
-    store.write(events[1:4])
-    store.write(events[4:])
-    want = JobRecord.from_events(key, events)
-    assert want.state is State.COMPLETE and want.data == [b"one", b"two", b"three"]
-    assert_same(get(store, JobRef(key.handle, key.server, key.unique)), want)
+class TestMemoryContract(StoreContract):
+    @pytest.fixture
+    def store_url(self) -> str:
+        return f"memory://contract-{uuid.uuid4().hex}"  # named: the suite's threads share it
 
 
-def test_one_batch_equals_many(store: Store) -> None:
-    one, many = _key(), _key()
-    store.write(full_job(one))
-    for event in full_job(many):
-        store.write([event])
-    got_one, got_many = store.get_many([JobRef(one.handle), JobRef(many.handle)])
-    assert_same(got_one, JobRecord.from_events(one, full_job(one)))
-    assert_same(got_many, JobRecord.from_events(many, full_job(many)))
+class TestSqliteContract(StoreContract):
+    @pytest.fixture
+    def store_url(self, tmp_sqlite_url: str) -> str:
+        return tmp_sqlite_url
 
 
-def test_exception(store: Store) -> None:
-    key = _key()
-    events = [
-        ev(EventKind.STARTED, key, T0, function=b"f", worker="w"),
-        ev(EventKind.DATA, key, T0 + 1, payload=b"partial"),
-        ev(EventKind.EXCEPTION, key, T0 + 2, payload=b"boom \xff", traceback="Traceback...\n  x"),
+@pytest.mark.postgres
+class TestPostgresContract(StoreContract):
+    @pytest.fixture
+    def store_url(self, postgres_url: str) -> Iterator[str]:
+        yield postgres_url
+        delete_run_rows(postgres_url)
+
+
+@pytest.mark.mysql
+class TestMysqlContract(StoreContract):
+    @pytest.fixture
+    def store_url(self, mysql_url: str) -> Iterator[str]:
+        yield mysql_url
+        delete_run_rows(mysql_url)
+
+
+# ---------------------------------------------------------------------------------- compatibility
+#
+# Module-level aliases of the contract tests, for modules that run "every test_* function of
+# store/store_url in test_store_contract" on their own store (test_store_redis, test_store_memcache).
+# Marked __test__ = False: pytest runs the suite here through the classes above, not these.
+# Two keep the names they had before the suite moved to gearstash.testing.
+
+_OLD_NAMES = {
+    "test_concurrent_writers": "test_concurrent_writer_processes",
+    "test_binary_and_large_values_kept_exactly": "test_binary_bytes_kept_exactly",
+}
+
+
+def _contract_alias(name: str) -> Callable[..., None]:
+    parameters = [
+        p
+        for n, p in inspect.signature(getattr(StoreContract, name)).parameters.items()
+        if n != "self"
     ]
-    store.write(events)
-    got = get(store, JobRef(key.handle, key.server))
-    assert_same(got, JobRecord.from_events(key, events))
-    assert got is not None and got.state is State.FAILED
-    assert got.error == JobError("exception", "boom \ufffd", "Traceback...\n  x")
-    assert got.result is None and got.finished_at == T0 + 2
+
+    def run(**kwargs: Any) -> None:
+        getattr(StoreContract(), name)(**kwargs)
+
+    run.__name__ = run.__qualname__ = _OLD_NAMES.get(name, name)
+    run.__doc__ = getattr(StoreContract, name).__doc__
+    setattr(run, "__signature__", inspect.Signature(parameters))  # noqa: B010
+    setattr(run, "__test__", False)  # noqa: B010
+    return run
 
 
-def test_fail(store: Store) -> None:
-    key = _key()
-    events = [ev(EventKind.STARTED, key, T0), ev(EventKind.FAILED, key, T0 + 1)]
-    store.write(events)
-    got = get(store, JobRef(key.handle, key.server, key.unique))
-    assert_same(got, JobRecord.from_events(key, events))
-    assert got is not None and got.error == JobError("fail", "", "")
-
-
-def test_second_started_is_a_new_attempt(store: Store) -> None:
-    key = _key()
-    first = full_job(key)
-    second = [
-        ev(EventKind.STARTED, key, T0 + 10, worker="host-2.7"),  # no function: keeps the old one
-        ev(EventKind.DATA, key, T0 + 11, payload=b"again"),
-    ]
-    store.write(first)
-    store.write(second)
-    got = get(store, JobRef(key.handle, key.server, key.unique))
-    assert_same(got, JobRecord.from_events(key, first + second))
-    assert got is not None
-    assert (got.attempt, got.data, got.warnings, got.status) == (2, [b"again"], [], [])
-    assert (got.result, got.error, got.finished_at, got.function) == (None, None, None, b"resize")
-    third = [
-        ev(EventKind.STARTED, key, T0 + 20, function=b"other", worker="w3"),
-        ev(EventKind.STATUS, key, T0 + 21, numerator=1, denominator=2),
-        ev(EventKind.EXCEPTION, key, T0 + 22, payload=b"x"),
-    ]
-    store.write(third)
-    got = get(store, JobRef(key.handle, key.server, key.unique))
-    assert_same(got, JobRecord.from_events(key, first + second + third))
-    assert got is not None and got.attempt == 3 and got.state is State.FAILED
-
-
-def test_events_without_started(store: Store) -> None:
-    key = _key()
-    before = [
-        ev(EventKind.DATA, key, T0, payload=b"early"),
-        ev(EventKind.STATUS, key, T0 + 1, numerator=5, denominator=9),
-    ]
-    store.write(before[:1])
-    store.write(before[1:])
-    got = get(store, JobRef(key.handle, key.server, key.unique))
-    assert_same(got, JobRecord.from_events(key, before))
-    assert got is not None and (got.attempt, got.started_at, got.state) == (1, None, State.RUNNING)
-    later = [
-        ev(EventKind.STARTED, key, T0 + 2, function=b"f"),
-        ev(EventKind.COMPLETED, key, T0 + 3),
-    ]
-    store.write(later)
-    got = get(store, JobRef(key.handle, key.server, key.unique))
-    assert_same(got, JobRecord.from_events(key, before + later))
-    assert got is not None and got.attempt == 1 and got.data == [] and got.result == b""
-
-
-def test_servers_and_uniques_never_mix(store: Store) -> None:
-    handle = _handle()
-    s1, s2 = _server("one"), _server("two")
-    old = JobKey(s1, handle, b"u1")
-    other = JobKey(s2, handle, b"u1")
-    new = JobKey(s1, handle, b"u2")  # gearmand restarted on s1 and reused the handle
-    for n, key in enumerate((old, other, new)):
-        store.write(
-            [ev(EventKind.STARTED, key, T0 + n), ev(EventKind.DATA, key, T0 + n, payload=b"%d" % n)]
-        )
-    store.write([ev(EventKind.DATA, old, T0 + 9, payload=b"late")])  # newer data, older job
-
-    def data(ref: JobRef) -> list[bytes] | None:
-        record = get(store, ref)
-        return None if record is None else record.data
-
-    assert data(JobRef(handle, s1, b"u1")) == [b"0", b"late"]
-    assert data(JobRef(handle, s2, b"u1")) == [b"1"]
-    assert data(JobRef(handle, s1, b"u2")) == [b"2"]
-    assert data(JobRef(handle, s1)) == [b"2"]  # newest job on s1
-    assert data(JobRef(handle, s2)) == [b"1"]
-    assert data(JobRef(handle)) == [b"2"]  # newest job anywhere
-    assert data(JobRef(handle, None, b"u1")) == [b"1"]  # newest with that unique
-    assert data(JobRef(handle, s2, b"u2")) is None
-    assert data(JobRef(handle, _server("three"))) is None
-    assert data(JobRef(handle + b"x")) is None
-    record = get(store, JobRef(handle, s1, b"u1"))
-    assert record is not None and record.key == old
-
-
-def test_binary_bytes_kept_exactly(store: Store) -> None:
-    key = JobKey(_server(), _handle() + b"\x00\xff", b"\x00\xfe\x80")
-    big = bytes(range(256)) * (5 * 4096)  # 5 MiB
-    chunks = [b"\x00\x00nul", b"\xff\xfe\x80 not utf-8", b"", big]
-    events = [ev(EventKind.STARTED, key, T0, function=b"fn\x00\xff")]
-    events += [ev(EventKind.DATA, key, T0 + i, payload=c) for i, c in enumerate(chunks)]
-    events += [
-        ev(EventKind.WARNING, key, T0 + 5, payload=b"\x00w\xff"),
-        ev(EventKind.COMPLETED, key, T0 + 6, payload=b"\x00result\xff" * 1000),
-    ]
-    store.write(events[:3])
-    store.write(events[3:5])
-    store.write(events[5:])
-    got = get(store, JobRef(key.handle, key.server, key.unique))
-    assert got is not None
-    assert got.key == key
-    assert [len(c) for c in got.data] == [len(c) for c in chunks]
-    assert got.data == chunks
-    assert_same(got, JobRecord.from_events(key, events))
-
-
-def test_get_many_in_order_with_missing(store: Store) -> None:
-    server = _server()
-    keys = [JobKey(server, _handle(), b"%d" % i) for i in range(400)]
-    batch: list[Event] = []
-    for i, key in enumerate(keys):
-        batch += [
-            ev(EventKind.STARTED, key, T0 + i, function=b"f"),
-            ev(EventKind.DATA, key, T0 + i, payload=b"data %d" % i),
-            ev(EventKind.COMPLETED, key, T0 + i, payload=b"%d" % i),
-        ]
-        if len(batch) >= 150:  # several jobs per write() call
-            store.write(batch)
-            batch = []
-    store.write(batch)
-    refs: list[JobRef] = []
-    want: list[bytes | None] = []
-    for i in range(1000):
-        if i % 5 == 4:
-            refs.append(JobRef(_handle("missing"), server))
-            want.append(None)
-        elif i % 7 == 3:
-            refs.append(JobRef(keys[i % 400].handle, _server("wrong")))
-            want.append(None)
-        else:
-            key = keys[(i * 37) % 400]
-            refs.append(JobRef(key.handle, server) if i % 2 else JobRef(key.handle))
-            want.append(b"%d" % ((i * 37) % 400))
-    got = store.get_many(refs)
-    assert len(got) == 1000
-    assert [None if r is None else r.result for r in got] == want
-    for ref, record in zip(refs, got, strict=True):
-        if record is not None:
-            assert record.key.handle == ref.handle and record.data == [b"data " + record.result]
-    same = [r for r in got if r is not None and r.key == keys[0]]
-    assert len(same) >= 2 and same[0] is not same[1]  # a ref asked twice: two records
-    assert store.get_many([]) == []
-
-
-def _write_concurrently(
-    url: str, writer: int, own: JobKey, shared: JobKey, count: int, barrier: Any
-) -> None:
-    """One writer process: its own job from started to completed, and chunks into a shared job."""
-    store = open_store(url)
-    try:
-        barrier.wait(timeout=60)
-        store.write([Event(EventKind.STARTED, own, T0, function=b"f", worker=f"w{writer}")])
-        for i in range(count):
-            payload = b"%d:%d" % (writer, i)
-            store.write([Event(EventKind.DATA, own, T0 + i, payload=payload)])
-            store.write([Event(EventKind.DATA, shared, T0 + i, payload=payload)])
-        store.write([Event(EventKind.COMPLETED, own, T0 + count, payload=b"%d" % writer)])
-    finally:
-        store.close()
-
-
-def test_concurrent_writer_processes(store_url: str, store: Store) -> None:
-    if "shared" not in store.capabilities:
-        pytest.skip(f"{store.url} is not shared between processes")
-    writers, count = 4, 40
-    server = _server()
-    own = [JobKey(server, _handle(), b"own") for _ in range(writers)]
-    shared = JobKey(server, _handle(), b"shared")
-    ctx = _processes()
-    barrier = ctx.Barrier(writers)
-    procs = [
-        ctx.Process(target=_write_concurrently, args=(store_url, w, own[w], shared, count, barrier))
-        for w in range(writers)
-    ]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(timeout=120)
-    assert [proc.exitcode for proc in procs] == [0] * writers
-    records = store.get_many([JobRef(k.handle, server, k.unique) for k in [*own, shared]])
-    for w, record in enumerate(records[:writers]):
-        assert record is not None
-        assert record.data == [b"%d:%d" % (w, i) for i in range(count)]
-        assert (record.state, record.result, record.attempt) == (State.COMPLETE, b"%d" % w, 1)
-    shared_record = records[-1]
-    assert shared_record is not None and shared_record.attempt == 1
-    assert len(shared_record.data) == writers * count
-    for w in range(writers):
-        mine = [c for c in shared_record.data if c.startswith(b"%d:" % w)]
-        assert mine == [b"%d:%d" % (w, i) for i in range(count)]
-
-
-def test_long_keys_are_refused_or_kept(store: Store) -> None:
-    key = JobKey(_server(), _handle() + b"h" * 300, b"u" * 300)
-    event = ev(EventKind.STARTED, key, T0, function=b"f")
-    try:
-        store.write([event])
-    except StoreError as exc:
-        assert "255" in str(exc)
-        assert get(store, JobRef(key.handle)) is None
-    else:
-        assert_same(
-            get(store, JobRef(key.handle, key.server, key.unique)),
-            JobRecord.from_events(key, [event]),
-        )
+for _name in sorted(vars(StoreContract)):
+    if _name.startswith("test_") and callable(getattr(StoreContract, _name)):
+        globals()[_OLD_NAMES.get(_name, _name)] = _contract_alias(_name)
+del _name
 
 
 # ---------------------------------------------------------------------------------- SQL store
@@ -737,3 +522,326 @@ def test_sql_connection_dropped_while_idle_is_replaced(
     finally:
         store.close()
         delete_run_rows(url)
+
+
+# ---------------------------------------------------------------------------------- expiry, purge
+
+
+def _raw(url: str) -> sa.Engine:
+    """An engine on the store's tables (the store's own options removed from the URL)."""
+    from gearstash_sql.engine import parse_url
+
+    return sa.create_engine(parse_url(url).url)
+
+
+def _with(url: str, **options: object) -> str:
+    return url + ("&" if "?" in url else "?") + "&".join(f"{k}={v}" for k, v in options.items())
+
+
+def _row(engine: sa.Engine, key: JobKey) -> tuple[Any, ...] | None:
+    """(expires_at, result, error_message, number of chunks) of the job row, or None."""
+    from gearstash_sql.schema import chunks, jobs
+
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(jobs.c.id, jobs.c.expires_at, jobs.c.result, jobs.c.error_message).where(
+                jobs.c.handle == key.handle, jobs.c.server == key.server
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        count = conn.execute(
+            sa.select(sa.func.count()).select_from(chunks).where(chunks.c.job_id == row[0])
+        ).scalar_one()
+    return (row[1], None if row[2] is None else bytes(row[2]), row[3], count)
+
+
+def test_sql_ttl_from_the_url_and_events(sql_url: str) -> None:
+    """?ttl= (never seen by the driver) is the default; started and final events set expires_at,
+    data and status leave it; an event's ttl overrides; ttl 0 keeps for ever."""
+    store = open_store(_with(sql_url, ttl=50))
+    engine = _raw(sql_url)
+    try:
+        assert store.ttl == 50 and "expires" in store.capabilities  # type: ignore[attr-defined]
+        key, forever, created = _key(), _key(), _key()
+        now = time.time()
+        store.write([ev(EventKind.STARTED, key, now, function=b"f")])
+        assert _row(engine, key) == (now + 50, None, None, 0)
+        store.write([ev(EventKind.DATA, key, now + 5, payload=b"d", ttl=1)])
+        store.write([ev(EventKind.STATUS, key, now + 6, numerator=1, denominator=2)])
+        assert _row(engine, key) == (now + 50, None, None, 2)  # a running job keeps its expiry
+        store.write([ev(EventKind.COMPLETED, key, now + 7, payload=b"r", ttl=600)])
+        got = get(store, exact(key))
+        assert got is not None and got.expires_at == now + 607 and got.state is State.COMPLETE
+        store.write([ev(EventKind.STARTED, forever, now, ttl=0), ev(EventKind.DATA, forever, now)])
+        store.write([ev(EventKind.FAILED, forever, now + 1, ttl=0)])
+        got = get(store, exact(forever))
+        assert got is not None and got.expires_at is None and got.state is State.FAILED
+        store.write([ev(EventKind.DATA, created, now, payload=b"x")])  # a write that makes a row
+        got = get(store, exact(created))
+        assert got is not None and got.expires_at == now + 50
+    finally:
+        store.close()
+        engine.dispose()
+    for bad in ("ttl=x", "ttl=-1", "tombstone=soon", "purge_every=-5", "notify=maybe"):
+        with pytest.raises(ConfigError):
+            open_store(sql_url + ("&" if "?" in sql_url else "?") + bad)
+
+
+def _job_at(store: Store, key: JobKey, at: float, ttl: float) -> None:
+    """A whole job said at ``at`` (so it expires at ``at + ttl``)."""
+    store.write(
+        [
+            ev(EventKind.STARTED, key, at, function=b"f", ttl=ttl),
+            ev(EventKind.DATA, key, at, payload=b"chunk"),
+            ev(EventKind.WARNING, key, at, payload=b"warn"),
+            ev(EventKind.COMPLETED, key, at, payload=b"result" * 100, ttl=ttl),
+        ]
+    )
+
+
+def test_sql_purge_cleans_expired_jobs_then_deletes_their_rows(
+    private_sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """purge(): an expired job loses its chunks and result (and reads as expired); once it has
+    been expired longer than ?tombstone=, its row goes too. Bounded steps, run until done."""
+    import gearstash_sql.store as sql_store
+
+    url = _with(private_sql_url, tombstone=1000, purge_every=0)
+    store = open_store(url)
+    engine = _raw(url)
+    try:
+        now = time.time()
+        live, recent, old = _key(), _key(), _key()
+        _job_at(store, live, now, 3600)
+        _job_at(store, recent, now - 100, 10)  # expired 90 s ago: a tombstone
+        _job_at(store, old, now - 5000, 10)  # expired 4990 s ago: past the tombstone period
+        assert _row(engine, recent) == (now - 90, b"result" * 100, None, 2)
+        got = get(store, exact(recent))
+        assert got == JobRecord(recent, b"f", State.EXPIRED, 1, expires_at=now - 90)
+        assert store.purge() == 2  # type: ignore[attr-defined]
+        assert _row(engine, recent) == (now - 90, None, None, 0)
+        assert _row(engine, old) is None
+        assert get(store, exact(recent)) == got  # still reads as expired
+        assert get(store, exact(old)) is None
+        assert_same(get(store, exact(live)), JobRecord.from_events(live, _events(live, now)))
+        assert _row(engine, live) == (now + 3600, b"result" * 100, None, 2)
+        assert store.purge() == 0  # type: ignore[attr-defined]
+
+        # many at once: steps of PURGE_LIMIT rows, until none is left
+        monkeypatch.setattr(sql_store, "PURGE_LIMIT", 3)
+        many = [_key() for _ in range(10)]
+        for n, key in enumerate(many):
+            _job_at(store, key, time.time(), 0.5 + n * 0.01)
+        time.sleep(0.7)
+        assert store.purge() == 10  # type: ignore[attr-defined]
+        assert [_row(engine, key)[1:] for key in many] == [(None, None, 0)] * 10  # type: ignore[index]
+    finally:
+        store.close()
+        engine.dispose()
+
+
+def _events(key: JobKey, at: float) -> list[Event]:
+    return [
+        ev(EventKind.STARTED, key, at, function=b"f"),
+        ev(EventKind.DATA, key, at, payload=b"chunk"),
+        ev(EventKind.WARNING, key, at, payload=b"warn"),
+        ev(EventKind.COMPLETED, key, at, payload=b"result" * 100),
+    ]
+
+
+def test_sql_writes_purge_by_themselves(private_sql_url: str) -> None:
+    """Every ?purge_every= writes a store runs a purge step: no purge() call, no scheduler."""
+    store = open_store(_with(private_sql_url, purge_every=10, tombstone=1000))
+    engine = _raw(private_sql_url)
+    try:
+        now = time.time()
+        expired, gone, running = _key(), _key(), _key()
+        _job_at(store, expired, now - 100, 10)
+        _job_at(store, gone, now - 5000, 10)
+        store.write([ev(EventKind.STARTED, running, now)])
+        for i in range(20):
+            store.write([ev(EventKind.DATA, running, now + i, payload=b"%d" % i)])
+        assert _row(engine, expired) == (now - 90, None, None, 0)
+        assert _row(engine, gone) is None
+        got = get(store, exact(running))
+        assert got is not None and len(got.data) == 20
+    finally:
+        store.close()
+        engine.dispose()
+
+
+def test_sql_delete_removes_rows_and_chunks(sql_url: str) -> None:
+    store = open_store(sql_url)
+    engine = _raw(sql_url)
+    try:
+        key, other = _key(), _key()
+        store.write(full_job(key) + full_job(other))
+        assert _row(engine, key) is not None
+        assert store.delete([exact(key), JobRef(_handle("none"))]) == 1  # type: ignore[attr-defined]
+        assert _row(engine, key) is None and get(store, exact(key)) is None
+        from gearstash_sql.schema import chunks, jobs
+
+        with engine.connect() as conn:  # no orphan chunks
+            orphans = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(chunks)
+                .where(~chunks.c.job_id.in_(sa.select(jobs.c.id)))
+            ).scalar_one()
+        assert orphans == 0
+        assert get(store, exact(other)) is not None
+    finally:
+        store.close()
+        engine.dispose()
+
+
+# ---------------------------------------------------------------------------------- cursors
+
+
+def test_sql_get_after_reads_only_the_chunks_it_returns(
+    sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gearstash_sql.store as sql_store
+
+    store = open_store(sql_url)
+    try:
+        key = _key()
+        events = [ev(EventKind.STARTED, key, T0, function=b"f")]
+        for i in range(300):
+            events.append(ev(EventKind.DATA, key, T0 + i, payload=b"%d" % i * 100))
+            if i % 100 == 0:
+                events.append(ev(EventKind.STATUS, key, T0 + i, numerator=i, denominator=300))
+                events.append(ev(EventKind.WARNING, key, T0 + i, payload=b"w%d" % i))
+        store.write(events)
+        fetched: list[int] = []
+        real = sql_store._record
+
+        def counting(row: Any, chunk_rows: dict[int, list[Any]], now: float) -> JobRecord:
+            fetched.append(len(chunk_rows.get(row[0], ())))
+            return real(row, chunk_rows, now)
+
+        monkeypatch.setattr(sql_store, "_record", counting)
+        statements: list[str] = []
+        engine = store._engine  # type: ignore[attr-defined]
+        sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        whole = JobRecord.from_events(key, events)
+        for after in (0, 1, 150, 298, 299, 300, 301, 10**6, 1 << 62):
+            fetched.clear()
+            statements.clear()
+            got = get_after(store, exact(key), after)
+            assert got is not None and got.data == whole.data[after:]
+            assert got.data_offset == after
+            assert (got.warnings, got.status) == (whole.warnings, whole.status)
+            assert fetched == [len(got.data) + 6]  # the data returned, 3 warnings, 3 status
+            assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) <= 3
+        assert get_after(store, JobRef(_handle("none")), 5) is None
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------------------- push
+
+
+def _notify_in_child(url: str, key: JobKey, delay: float) -> None:
+    time.sleep(delay)
+    store = open_store(url)
+    try:
+        store.write([ev(EventKind.DATA, key, T0 + 1, payload=b"from the child")])
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_notify_wakes_a_watch_in_another_process(postgres_url: str) -> None:
+    store = open_store(postgres_url)
+    try:
+        assert "push" in store.capabilities
+        key, other = _key(), _key()
+        store.write([ev(EventKind.STARTED, key, T0), ev(EventKind.STARTED, other, T0)])
+        watcher = watch(store, [JobRef(key.handle)])
+        try:
+            assert watcher.wait(0) is False
+            store.write([ev(EventKind.DATA, other, T0 + 1, payload=b"not watched")])
+            assert watcher.wait(0.2) is False  # another job's write does not wake it
+            child = _processes().Process(target=_notify_in_child, args=(postgres_url, key, 0.2))
+            child.start()
+            started = time.monotonic()
+            assert watcher.wait(30) is True
+            assert time.monotonic() - started < 20
+            child.join(timeout=30)
+            assert child.exitcode == 0
+            got = get_after(store, exact(key), 0)
+            assert got is not None and got.data == [b"from the child"]
+        finally:
+            watcher.close()
+        # several jobs' events in one call (the general path) and delete() notify too
+        watcher = watch(store, [exact(key), exact(other)])
+        try:
+            store.write([ev(EventKind.DATA, key, T0 + 2), ev(EventKind.DATA, other, T0 + 2)])
+            assert watcher.wait(5) is True
+            store.delete([exact(other)])  # type: ignore[attr-defined]
+            assert watcher.wait(5) is True
+        finally:
+            watcher.close()
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_watch_close_reuse_and_lost_connection(postgres_url: str) -> None:
+    """close() from another thread ends a wait; closed watches' connections are reused; a
+    listener connection the server ends is replaced (the wait answers True: re-read)."""
+    store = open_store(postgres_url)
+    try:
+        key = _key()
+        watcher: Any = watch(store, [exact(key)])
+        closer = threading.Timer(0.1, watcher.close)
+        closer.start()
+        started = time.monotonic()
+        assert watcher.wait(30) is False
+        assert time.monotonic() - started < 10
+        closer.join()
+        assert watcher.wait(0) is False  # closed
+        listeners = store._listeners  # type: ignore[attr-defined]
+        assert len(listeners._idle) == 1
+        watcher = watch(store, [exact(key)])
+        assert len(listeners._idle) == 0  # the kept connection
+        pid = watcher._conn.info.backend_pid
+        admin = sa.create_engine(postgres_url)
+        try:
+            with admin.begin() as conn:
+                conn.execute(sa.text(f"SELECT pg_terminate_backend({pid})"))  # ours
+        finally:
+            admin.dispose()
+        assert watcher.wait(10) is True  # lost: re-read
+        assert watcher._conn is not None and watcher._conn.info.backend_pid != pid
+        store.write([ev(EventKind.STARTED, key, T0)])
+        assert watcher.wait(10) is True  # the new connection listens
+        watcher.close()
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_notify_can_be_turned_off(postgres_url: str) -> None:
+    store = open_store(_with(postgres_url, notify=0))
+    try:
+        assert "push" not in store.capabilities
+        key = _key()
+        store.write(full_job(key))
+        assert_same(get(store, exact(key)), JobRecord.from_events(key, full_job(key)))
+        watcher = watch(store, [exact(key)])
+        assert watcher.wait(0.01) is False
+        watcher.close()
+    finally:
+        store.close()
+        delete_run_rows(postgres_url)
+
+
+def test_sql_no_push_outside_postgres(sql_url: str) -> None:
+    store = open_store(sql_url)
+    try:
+        assert ("push" in store.capabilities) == sql_url.startswith("postgresql")
+        assert {"expires", "delete", "shared", "persistent"} <= store.capabilities
+    finally:
+        store.close()

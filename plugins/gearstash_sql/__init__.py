@@ -5,6 +5,11 @@ the tables are described in :mod:`gearstash_sql.schema`. ``sqlite:///PATH`` is t
 uses when none is configured. A URL without a driver gets the one gearstash installs: psycopg 3 for
 PostgreSQL, PyMySQL for MySQL/MariaDB; ``postgresql+DRIVER://`` picks another.
 
+Store options in the URL query (never passed to the driver): ``ttl=SECONDS`` (default TTL, one day;
+``0`` keeps jobs for ever), ``tombstone=SECONDS`` (how long an expired job's row stays, reading as
+``expired``; 7 days), ``purge_every=N`` (writes between two purge steps; 1,000; ``0``: only
+``purge()``), ``notify=0`` (PostgreSQL: no LISTEN/NOTIFY push). See :mod:`gearstash_sql.store`.
+
 Registered through the ``gearstash`` entry-point group exactly as a third-party store would be.
 """
 

@@ -26,6 +26,11 @@ A batch without chunks is one statement, run in autocommit. With chunks:
   escaped by PyMySQL as for any of its queries (it always interpolates on the client).
 * SQLite (and MySQL through another driver): ``BEGIN IMMEDIATE``/``BEGIN``, the job row, the
   chunks with ``executemany``, ``COMMIT``.
+
+PostgreSQL with notifications on (the default; see :mod:`gearstash_sql.notify`): each statement
+also ends in ``SELECT pg_notify(channel, payload) FROM j``, so the write wakes the job's watchers in
+the same round trip (its last two parameters are the channel and payload of the job's handle). The
+row count is then the number of job rows written (1 or 0).
 """
 
 from __future__ import annotations
@@ -48,10 +53,12 @@ class Bump:
     __slots__ = ("plain", "returning", "values")
 
     def __init__(self, plain: str, returning: str | None, values: Callable[[Any], Any]) -> None:
-        #: the UPDATE; params: values(row) + (n, handle, server, unique)
+        #: the UPDATE; params: values(row) + (n, handle, server, unique) (+ channel, payload
+        #: when PostgreSQL notifies)
         self.plain = plain
-        #: with chunks: PostgreSQL, the whole statement (params: those of ``plain``, n, the six
-        #: chunk lists); SQLite, ``plain`` + ``RETURNING id, next_seq``; MySQL: None
+        #: with chunks: PostgreSQL, the whole statement (params: values(row), n, key, n, the six
+        #: chunk lists (+ channel, payload)); SQLite, the UPDATE + ``RETURNING id, next_seq``;
+        #: MySQL: None
         self.returning = returning
         #: row tuple → the SET values, in order
         self.values = values
@@ -60,8 +67,9 @@ class Bump:
 class Statements:
     """The direct write statements for one database family (``sqlite``, ``postgresql``, ``mysql``)."""
 
-    def __init__(self, dialect: sa.Dialect, family: str) -> None:
+    def __init__(self, dialect: sa.Dialect, family: str, *, notify: bool = False) -> None:
         self.family = family
+        notify = notify and family == "postgresql"
         mark = "?" if family == "sqlite" else "%s"
         quote = dialect.identifier_preparer.quote
         table = dialect.identifier_preparer.format_table(jobs)
@@ -82,7 +90,7 @@ class Statements:
         else:
             new = insert
         #: ``new`` without chunks (params: the row); rowcount 1 when the row was created
-        self.new = new
+        self.new = f"WITH j AS ({new} RETURNING id) {_NOTIFY}" if notify else new
         #: the chunk rows (params: job_id, seq, kind, payload, numerator, denominator, at)
         self.insert_chunks = (
             f"INSERT INTO {chunk_table} ({chunk_columns}) VALUES "
@@ -92,10 +100,15 @@ class Statements:
         #: chunk columns as lists); rowcount = the number of chunks when the row was created
         self.new_with_chunks = ""
         if family == "postgresql":
-            self.new_with_chunks = (
-                f"WITH j AS ({new} RETURNING id) INSERT INTO {chunk_table} ({chunk_columns}) "
+            insert_chunks = (
+                f"INSERT INTO {chunk_table} ({chunk_columns}) "
                 f"SELECT j.id, c.seq, c.kind, c.payload, c.numerator, c.denominator, c.at "
                 f"FROM j, {_pg_unnest()}"
+            )
+            self.new_with_chunks = (
+                f"WITH j AS ({new} RETURNING id), n AS ({insert_chunks}) {_NOTIFY}"
+                if notify
+                else f"WITH j AS ({new} RETURNING id) {insert_chunks}"
             )
 
         self.bumps: dict[int, Bump] = {}
@@ -103,16 +116,24 @@ class Statements:
             sets = ", ".join(f"{quote(name)} = {mark}" for name in names)
             update = f"UPDATE {table} SET {sets}, {seq} = {seq} + {mark} WHERE {key_where}"
             returning: str | None = None
+            plain = update
             if family == "postgresql":
-                returning = (
-                    f"WITH j AS ({update} RETURNING id, next_seq) "
+                bump_chunks = (
                     f"INSERT INTO {chunk_table} ({chunk_columns}) "
                     f"SELECT j.id, j.next_seq - {mark} + c.seq, c.kind, c.payload, c.numerator, "
                     f"c.denominator, c.at FROM j, {_pg_unnest()}"
                 )
+                if notify:
+                    plain = f"WITH j AS ({update} RETURNING id) {_NOTIFY}"
+                    returning = (
+                        f"WITH j AS ({update} RETURNING id, next_seq), n AS ({bump_chunks}) "
+                        f"{_NOTIFY}"
+                    )
+                else:
+                    returning = f"WITH j AS ({update} RETURNING id, next_seq) {bump_chunks}"
             elif family == "sqlite":
                 returning = f"{update} RETURNING id, next_seq"
-            self.bumps[finals] = Bump(update, returning, _getter(names))
+            self.bumps[finals] = Bump(plain, returning, _getter(names))
 
         #: MySQL multi-statement parts. The chunks of the job just inserted: ``mysql_chunks``
         #: then one ``mysql_chunk_row`` per chunk (params: the chunk's values after job_id),
@@ -126,6 +147,10 @@ class Statements:
             f"INSERT INTO {chunk_table} ({chunk_columns}) SELECT id, {seq} - {mark} + {mark}, "
             f"{', '.join(mark for _ in CHUNK_COLUMNS[2:])} FROM {table} WHERE {key_where}"
         )
+
+
+# the end of a notifying PostgreSQL statement: one notification per job row written
+_NOTIFY = "SELECT pg_notify(%s, %s) FROM j"
 
 
 def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:

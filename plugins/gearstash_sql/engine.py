@@ -11,7 +11,8 @@
 * ``postgresql://`` / ``postgres://`` use psycopg 3 unless a driver is named (``postgresql+...``).
 * ``mysql://`` / ``mariadb://`` use PyMySQL unless a driver is named.
 
-Query options whose name starts with ``gearstash_`` are for gearstash and never reach SQLAlchemy.
+Query options whose name starts with ``gearstash_``, and the store's own options (:data:`OPTIONS`:
+``ttl``, ``tombstone``, ``purge_every``, ``notify``), are for gearstash and never reach SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ DEFAULT_DRIVERS = {
     "mariadb": "pymysql",
 }
 ALIASES = {"postgres": "postgresql"}
+# the store's own URL query options (see gearstash_sql.store), removed before SQLAlchemy sees the URL
+OPTIONS = frozenset({"ttl", "tombstone", "purge_every", "notify"})
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
     """What a store URL points at."""
 
-    url: sa.URL  # what SQLAlchemy gets: driver filled in, gearstash_* options removed
+    url: sa.URL  # what SQLAlchemy gets: driver filled in, gearstash_* and OPTIONS removed
     family: str  # "sqlite", "postgresql" or "mysql" (MariaDB included)
     memory: bool  # an in-process SQLite database
     password: str  # to scrub from error messages ("" if none)
@@ -63,7 +66,11 @@ def parse_url(url: str) -> Target:
         raise ConfigError(f"not a SQL store URL: {redact_url(url)!r}")
     driver = driver or DEFAULT_DRIVERS[backend]
     drivername = backend if backend == "sqlite" and driver == "pysqlite" else f"{backend}+{driver}"
-    options = [name for name in parsed.query if name.lower().startswith("gearstash_")]
+    options = [
+        name
+        for name in parsed.query
+        if name.lower().startswith("gearstash_") or name.lower() in OPTIONS
+    ]
     parsed = parsed.set(drivername=drivername).difference_update_query(options)
     memory = backend == "sqlite" and parsed.database in (None, "", ":memory:")
     family = "mysql" if backend == "mariadb" else backend

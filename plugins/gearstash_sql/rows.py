@@ -60,10 +60,21 @@ class RowChange:
 
     ``changes`` maps column → new value (only columns the events set). ``chunks`` are the rows to
     append to ``gearstash_chunks``. ``cleared`` is True when a ``started`` event means the job's
-    existing chunks must be deleted first.
+    existing chunks must be deleted first. ``expires_at`` is set by ``started`` and the final
+    events (their ``ttl``, else the store's ``ttl``; see :func:`expiry`), not by data or status;
+    :meth:`fresh_row` gives a new row the expiry of the run's last event when none of those set it.
     """
 
-    __slots__ = ("attempt", "changes", "chunks", "cleared", "function", "next_seq", "started_at")
+    __slots__ = (
+        "attempt",
+        "changes",
+        "chunks",
+        "cleared",
+        "function",
+        "last_expiry",
+        "next_seq",
+        "started_at",
+    )
 
     def __init__(
         self,
@@ -80,11 +91,13 @@ class RowChange:
         self.changes: dict[str, Any] = {}
         self.chunks: list[Chunk] = []
         self.cleared = False
+        self.last_expiry: float | None = None
 
-    def apply_all(self, events: Iterable[Event]) -> RowChange:
-        """Apply ``events`` in order; returns self."""
+    def apply_all(self, events: Iterable[Event], ttl: float = 0.0) -> RowChange:
+        """Apply ``events`` in order (``ttl``: the store's default TTL); returns self."""
         changes = self.changes
         chunks = self.chunks
+        event: Event | None = None
         for event in events:
             kind = event.kind
             at = event.at
@@ -106,6 +119,7 @@ class RowChange:
                 chunks.clear()
                 self.next_seq = 0
                 changes.update(
+                    expires_at=expiry(event, ttl),
                     function=self.function,
                     worker=event.worker,
                     state=State.RUNNING.value,
@@ -118,9 +132,15 @@ class RowChange:
                     traceback=None,
                 )
             elif kind is _COMPLETED:
-                changes.update(state=State.COMPLETE.value, result=event.payload, finished_at=at)
+                changes.update(
+                    state=State.COMPLETE.value,
+                    result=event.payload,
+                    finished_at=at,
+                    expires_at=expiry(event, ttl),
+                )
             else:
                 changes.update(
+                    expires_at=expiry(event, ttl),
                     state=State.FAILED.value,
                     error_kind="exception" if kind is _EXCEPTION else "fail",
                     error_message=event.payload.decode("utf-8", "replace"),
@@ -128,12 +148,15 @@ class RowChange:
                     finished_at=at,
                 )
         changes["next_seq"] = self.next_seq
+        if event is not None:
+            self.last_expiry = expiry(event, ttl)
         return self
 
     def fresh_row(self, key: JobKey) -> dict[str, Any]:
         """All columns of a new job row for ``key`` (after :meth:`apply_all` on a fresh change)."""
-        row = {"server": key.server, "handle": key.handle, "unique_key": key.unique}
+        row: dict[str, Any] = {"server": key.server, "handle": key.handle, "unique_key": key.unique}
         row.update(FRESH_COLUMNS)
+        row["expires_at"] = self.last_expiry
         row.update(self.changes)
         return row
 
@@ -160,12 +183,14 @@ class Scan:
     ``starts`` counts the ``started`` events and ``finals`` has bit 1 set when a ``completed``
     event occurred and bit 2 when a ``failed``/``exception`` one did. For a run without ``started``
     the same values are what the run changes on an *existing* row too (plus ``next_seq`` grows by
-    ``len(chunks)``): see :data:`BUMP_COLUMNS`.
+    ``len(chunks)``): see :data:`BUMP_COLUMNS`. ``expires_at`` comes from the last ``started`` or
+    final event (``ttl`` is the store's default), else, for a row the run creates, from its last
+    event: a run of data and status alone leaves an existing row's expiry as it was.
     """
 
     __slots__ = ("chunks", "finals", "row", "starts")
 
-    def __init__(self, key: JobKey, events: Iterable[Event]) -> None:
+    def __init__(self, key: JobKey, events: Iterable[Event], ttl: float = 0.0) -> None:
         function = b""
         state = _RUNNING
         attempt = 1
@@ -177,10 +202,13 @@ class Scan:
         started_at: float | None = None
         finished_at: float | None = None
         updated_at: float | None = None
+        expires_at: float | None = None
         seq = 0
         starts = 0
         finals = 0
         chunks: list[Chunk] = []
+        event: Event | None = None
+        marked = False  # a started or final event set expires_at
         for event in events:
             kind = event.kind
             at = updated_at = event.at
@@ -204,11 +232,17 @@ class Scan:
                 finished_at = result = error_kind = error_message = traceback = None
                 chunks = []
                 seq = 0
+                event_ttl = ttl if event.ttl is None else event.ttl
+                expires_at = at + event_ttl if event_ttl > 0 else None
+                marked = True
             elif kind is _COMPLETED:
                 state = _COMPLETE
                 result = event.payload
                 finished_at = at
                 finals |= 1
+                event_ttl = ttl if event.ttl is None else event.ttl
+                expires_at = at + event_ttl if event_ttl > 0 else None
+                marked = True
             else:
                 state = _FAILED
                 error_kind = "exception" if kind is _EXCEPTION else "fail"
@@ -216,6 +250,11 @@ class Scan:
                 traceback = event.traceback
                 finished_at = at
                 finals |= 2
+                event_ttl = ttl if event.ttl is None else event.ttl
+                expires_at = at + event_ttl if event_ttl > 0 else None
+                marked = True
+        if not marked and event is not None:
+            expires_at = expiry(event, ttl)
         self.row: tuple[Any, ...] = (
             key.server,
             key.handle,
@@ -231,7 +270,7 @@ class Scan:
             started_at,
             finished_at,
             updated_at,
-            None,  # expires_at
+            expires_at,
             seq,
         )
         self.chunks = chunks
@@ -239,11 +278,27 @@ class Scan:
         self.finals = finals
 
 
-# finals bits → the columns a run without ``started`` sets on an existing row (besides next_seq)
+def expiry(event: Event, ttl: float) -> float | None:
+    """When a job whose last word was ``event`` expires (``ttl``: the store's default TTL)."""
+    event_ttl = ttl if event.ttl is None else event.ttl
+    return event.at + event_ttl if event_ttl > 0 else None
+
+
+# finals bits → the columns a run without ``started`` sets on an existing row (besides next_seq).
+# Data and status leave expires_at alone: the column is indexed, and rewriting it on every chunk
+# would cost an index update per write; a final event sets it.
 BUMP_COLUMNS: dict[int, tuple[str, ...]] = {
     0: ("updated_at",),
-    1: ("updated_at", "state", "result", "finished_at"),
-    2: ("updated_at", "state", "error_kind", "error_message", "traceback", "finished_at"),
+    1: ("updated_at", "state", "result", "finished_at", "expires_at"),
+    2: (
+        "updated_at",
+        "state",
+        "error_kind",
+        "error_message",
+        "traceback",
+        "finished_at",
+        "expires_at",
+    ),
     3: (
         "updated_at",
         "state",
@@ -252,6 +307,7 @@ BUMP_COLUMNS: dict[int, tuple[str, ...]] = {
         "error_message",
         "traceback",
         "finished_at",
+        "expires_at",
     ),
 }
 
@@ -286,14 +342,35 @@ RECORD_COLUMNS = (
     "started_at",
     "finished_at",
     "updated_at",
+    "expires_at",
+    "next_seq",
 )
+EXPIRES_AT = RECORD_COLUMNS.index("expires_at")
+NEXT_SEQ = RECORD_COLUMNS.index("next_seq")
 CHUNK_READ_COLUMNS = ("job_id", "kind", "payload", "numerator", "denominator", "at")
 _STATES = {state.value: state for state in State}
 
 
+def expired(row: Sequence[Any], now: float) -> bool:
+    """True when the job row (:data:`RECORD_COLUMNS`) has expired at ``now``."""
+    expires_at = row[EXPIRES_AT]
+    return expires_at is not None and expires_at <= now
+
+
+def expired_record(row: Sequence[Any]) -> JobRecord:
+    """What an expired job row reads as: its key, function, attempt and expiry, state expired."""
+    return JobRecord(
+        key=JobKey(row[1], bytes(row[2]), bytes(row[3])),
+        function=bytes(row[4]),
+        state=State.EXPIRED,
+        attempt=row[6],
+        expires_at=row[EXPIRES_AT],
+    )
+
+
 def build_record(row: Sequence[Any], chunk_rows: Iterable[Sequence[Any]]) -> JobRecord:
     """A :class:`JobRecord` from a job row (:data:`RECORD_COLUMNS`) and its chunk rows
-    (:data:`CHUNK_READ_COLUMNS`) in ``seq`` order."""
+    (:data:`CHUNK_READ_COLUMNS`) in ``seq`` order. (An expired row: :func:`expired_record`.)"""
     data: list[bytes] = []
     warnings: list[bytes] = []
     status: list[StatusPoint] = []
@@ -320,6 +397,8 @@ def build_record(row: Sequence[Any], chunk_rows: Iterable[Sequence[Any]]) -> Job
         started_at,
         finished_at,
         updated_at,
+        expires_at,
+        _next_seq,
     ) = row
     return JobRecord(
         key=JobKey(server, bytes(handle), bytes(unique_key)),
@@ -337,4 +416,5 @@ def build_record(row: Sequence[Any], chunk_rows: Iterable[Sequence[Any]]) -> Job
         started_at=started_at,
         finished_at=finished_at,
         updated_at=updated_at,
+        expires_at=expires_at,
     )

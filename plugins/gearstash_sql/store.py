@@ -19,43 +19,80 @@ to another writer is run again, so concurrent writers never lose an update.
 
 Reads: :meth:`SqlStore.get_many` runs three queries per 500 handles (candidate keys by handle, the
 chosen job rows, their chunks) in one read snapshot, on the engine's pooled connections.
+:meth:`SqlStore.get_after` (a cursor) runs the same three for one job, and reads only the chunks it
+returns: the data chunks from the ``after``-th on, with every warning and status point.
+
+Expiry. ``?ttl=SECONDS`` in the URL sets the store's default TTL (one day; ``0`` keeps jobs for
+ever), ``Event.ttl`` overrides it per event. ``expires_at`` (= the event's time + TTL) is set by
+``started`` and by the final events (completed, failed, exception), and by whatever write creates a
+job's row; data, warning and status writes leave it alone (it is indexed: rewriting it on every
+chunk would add an index update to each). So a running job keeps the expiry its ``started`` gave it
+and its final event sets the one it ends with; a job that runs longer than its TTL reads as
+expired until it ends. A row whose ``expires_at`` has passed reads as state ``expired`` (key,
+function, attempt, expiry; no data, result or error).
+
+Purge, without a scheduler: every ``?purge_every=N`` writes (default 1,000; the first after a
+random number up to N, so short-lived processes take their share) a store object runs one purge
+step after its write (see :mod:`gearstash_sql.maintenance`): at most 1,000 expired jobs lose their
+chunks and their result, error message and traceback (the row stays as a tombstone, so the job
+reads as ``expired``), and at most 1,000 rows that expired more than ``?tombstone=SECONDS`` ago
+(default 7 days) are deleted. A step is a few range scans of the ``expires_at`` index and one
+short transaction; a failure is logged and never fails the write. :meth:`SqlStore.purge` runs
+steps until nothing is left and returns how many jobs it cleaned or deleted. Expiry is decided by
+the clocks of the writing and purging hosts: keep them in sync.
+
+Push (PostgreSQL over psycopg 3): writes notify the job's channel in the same statement
+(:mod:`gearstash_sql.notify`), and :meth:`SqlStore.watch` listens on a connection of its own;
+``?notify=0`` turns it off. SQLite and MariaDB have no push: waiters poll.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gearstash.errors import StoreError
-from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef
-from gearstash.store import redact_url
+from gearstash.errors import ConfigError, StoreError
+from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef, State
+from gearstash.store import PollWatch, Watch, redact_url, ttl_from_query
 
 from .compiled import Compiled, CompiledCache
 from .direct import Statements, pg_chunk_arrays
 from .engine import begin_sqlite, make_engine, multi_statements, parse_url, read_engine
 from .failures import is_disconnect, is_retryable, to_store_error
+from .maintenance import Maintenance, slices
+from .notify import Listeners, PgWatch, note
 from .rows import (
     CHUNK_COLUMNS,
     CHUNK_READ_COLUMNS,
     JOB_COLUMNS,
+    NEXT_SEQ,
     RECORD_COLUMNS,
     RowChange,
     Scan,
     build_record,
+    expired,
+    expired_record,
     group_by_key,
 )
 from .schema import MAX_KEY_BYTES, chunks, ensure_schema, jobs
 from .writers import Writer, Writers, WritersClosed, forks, on_fork, orphan
 
+log = logging.getLogger(__name__)
+
 IN_CHUNK = 500  # parameters per IN list
 MAX_TRIES = 8  # runs of one transaction that lost races or deadlocks
+DEFAULT_TOMBSTONE = 7 * 86400.0  # seconds an expired job's row stays (reads as expired)
+PURGE_EVERY = 1000  # writes per store object between two opportunistic purge steps
+PURGE_LIMIT = 1000  # rows per purge statement
 _T = TypeVar("_T")
 _STARTED = EventKind.STARTED
 # how write() takes a job's batch (see the module docstring)
@@ -80,12 +117,26 @@ class SqlStore:
     ends. After :meth:`close`, ``write`` and ``get_many`` raise StoreError.
     """
 
-    capabilities = frozenset({"shared", "persistent"})
+    capabilities = frozenset({"shared", "persistent", "expires", "delete"})
 
     def __init__(self, url: str) -> None:
         self.url = redact_url(url)
         target = parse_url(url)
         self.family = target.family
+        query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+        #: the default TTL in seconds (``?ttl=``; 0: keep for ever)
+        self.ttl = ttl_from_query(url)
+        #: seconds an expired job's row stays as a tombstone (``?tombstone=``)
+        self.tombstone = _number(query, "tombstone", DEFAULT_TOMBSTONE, self.url)
+        #: writes between two opportunistic purge steps (``?purge_every=``; 0: never)
+        self.purge_every = int(_number(query, "purge_every", PURGE_EVERY, self.url))
+        self._purge_countdown = random.randint(1, self.purge_every) if self.purge_every else -1
+        notify = _number(query, "notify", 1, self.url) != 0
+        self._notify = (
+            notify and self.family == "postgresql" and target.url.get_driver_name() in ("psycopg",)
+        )
+        if self._notify:
+            self.capabilities = self.capabilities | {"push"}
         self._password = target.password
         self._closed = False
         self._memory = target.memory
@@ -111,7 +162,9 @@ class SqlStore:
             self._engine.dispose()
             raise self._error(exc, "opening the store") from exc
         self._build_statements()  # after the first connection: the dialect knows the server now
-        self._direct = Statements(dialect, self.family)
+        self._direct = Statements(dialect, self.family, notify=self._notify)
+        self._maintenance = Maintenance(dialect, self.family)
+        self._listeners = Listeners(self._connect_listener) if self._notify else None
         # PostgreSQL puts a job's chunks in the same statement as its row; MySQL over PyMySQL
         # sends the row, the chunks and BEGIN/COMMIT in one query (see direct.py)
         self._chunks_inline = self.family == "postgresql"
@@ -186,10 +239,31 @@ class SqlStore:
         self._load_jobs = sa.select(*(jobs.c[name] for name in RECORD_COLUMNS)).where(
             jobs.c.id.in_(sa.bindparam("ids", expanding=True))
         )
+        chunk_columns = [chunks.c[name] for name in CHUNK_READ_COLUMNS]
         self._load_chunks = (
-            sa.select(*(chunks.c[name] for name in CHUNK_READ_COLUMNS))
+            sa.select(*chunk_columns)
             .where(chunks.c.job_id.in_(sa.bindparam("ids", expanding=True)))
             .order_by(chunks.c.job_id, chunks.c.seq)
+        )
+        # a cursor read (get_after): one job's chunks, data from the after-th data chunk on (the
+        # seq of that chunk: an uncorrelated subquery, run once); or with no data at all
+        one_job = chunks.c.job_id == sa.bindparam("id")
+        not_data = chunks.c.kind != sa.literal("data", sa.String(8))
+        cut = (
+            sa.select(chunks.c.seq)
+            .where(one_job, chunks.c.kind == sa.literal("data", sa.String(8)))
+            .order_by(chunks.c.seq)
+            .limit(1)
+            .offset(sa.bindparam("after", type_=sa.BigInteger()))
+            .scalar_subquery()
+        )
+        self._load_after = (
+            sa.select(*chunk_columns)
+            .where(one_job, sa.or_(not_data, chunks.c.seq >= cut))
+            .order_by(chunks.c.seq)
+        )
+        self._load_no_data = (
+            sa.select(*chunk_columns).where(one_job, not_data).order_by(chunks.c.seq)
         )
 
     # ------------------------------------------------------------------ Store protocol
@@ -210,28 +284,42 @@ class SqlStore:
         self._check_key(key)
         if self._closed:
             raise self._closed_error()
-        scan = Scan(key, events)
+        scan = Scan(key, events, self.ttl)
         mode = _NEW if events[0].kind is _STARTED else _GENERAL if scan.starts else _BUMP
+        sign = note(key.handle) if self._notify else ()
         with self._write_guard:
-            if mode != _GENERAL and (self._one_trip or not scan.chunks):
-                # one statement (or one MySQL query): it runs alone, in autocommit
-                if self._autocommit(mode, scan):
-                    return
-                mode = _GENERAL  # the row was not as expected (a retried job, no row yet)
-            self._transaction(
-                lambda cursor, first: self._apply(
-                    cursor, key, events, scan, mode if first or self.family != "mysql" else _GENERAL
+            # one statement (or one MySQL query) runs alone, in autocommit; False: the row was not
+            # as expected (a retried job, no row yet), so the general path
+            if (
+                mode == _GENERAL
+                or not (self._one_trip or not scan.chunks)
+                or not self._autocommit(mode, scan, sign)
+            ):
+                if self._one_trip or not scan.chunks:
+                    mode = _GENERAL
+                self._transaction(
+                    lambda cursor, first: self._apply(
+                        cursor,
+                        key,
+                        events,
+                        scan,
+                        mode if first or self.family != "mysql" else _GENERAL,
+                        sign,
+                    )
                 )
-            )
+        self._purge_countdown -= 1
+        if not self._purge_countdown:
+            self._purge_due()
 
     def get_many(self, refs: Sequence[JobRef]) -> list[JobRecord | None]:
         """The newest record matching each reference, in order (None if none). Raises StoreError."""
         if not refs:
             return []
         handles = list({ref.handle for ref in refs if len(ref.handle) <= MAX_KEY_BYTES})
+        now = time.time()
         with self._guard:
             candidates, rows, chunk_rows = self._read_transaction(
-                lambda conn: self._read(conn, refs, handles)
+                lambda conn: self._read(conn, refs, handles, now)
             )
         records: dict[int, JobRecord] = {}
         out: list[JobRecord | None] = []
@@ -242,9 +330,141 @@ class SqlStore:
             elif job_id in records:
                 out.append(records[job_id].copy())
             else:
-                record = records[job_id] = build_record(row, chunk_rows.get(job_id, ()))
+                record = records[job_id] = _record(row, chunk_rows, now)
                 out.append(record)
         return out
+
+    def get_after(self, ref: JobRef, after: int) -> JobRecord | None:
+        """The newest record matching ``ref`` with only its data chunks from index ``after`` on.
+
+        ``data_offset`` is ``after``; warnings and status points come whole. Only the chunks
+        returned are read from the database (three queries). Raises StoreError.
+        """
+        after = max(int(after), 0)
+        handles = [ref.handle] if len(ref.handle) <= MAX_KEY_BYTES else []
+        now = time.time()
+        with self._guard:
+            candidates, rows, chunk_rows = self._read_transaction(
+                lambda conn: self._read(conn, [ref], handles, now, after)
+            )
+        job_id = candidates[0]
+        row = None if job_id is None else rows.get(job_id)
+        if row is None:
+            return None
+        record = _record(row, chunk_rows, now)
+        if after and record.state is not State.EXPIRED:
+            record.data_offset = after
+        return record
+
+    def watch(self, refs: Sequence[JobRef]) -> Watch:
+        """A subscription to writes of the jobs with ``refs``' handles.
+
+        PostgreSQL (``push``): a :class:`~gearstash_sql.notify.PgWatch`, listening on a
+        connection of its own before this returns. Elsewhere a
+        :class:`~gearstash.store.PollWatch` (waits time out; callers poll). Raises StoreError.
+        """
+        if self._closed:
+            raise self._closed_error()
+        if self._listeners is None:
+            return PollWatch()
+        try:
+            return PgWatch(self._listeners, {ref.handle for ref in refs})
+        except Exception as exc:
+            raise self._error(exc, "watch") from exc
+
+    def delete(self, refs: Sequence[JobRef]) -> int:
+        """Delete every job each reference matches (rows and chunks); returns how many.
+
+        One transaction. Raises StoreError.
+        """
+        if self._closed:
+            raise self._closed_error()
+        wanted: dict[bytes, list[JobRef]] = {}
+        for ref in refs:
+            if len(ref.handle) <= MAX_KEY_BYTES:
+                wanted.setdefault(ref.handle, []).append(ref)
+        if not wanted:
+            return 0
+        handles = sorted(wanted)
+        maintenance = self._maintenance
+        removed = [0]
+
+        def body(cursor: Any, _first: bool) -> None:
+            ids: list[int] = []
+            gone: set[bytes] = set()
+            for part in slices(handles, IN_CHUNK):
+                cursor.execute(maintenance.find(len(part)), list(part))
+                for job_id, server, handle, unique in cursor.fetchall():
+                    key = JobKey(server, bytes(handle), bytes(unique))
+                    if any(ref.matches(key) for ref in wanted[key.handle]):
+                        ids.append(job_id)
+                        gone.add(key.handle)
+            count = 0
+            for part in slices(sorted(ids), IN_CHUNK):
+                count += maintenance.delete_ids(cursor, list(part))
+            if self._notify:
+                for handle in sorted(gone):
+                    cursor.execute("SELECT pg_notify(%s, %s)", note(handle))
+            removed[0] = count
+
+        with self._write_guard:
+            self._transaction(body)
+        return removed[0]
+
+    def purge(self) -> int:
+        """Purge expired jobs now (see the module doc); returns how many were cleaned or deleted.
+
+        Runs bounded steps, each its own short transaction, until nothing is left. Raises
+        StoreError.
+        """
+        if self._closed:
+            raise self._closed_error()
+        total = 0
+        while True:
+            deleted, cleaned, more = self._purge_step(time.time())
+            total += deleted + cleaned
+            if not more:
+                return total
+
+    def _purge_step(self, now: float) -> tuple[int, int, bool]:
+        """One bounded purge step: (rows deleted, rows cleaned, more to do)."""
+        maintenance = self._maintenance
+        done = [(0, 0)]
+
+        def body(cursor: Any, _first: bool) -> None:
+            done[0] = maintenance.apply(cursor, plan)
+
+        with self._write_guard:
+            plan = self._reading_writer(
+                lambda cursor: maintenance.plan(cursor, now, self.tombstone, PURGE_LIMIT), "purge"
+            )
+            if plan.work:
+                self._transaction(body, doing="purge")
+        return (*done[0], plan.more)
+
+    def _reading_writer(self, body: Callable[[Any], _T], doing: str) -> _T:
+        """Run ``body(cursor)`` (reads) on this thread's write connection, in autocommit; once
+        more on a new connection if the first one was found dead."""
+        for attempt in (1, 2):
+            writer = self._writer()
+            try:
+                return body(writer.cursor)
+            except Exception as exc:
+                if self._closed:
+                    raise self._closed_error() from exc
+                dead = self._failed(writer, exc, in_transaction=False)
+                if attempt == 1 and dead:
+                    continue
+                raise self._error(exc, doing) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _purge_due(self) -> None:
+        """The opportunistic purge step of every ``purge_every``-th write; never raises."""
+        self._purge_countdown = self.purge_every
+        try:
+            self._purge_step(time.time())
+        except Exception as exc:
+            log.warning("%s: purging expired jobs failed (the write was stored): %s", self, exc)
 
     def close(self) -> None:
         """Close every thread's write connection and the pooled read connections. Idempotent."""
@@ -252,6 +472,8 @@ class SqlStore:
             self._closed = True
             self._after_fork()
             self._writers.close()
+            if self._listeners is not None:
+                self._listeners.close()
             self._engine.dispose()
             if self._write_engine is not None:
                 self._write_engine.dispose()
@@ -277,6 +499,13 @@ class SqlStore:
         except BaseException:
             conn.close()
             raise
+
+    def _connect_listener(self) -> Any:
+        """A new psycopg connection of the store's own for a watch (see gearstash_sql.notify)."""
+        assert self._write_engine is not None
+        fairy = self._write_engine.raw_connection()
+        fairy.detach()
+        return fairy.dbapi_connection
 
     def _writer(self) -> Writer:
         """This thread's write connection. Raises StoreError (closed store, cannot connect)."""
@@ -306,7 +535,7 @@ class SqlStore:
 
     # ------------------------------------------------------------------ transactions
 
-    def _autocommit(self, mode: int, scan: Scan) -> bool:
+    def _autocommit(self, mode: int, scan: Scan, sign: tuple[str, ...]) -> bool:
         """Run the one statement of ``scan`` on its own; False if the row was not as expected."""
         writer = self._writer()
         cursor = writer.cursor
@@ -314,8 +543,8 @@ class SqlStore:
             if self._multi and scan.chunks:
                 return self._mysql_query(cursor, mode, scan)
             if mode == _NEW:
-                return self._new(cursor, scan)
-            return self._bump(cursor, scan)
+                return self._new(cursor, scan, sign)
+            return self._bump(cursor, scan, sign)
         except BaseException as exc:
             if self._closed:
                 raise self._closed_error() from exc
@@ -330,7 +559,7 @@ class SqlStore:
             # the server hung up on while idle is replaced before use: see Writer.idle_ok).
             raise self._error(exc, "write") from exc
 
-    def _transaction(self, body: Callable[[Any, bool], None]) -> None:
+    def _transaction(self, body: Callable[[Any, bool], None], doing: str = "write") -> None:
         """Run ``body(cursor, first_try)`` between BEGIN and COMMIT on this thread's connection.
 
         The transaction runs again after a lost race or deadlock, and once after a dropped
@@ -358,7 +587,7 @@ class SqlStore:
                     continue
                 if attempt == 1 and dead and not committing:
                     continue  # on a new connection
-                raise self._error(exc, "write") from exc
+                raise self._error(exc, doing) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _after_fork(self) -> None:
@@ -412,30 +641,43 @@ class SqlStore:
             raise self._closed_error()
         plans = []
         for key, events in groups:
-            scan = Scan(key, events)
+            scan = Scan(key, events, self.ttl)
             mode = _NEW if events[0].kind is _STARTED else _GENERAL if scan.starts else _BUMP
-            plans.append((key, events, scan, mode))
+            plans.append((key, events, scan, mode, note(key.handle) if self._notify else ()))
         mysql = self.family == "mysql"
 
         def body(cursor: Any, first: bool) -> None:
-            for key, events, scan, mode in plans:
-                self._apply(cursor, key, events, scan, mode if first or not mysql else _GENERAL)
+            for key, events, scan, mode, sign in plans:
+                self._apply(
+                    cursor, key, events, scan, mode if first or not mysql else _GENERAL, sign
+                )
 
         with self._write_guard:
             self._transaction(body)
+        self._purge_countdown -= 1
+        if not self._purge_countdown:
+            self._purge_due()
 
     def _apply(
-        self, cursor: Any, key: JobKey, events: Sequence[Event], scan: Scan, mode: int
+        self,
+        cursor: Any,
+        key: JobKey,
+        events: Sequence[Event],
+        scan: Scan,
+        mode: int,
+        sign: tuple[str, ...],
     ) -> None:
-        """Write one job's events inside a transaction."""
+        """Write one job's events inside a transaction (``sign``: the pg_notify parameters)."""
         if mode == _NEW:
-            if self._new(cursor, scan):
+            if self._new(cursor, scan, sign):
                 return
-        elif mode == _BUMP and self._bump(cursor, scan):
+        elif mode == _BUMP and self._bump(cursor, scan, sign):
             return
         self._write_locked(cursor, key, events)
+        if sign:
+            cursor.execute("SELECT pg_notify(%s, %s)", sign)
 
-    def _new(self, cursor: Any, scan: Scan) -> bool:
+    def _new(self, cursor: Any, scan: Scan, sign: tuple[str, ...]) -> bool:
         """Create the job row (and chunks) of a batch that starts with ``started``.
 
         False if the job has a row (MariaDB: raises 1062 instead).
@@ -443,9 +685,9 @@ class SqlStore:
         direct = self._direct
         chunk_rows = scan.chunks
         if self._chunks_inline and chunk_rows:
-            cursor.execute(direct.new_with_chunks, (*scan.row, *pg_chunk_arrays(chunk_rows)))
+            cursor.execute(direct.new_with_chunks, (*scan.row, *pg_chunk_arrays(chunk_rows), *sign))
             return bool(cursor.rowcount > 0)
-        cursor.execute(direct.new, scan.row)
+        cursor.execute(direct.new, scan.row + sign)
         if cursor.rowcount != 1:
             return False
         if chunk_rows:
@@ -453,7 +695,7 @@ class SqlStore:
             cursor.executemany(direct.insert_chunks, [(job_id, *chunk) for chunk in chunk_rows])
         return True
 
-    def _bump(self, cursor: Any, scan: Scan) -> bool:
+    def _bump(self, cursor: Any, scan: Scan, sign: tuple[str, ...]) -> bool:
         """Apply a batch without ``started`` to the job's row; False if there is none."""
         direct = self._direct
         bump = direct.bumps[scan.finals]
@@ -461,7 +703,7 @@ class SqlStore:
         chunk_rows = scan.chunks
         count = len(chunk_rows)
         if not count:
-            cursor.execute(bump.plain, (*bump.values(row), 0, *direct.key_order(row)))
+            cursor.execute(bump.plain, (*bump.values(row), 0, *direct.key_order(row), *sign))
             return bool(cursor.rowcount == 1)
         if bump.returning is None:  # MySQL (no RETURNING) inside a transaction
             return False
@@ -474,6 +716,7 @@ class SqlStore:
                     *direct.key_order(row),
                     count,
                     *pg_chunk_arrays(chunk_rows),
+                    *sign,
                 ),
             )
             return bool(cursor.rowcount > 0)
@@ -538,7 +781,7 @@ class SqlStore:
         cursor.execute(lock.sql, params)
         row = cursor.fetchone()
         if row is None:
-            if self._insert(cursor, RowChange().apply_all(events), key):
+            if self._insert(cursor, RowChange().apply_all(events, self.ttl), key):
                 return
             cursor.execute(lock.sql, params)  # the row a concurrent writer has just created
             row = cursor.fetchone()
@@ -547,7 +790,7 @@ class SqlStore:
         job_id, attempt, started_at, function, next_seq = row
         change = RowChange(
             attempt=attempt, started_at=started_at, function=bytes(function), next_seq=next_seq
-        ).apply_all(events)
+        ).apply_all(events, self.ttl)
         update = self._update_job.get(list(change.changes))
         cursor.execute(update.sql, update.params({**change.changes, "b_id": job_id}))
         if change.cleared:
@@ -578,9 +821,18 @@ class SqlStore:
     # ------------------------------------------------------------------ reading
 
     def _read(
-        self, conn: sa.Connection, refs: Sequence[JobRef], handles: list[bytes]
+        self,
+        conn: sa.Connection,
+        refs: Sequence[JobRef],
+        handles: list[bytes],
+        now: float,
+        after: int = 0,
     ) -> tuple[list[int | None], dict[int, Any], dict[int, list[Any]]]:
-        """Chosen job id per ref, the chosen job rows by id, their chunk rows by job id."""
+        """Chosen job id per ref, the chosen job rows by id, their chunk rows by job id.
+
+        Expired jobs' chunks are not read. ``after`` (one ref, a cursor read): only the data
+        chunks from the ``after``-th on.
+        """
         found: dict[bytes, list[tuple[int, JobKey]]] = {}
         for part in _slices(handles):
             for job_id, server, handle, unique in conn.execute(self._find_jobs, {"handles": part}):
@@ -599,9 +851,39 @@ class SqlStore:
         for id_part in _slices(ids):
             for row in conn.execute(self._load_jobs, {"ids": id_part}):
                 rows[row[0]] = row
+        live = [job_id for job_id in ids if job_id in rows and not expired(rows[job_id], now)]
+        if after:
+            for job_id in live:
+                if after >= rows[job_id][NEXT_SEQ]:  # no data chunk that far: the rest only
+                    found_chunks = conn.execute(self._load_no_data, {"id": job_id})
+                else:
+                    found_chunks = conn.execute(self._load_after, {"id": job_id, "after": after})
+                chunk_rows[job_id] = list(found_chunks)
+            return chosen, rows, chunk_rows
+        for id_part in _slices(live):
             for chunk in conn.execute(self._load_chunks, {"ids": id_part}):
                 chunk_rows.setdefault(chunk[0], []).append(chunk)
         return chosen, rows, chunk_rows
+
+
+def _record(row: Any, chunk_rows: dict[int, list[Any]], now: float) -> JobRecord:
+    if expired(row, now):
+        return expired_record(row)
+    return build_record(row, chunk_rows.get(row[0], ()))
+
+
+def _number(query: dict[str, list[str]], name: str, default: float, url: str) -> float:
+    """The non-negative number ``name`` of a store URL's query, else ``default``."""
+    values = query.get(name)
+    if not values:
+        return default
+    try:
+        value = float(values[-1])
+    except ValueError:
+        raise ConfigError(f"{name} must be a number in {url!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{name} must be a non-negative number in {url!r}")
+    return value
 
 
 def _fd(conn: Any) -> int | None:
