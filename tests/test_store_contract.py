@@ -12,20 +12,17 @@ database (a purge acts on every job in the tables, other tests' too).
 
 Other test modules (``test_store_redis``, ``test_store_memcache``) import helpers from here
 (``T0``, ``ev``, ``full_job``, ``assert_same``, ``_key``, ``_server``, ``_handle``,
-``_processes``) and run this module's ``test_*`` functions of ``store``/``store_url`` on their
-stores: those are thin, non-collected aliases of the ``StoreContract`` methods (see the end of the
-"compatibility" section).
+``_processes``) and subclass ``StoreContract`` themselves.
 """
 
 from __future__ import annotations
 
 import gc
-import inspect
 import multiprocessing
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -144,42 +141,6 @@ class TestMysqlContract(StoreContract):
     def store_url(self, mysql_url: str) -> Iterator[str]:
         yield mysql_url
         delete_run_rows(mysql_url)
-
-
-# ---------------------------------------------------------------------------------- compatibility
-#
-# Module-level aliases of the contract tests, for modules that run "every test_* function of
-# store/store_url in test_store_contract" on their own store (test_store_redis, test_store_memcache).
-# Marked __test__ = False: pytest runs the suite here through the classes above, not these.
-# Two keep the names they had before the suite moved to gearstash.testing.
-
-_OLD_NAMES = {
-    "test_concurrent_writers": "test_concurrent_writer_processes",
-    "test_binary_and_large_values_kept_exactly": "test_binary_bytes_kept_exactly",
-}
-
-
-def _contract_alias(name: str) -> Callable[..., None]:
-    parameters = [
-        p
-        for n, p in inspect.signature(getattr(StoreContract, name)).parameters.items()
-        if n != "self"
-    ]
-
-    def run(**kwargs: Any) -> None:
-        getattr(StoreContract(), name)(**kwargs)
-
-    run.__name__ = run.__qualname__ = _OLD_NAMES.get(name, name)
-    run.__doc__ = getattr(StoreContract, name).__doc__
-    setattr(run, "__signature__", inspect.Signature(parameters))  # noqa: B010
-    setattr(run, "__test__", False)  # noqa: B010
-    return run
-
-
-for _name in sorted(vars(StoreContract)):
-    if _name.startswith("test_") and callable(getattr(StoreContract, _name)):
-        globals()[_OLD_NAMES.get(_name, _name)] = _contract_alias(_name)
-del _name
 
 
 # ---------------------------------------------------------------------------------- SQL store

@@ -6,7 +6,6 @@ or one of the test's own when it kills, restarts or inspects the server).
 
 from __future__ import annotations
 
-import inspect
 import json
 import multiprocessing
 import os
@@ -16,7 +15,7 @@ import subprocess
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -31,6 +30,7 @@ from gearstash.errors import ConfigError, StoreError
 from gearstash.plugins import open_store
 from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef, State
 from gearstash.store import Store, get_after
+from gearstash.testing import StoreContract
 
 T0 = contract.T0
 ev = contract.ev
@@ -130,32 +130,13 @@ def raw_client(address: str) -> Any:
 
 # ------------------------------------------------------------------------ the store contract
 
-CONTRACT = [
-    pytest.param(func, id=name.removeprefix("test_"))
-    for name, func in sorted(vars(contract).items())
-    if name.startswith("test_")
-    and callable(func)
-    and set(inspect.signature(func).parameters) <= {"store", "store_url"}
-    and "store" in inspect.signature(func).parameters
-]
 
+class TestMemcacheContract(StoreContract):
+    """The shipped store contract (gearstash.testing) on memcached."""
 
-def test_contract_list_is_complete() -> None:
-    names = {p.id for p in CONTRACT}
-    assert {
-        "full_job_round_trip",
-        "concurrent_writer_processes",
-        "binary_bytes_kept_exactly",
-    } <= names
-    assert len(names) >= 11
-
-
-@pytest.mark.parametrize("check", CONTRACT)
-def test_contract(check: Callable[..., None], mc_url: str, mc_store: Store) -> None:
-    wanted = inspect.signature(check).parameters
-    check(
-        **{"store": mc_store, "store_url": mc_url} if "store_url" in wanted else {"store": mc_store}
-    )
+    @pytest.fixture
+    def store_url(self, mc_url: str) -> str:
+        return mc_url
 
 
 def test_open_through_both_schemes_and_capabilities(memcached: str) -> None:

@@ -10,7 +10,6 @@ own ``redis-server`` on a free loopback port.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import shutil
@@ -35,6 +34,7 @@ from gearstash.gearmand import free_port
 from gearstash.plugins import open_store
 from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef, State
 from gearstash.store import Store, get_after, watch
+from gearstash.testing import StoreContract
 
 RUN = uuid.uuid4().hex[:8]
 _count = iter(range(1_000_000))
@@ -162,31 +162,9 @@ def private_redis(tmp_path: Path) -> Iterator[Any]:
 
 # ---------------------------------------------------------------------------------- the contract
 
-CONTRACT = sorted(
-    name
-    for name, function in vars(contract).items()
-    if name.startswith("test_")
-    and inspect.isfunction(function)
-    and "store" in inspect.signature(function).parameters
-    and set(inspect.signature(function).parameters) <= {"store", "store_url"}
-)
 
-
-def test_contract_tests_found() -> None:
-    assert {
-        "test_full_job_round_trip",
-        "test_get_many_in_order_with_missing",
-        "test_concurrent_writer_processes",
-        "test_second_started_is_a_new_attempt",
-    } <= set(CONTRACT)
-
-
-@pytest.mark.parametrize("name", CONTRACT)
-def test_contract(name: str, store_url: str, store: Store) -> None:
-    """Every store-level test of test_store_contract.py, on Redis."""
-    function = getattr(contract, name)
-    wanted = inspect.signature(function).parameters
-    function(**{k: v for k, v in {"store": store, "store_url": store_url}.items() if k in wanted})
+class TestRedisContract(StoreContract):
+    """The shipped store contract (gearstash.testing) on Redis; ``store_url`` is the module's."""
 
 
 # ---------------------------------------------------------------------------------- key layout

@@ -22,7 +22,9 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new venv that sees gearstash, pytest, pip and setuptools from this one (through a .pth
     file), with the example package installed into it."""
     root = tmp_path_factory.mktemp("thirdparty") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120
+    )
     python = root / "bin" / "python"
     purelib = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
