@@ -4,9 +4,9 @@
   timeout of :data:`SQLITE_BUSY_TIMEOUT_MS`; pysqlite in autocommit mode. A write of several
   statements begins with ``BEGIN IMMEDIATE`` (SQLite serialises writers, so a write holds the lock
   from its first statement and never has to upgrade a read lock); a write of one statement runs
-  alone, which SQLite starts as a write transaction too. Reads begin with ``BEGIN`` (see
-  :func:`begin_sqlite`). (``cache_size``, ``temp_store`` and a larger ``wal_autocheckpoint`` were
-  measured: none made writes cheaper.)
+  alone, which SQLite starts as a write transaction too. Reads are single statements in
+  autocommit (see :mod:`gearstash_sql.reads`). (``cache_size``, ``temp_store`` and a larger
+  ``wal_autocheckpoint`` were measured: none made writes cheaper.)
   ``sqlite://`` and ``sqlite:///:memory:`` give a private in-process database on one shared connection.
 * ``postgresql://`` / ``postgres://`` use psycopg 3 unless a driver is named (``postgresql+...``).
 * ``mysql://`` / ``mariadb://`` use PyMySQL unless a driver is named.

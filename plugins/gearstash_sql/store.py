@@ -17,10 +17,14 @@ holds the database), apply the events in Python (:class:`~gearstash_sql.rows.Row
 it. Jobs of one call are locked in a fixed order, and a transaction that loses a race or a deadlock
 to another writer is run again, so concurrent writers never lose an update.
 
-Reads: :meth:`SqlStore.get_many` runs three queries per 500 handles (candidate keys by handle, the
-chosen job rows, their chunks) in one read snapshot, on the engine's pooled connections.
-:meth:`SqlStore.get_after` (a cursor) runs the same three for one job, and reads only the chunks it
-returns: the data chunks from the ``after``-th on, with every warning and status point.
+Reads run on a connection per thread (SQLite too: WAL readers take no lock and never wait for the
+writer), in autocommit, straight on the DBAPI cursor (:mod:`gearstash_sql.reads`). One reference
+(``get_many([ref])``, :meth:`SqlStore.get_after`) is one statement: the newest matching job row and
+its chunks (a cursor read: only the data chunks from the ``after``-th on), so one round trip and
+one snapshot. More references: per 500 handles a query for the candidate keys, then per 500
+chosen jobs one statement for their rows and chunks. MySQL over PyMySQL sends the job and chunk
+SELECTs as one ``START TRANSACTION READ ONLY; ...; COMMIT`` query (MariaDB's UNION is slow).
+A read that finds its connection dead runs once more on a new one.
 
 Expiry. ``?ttl=SECONDS`` in the URL sets the store's default TTL (one day; ``0`` keeps jobs for
 ever), ``Event.ttl`` overrides it per event. ``expires_at`` (= the event's time + TTL) is set by
@@ -54,6 +58,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -61,21 +66,19 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gearstash.errors import ConfigError, StoreError
-from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef, State
+from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef
 from gearstash.store import PollWatch, Watch, redact_url, ttl_from_query
 
 from .compiled import Compiled, CompiledCache
 from .direct import Statements, pg_chunk_arrays
-from .engine import begin_sqlite, make_engine, multi_statements, parse_url, read_engine
-from .failures import is_disconnect, is_retryable, to_store_error
+from .engine import make_engine, multi_statements, parse_url
+from .failures import is_retryable, to_store_error
 from .maintenance import Maintenance, slices
 from .notify import Listeners, PgWatch, note
+from .reads import JOB_WIDTH, Reads
 from .rows import (
     CHUNK_COLUMNS,
-    CHUNK_READ_COLUMNS,
     JOB_COLUMNS,
-    NEXT_SEQ,
-    RECORD_COLUMNS,
     RowChange,
     Scan,
     build_record,
@@ -95,6 +98,7 @@ PURGE_EVERY = 1000  # writes per store object between two opportunistic purge st
 PURGE_LIMIT = 1000  # rows per purge statement
 _T = TypeVar("_T")
 _STARTED = EventKind.STARTED
+_SEQ = itemgetter(0)  # a chunk row's seq (see gearstash_sql.reads)
 # how write() takes a job's batch (see the module docstring)
 _GENERAL, _NEW, _BUMP = 0, 1, 2
 
@@ -152,10 +156,7 @@ class SqlStore:
         self._forks = forks()
         dialect = self._engine.dialect
         self._dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
-        self._reader = read_engine(self._engine, self.family)
-        sqlite_begin = self.family == "sqlite"
-        self._begin_write = "BEGIN IMMEDIATE" if sqlite_begin else "BEGIN"
-        self._begin_read = "BEGIN" if sqlite_begin else None
+        self._begin_write = "BEGIN IMMEDIATE" if self.family == "sqlite" else "BEGIN"
         try:
             ensure_schema(self._engine, self.url)
         except Exception as exc:
@@ -164,6 +165,7 @@ class SqlStore:
         self._build_statements()  # after the first connection: the dialect knows the server now
         self._direct = Statements(dialect, self.family, notify=self._notify)
         self._maintenance = Maintenance(dialect, self.family)
+        self._reads = Reads(dialect, self.family, multi=multi_statements(target))
         self._listeners = Listeners(self._connect_listener) if self._notify else None
         # PostgreSQL puts a job's chunks in the same statement as its row; MySQL over PyMySQL
         # sends the row, the chunks and BEGIN/COMMIT in one query (see direct.py)
@@ -171,6 +173,11 @@ class SqlStore:
         self._multi = multi_statements(target)
         self._one_trip = self._chunks_inline or self._multi
         self._writers = Writers(self._connect_writer, shared=self.family == "sqlite")
+        # reads: a connection per thread (SQLite too: in WAL mode readers never wait for the
+        # writer, nor take its lock); an in-memory database reads on its one connection
+        self._readers = (
+            self._writers if self._memory else Writers(self._connect_reader, shared=False)
+        )
 
     def __repr__(self) -> str:
         return f"SqlStore({self.url!r})"
@@ -198,7 +205,7 @@ class SqlStore:
     # ------------------------------------------------------------------ statements (built once)
 
     def _build_statements(self) -> None:
-        """The general path's statements (Core, compiled once) and the reads'."""
+        """The general path's statements (Core, compiled once)."""
         family = self.family
         dialect = self._engine.dialect
         insert_job: Any
@@ -232,39 +239,6 @@ class SqlStore:
             chunks.delete().where(chunks.c.job_id == sa.bindparam("b_id")), dialect
         )
         self._insert_chunks = Compiled(chunks.insert(), dialect, CHUNK_COLUMNS)
-        # reads run through SQLAlchemy (expanding IN lists, result rows by name)
-        self._find_jobs = sa.select(
-            jobs.c.id, jobs.c.server, jobs.c.handle, jobs.c.unique_key
-        ).where(jobs.c.handle.in_(sa.bindparam("handles", expanding=True)))
-        self._load_jobs = sa.select(*(jobs.c[name] for name in RECORD_COLUMNS)).where(
-            jobs.c.id.in_(sa.bindparam("ids", expanding=True))
-        )
-        chunk_columns = [chunks.c[name] for name in CHUNK_READ_COLUMNS]
-        self._load_chunks = (
-            sa.select(*chunk_columns)
-            .where(chunks.c.job_id.in_(sa.bindparam("ids", expanding=True)))
-            .order_by(chunks.c.job_id, chunks.c.seq)
-        )
-        # a cursor read (get_after): one job's chunks, data from the after-th data chunk on (the
-        # seq of that chunk: an uncorrelated subquery, run once); or with no data at all
-        one_job = chunks.c.job_id == sa.bindparam("id")
-        not_data = chunks.c.kind != sa.literal("data", sa.String(8))
-        cut = (
-            sa.select(chunks.c.seq)
-            .where(one_job, chunks.c.kind == sa.literal("data", sa.String(8)))
-            .order_by(chunks.c.seq)
-            .limit(1)
-            .offset(sa.bindparam("after", type_=sa.BigInteger()))
-            .scalar_subquery()
-        )
-        self._load_after = (
-            sa.select(*chunk_columns)
-            .where(one_job, sa.or_(not_data, chunks.c.seq >= cut))
-            .order_by(chunks.c.seq)
-        )
-        self._load_no_data = (
-            sa.select(*chunk_columns).where(one_job, not_data).order_by(chunks.c.seq)
-        )
 
     # ------------------------------------------------------------------ Store protocol
 
@@ -312,14 +286,19 @@ class SqlStore:
             self._purge_due()
 
     def get_many(self, refs: Sequence[JobRef]) -> list[JobRecord | None]:
-        """The newest record matching each reference, in order (None if none). Raises StoreError."""
+        """The newest record matching each reference, in order (None if none). Raises StoreError.
+
+        One reference: one statement. More: two statements per 500 (see :mod:`gearstash_sql.reads`).
+        """
         if not refs:
             return []
-        handles = list({ref.handle for ref in refs if len(ref.handle) <= MAX_KEY_BYTES})
         now = time.time()
+        if len(refs) == 1:
+            return [self._get_one(refs[0], 0, now)]
+        handles = list({ref.handle for ref in refs if len(ref.handle) <= MAX_KEY_BYTES})
         with self._guard:
-            candidates, rows, chunk_rows = self._read_transaction(
-                lambda conn: self._read(conn, refs, handles, now)
+            candidates, rows, chunk_rows = self._reading(
+                lambda cursor: self._read_many(cursor, refs, handles, now)
             )
         records: dict[int, JobRecord] = {}
         out: list[JobRecord | None] = []
@@ -338,21 +317,56 @@ class SqlStore:
         """The newest record matching ``ref`` with only its data chunks from index ``after`` on.
 
         ``data_offset`` is ``after``; warnings and status points come whole. Only the chunks
-        returned are read from the database (three queries). Raises StoreError.
+        returned are read from the database (one statement). Raises StoreError.
         """
-        after = max(int(after), 0)
-        handles = [ref.handle] if len(ref.handle) <= MAX_KEY_BYTES else []
-        now = time.time()
-        with self._guard:
-            candidates, rows, chunk_rows = self._read_transaction(
-                lambda conn: self._read(conn, [ref], handles, now, after)
+        return self._get_one(ref, max(int(after), 0), time.time())
+
+    def _get_one(self, ref: JobRef, after: int, now: float) -> JobRecord | None:
+        """One reference's record in one statement (``after``: a cursor read)."""
+        if self._closed:
+            raise self._closed_error()
+        if len(ref.handle) > MAX_KEY_BYTES:
+            return None
+        server, unique = ref.server, ref.unique
+        params: list[Any] = [ref.handle]
+        if server is not None:
+            params.append(server)
+        if unique is not None:
+            params.append(unique)
+        if after:
+            params.append(after)
+        params.append(now)
+        reads = self._reads
+        row: Any = None
+        chunk_rows: list[Any] = []
+        if reads.multi:
+            job_sql, chunk_sql = reads.mysql_one(
+                server is not None, unique is not None, bool(after)
             )
-        job_id = candidates[0]
-        row = None if job_id is None else rows.get(job_id)
+            key = params[: len(params) - 1 - bool(after)]
+            found_jobs, found_chunks = self._reading(
+                lambda cursor: _mysql_read(
+                    cursor, job_sql, key, chunk_sql, [*params[len(key) : -1], *key, now]
+                )
+            )
+            row = found_jobs[0] if found_jobs else None
+            chunk_rows = [item[1:] for item in found_chunks]
+        else:
+            sql = reads.one(server is not None, unique is not None, bool(after))
+            with self._guard:
+                found = self._reading(lambda cursor: _fetch(cursor, sql, params))
+            for item in found:
+                if item[JOB_WIDTH] < 0:
+                    row = item[:JOB_WIDTH]
+                else:
+                    chunk_rows.append(item[JOB_WIDTH:])
         if row is None:
             return None
-        record = _record(row, chunk_rows, now)
-        if after and record.state is not State.EXPIRED:
+        if expired(row, now):
+            return expired_record(row)
+        chunk_rows.sort(key=_SEQ)
+        record = _record(row, {row[0]: chunk_rows}, now)
+        if after:
             record.data_offset = after
         return record
 
@@ -472,6 +486,7 @@ class SqlStore:
             self._closed = True
             self._after_fork()
             self._writers.close()
+            self._readers.close()
             if self._listeners is not None:
                 self._listeners.close()
             self._engine.dispose()
@@ -499,6 +514,18 @@ class SqlStore:
         except BaseException:
             conn.close()
             raise
+
+    def _connect_reader(self) -> Writer:
+        """A read connection: as a write connection (autocommit); MySQL: REPEATABLE READ, so the
+        two SELECTs of a read (see gearstash_sql.reads) see one snapshot."""
+        reader = self._connect_writer()
+        if self.family == "mysql":
+            try:
+                reader.cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            except BaseException:
+                reader.close()
+                raise
+        return reader
 
     def _connect_listener(self) -> Any:
         """A new psycopg connection of the store's own for a watch (see gearstash_sql.notify)."""
@@ -599,19 +626,35 @@ class SqlStore:
                 self._engine.dispose(close=False)
             self._forks = forks()
 
-    def _read_transaction(self, body: Callable[[sa.Connection], _T]) -> _T:
-        """Run ``body(conn)`` in one read snapshot, once more after a dropped connection."""
+    def _reading(self, body: Callable[[Any], _T]) -> _T:
+        """Run ``body(cursor)`` on this thread's read connection (autocommit); once more on a new
+        connection if it was found dead (a read may be sent twice)."""
         if self._closed:
             raise self._closed_error()
-        self._after_fork()
+        readers = self._readers
         for attempt in (1, 2):
             try:
-                with self._reader.connect() as conn, conn.begin():
-                    if self._begin_read is not None:
-                        begin_sqlite(conn, self._begin_read)
-                    return body(conn)
+                reader = readers.get()
+            except WritersClosed:
+                raise self._closed_error() from None
             except Exception as exc:
-                if attempt == 1 and is_disconnect(exc):
+                raise self._error(exc, "read") from exc
+            try:
+                return body(reader.cursor)
+            except BaseException as exc:
+                if self._closed:
+                    raise self._closed_error() from exc
+                dead = isinstance(exc, self._dbapi_error) and self._engine.dialect.is_disconnect(
+                    exc,  # type: ignore[arg-type]  # a DBAPI Error
+                    reader.conn,
+                    None,
+                )
+                if dead or (not isinstance(exc, Exception) and self.family != "sqlite"):
+                    # a network connection interrupted mid-protocol is not trusted again
+                    readers.drop(reader)
+                if not isinstance(exc, Exception):
+                    raise
+                if attempt == 1 and dead:
                     continue
                 raise self._error(exc, "read") from exc
         raise AssertionError("unreachable")  # pragma: no cover
@@ -820,22 +863,16 @@ class SqlStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _read(
-        self,
-        conn: sa.Connection,
-        refs: Sequence[JobRef],
-        handles: list[bytes],
-        now: float,
-        after: int = 0,
+    def _read_many(
+        self, cursor: Any, refs: Sequence[JobRef], handles: list[bytes], now: float
     ) -> tuple[list[int | None], dict[int, Any], dict[int, list[Any]]]:
-        """Chosen job id per ref, the chosen job rows by id, their chunk rows by job id.
-
-        Expired jobs' chunks are not read. ``after`` (one ref, a cursor read): only the data
-        chunks from the ``after``-th on.
-        """
+        """Chosen job id per ref, the chosen job rows by id, their chunk rows by job id (in seq
+        order). Expired jobs' chunks are not read."""
+        reads = self._reads
         found: dict[bytes, list[tuple[int, JobKey]]] = {}
         for part in _slices(handles):
-            for job_id, server, handle, unique in conn.execute(self._find_jobs, {"handles": part}):
+            cursor.execute(reads.find(len(part)), part)
+            for job_id, server, handle, unique in cursor.fetchall():
                 handle = bytes(handle)
                 found.setdefault(handle, []).append((job_id, JobKey(server, handle, bytes(unique))))
         chosen: list[int | None] = []
@@ -849,21 +886,55 @@ class SqlStore:
         rows: dict[int, Any] = {}
         chunk_rows: dict[int, list[Any]] = {}
         for id_part in _slices(ids):
-            for row in conn.execute(self._load_jobs, {"ids": id_part}):
-                rows[row[0]] = row
-        live = [job_id for job_id in ids if job_id in rows and not expired(rows[job_id], now)]
-        if after:
-            for job_id in live:
-                if after >= rows[job_id][NEXT_SEQ]:  # no data chunk that far: the rest only
-                    found_chunks = conn.execute(self._load_no_data, {"id": job_id})
+            if reads.multi:
+                job_sql, chunk_sql = reads.mysql_load(len(id_part))
+                found_jobs, found_chunks = _mysql_read(
+                    cursor, job_sql, id_part, chunk_sql, [*id_part, now]
+                )
+                for row in found_jobs:
+                    rows[row[0]] = row
+                for item in found_chunks:
+                    chunk_rows.setdefault(item[0], []).append(item[1:])
+                continue
+            cursor.execute(reads.load(len(id_part)), [*id_part, now])
+            for item in cursor.fetchall():
+                if item[JOB_WIDTH] < 0:
+                    rows[item[0]] = item[:JOB_WIDTH]
                 else:
-                    found_chunks = conn.execute(self._load_after, {"id": job_id, "after": after})
-                chunk_rows[job_id] = list(found_chunks)
-            return chosen, rows, chunk_rows
-        for id_part in _slices(live):
-            for chunk in conn.execute(self._load_chunks, {"ids": id_part}):
-                chunk_rows.setdefault(chunk[0], []).append(chunk)
+                    chunk_rows.setdefault(item[0], []).append(item[JOB_WIDTH:])
+        for job_chunks in chunk_rows.values():
+            job_chunks.sort(key=_SEQ)
         return chosen, rows, chunk_rows
+
+
+def _fetch(cursor: Any, sql: str, params: Sequence[Any]) -> list[Any]:
+    cursor.execute(sql, params)
+    return list(cursor.fetchall())
+
+
+def _mysql_read(
+    cursor: Any, jobs_sql: str, jobs_params: Sequence[Any], chunks_sql: str, chunks_params: Any
+) -> tuple[Sequence[Any], Sequence[Any]]:
+    """MySQL over PyMySQL: two SELECTs in one read-only transaction, sent as one query."""
+    mogrify = cursor.mogrify
+    query = (
+        f"START TRANSACTION READ ONLY;{mogrify(jobs_sql, jobs_params)};"
+        f"{mogrify(chunks_sql, chunks_params)};COMMIT"
+    )
+    try:
+        cursor.execute(query)  # START TRANSACTION's result
+        cursor.nextset()
+        found_jobs = cursor.fetchall()
+        cursor.nextset()
+        found_chunks = cursor.fetchall()
+        while cursor.nextset():
+            pass
+    except BaseException:
+        # the statements after a failed one never ran; end the transaction
+        with contextlib.suppress(Exception):
+            cursor.connection.rollback()
+        raise
+    return found_jobs, found_chunks
 
 
 def _record(row: Any, chunk_rows: dict[int, list[Any]], now: float) -> JobRecord:
