@@ -45,8 +45,13 @@ def test_seed_flow_background_job_fetched_by_handle(gearmand, store_url):
             (2, 3),
             (3, 3),
         ]
-        # gearmand itself has forgotten the job: finished looks like unknown there ...
+        # gearmand itself forgets the job (once the worker's WORK_COMPLETE, sent just after the
+        # store write, reaches it): finished looks like unknown there ...
+        deadline = time.monotonic() + 5
         live = c.status(ref)
+        while live.known and time.monotonic() < deadline:
+            time.sleep(0.01)
+            live = c.status(ref)
         assert (live.known, live.running) == (False, False)
         # ... but fetch by the bare handle, from a fresh client, gives the definite state and data.
         with Client([gearmand.address], store=store_url) as other:
