@@ -104,6 +104,13 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool
     return bool(predicate())
 
 
+def forgotten(servers: list[str], ref: str) -> bool:
+    """Wait until gearmand has forgotten a finished job: its record is final just before the
+    worker's WORK_COMPLETE reaches the server."""
+    with Client(servers, store="null://") as client:
+        return wait_until(lambda: not client.status(ref).known, 5)
+
+
 @contextmanager
 def worker_process(
     args: list[str], *, env: dict[str, str], cwd: Path, servers, functions: list[str]
@@ -179,6 +186,7 @@ def test_worker_submit_wait_status_fetch(gearmand, cli_env, tmp_path):
         assert waited.exit_code == 0, waited.output
         assert "321CBA" in waited.stdout and "complete" in waited.stdout
 
+        assert forgotten([addr], text)
         status = cli("status", "--server", addr, text)
         assert status.exit_code == 0, status.output
         assert "known=0 running=0" in status.stdout  # gearmand forgot the finished job
@@ -321,6 +329,7 @@ def test_servers_from_the_environment_and_repeated_option(
         waited = cli("wait", *both, "-q", "-t", "20", str(ref_b))
         assert waited.exit_code == 0 and "eciwt" in waited.stdout
         # a bare handle is looked up on every --server given
+        assert forgotten([b.address], str(ref_b))
         bare = json.loads(cli("fetch", *both, "--json", ref_b.handle.decode()).stdout)
         assert bare["result"] == "eciwt" and bare["server"] == b.address
         # ... and b alone is enough when named
