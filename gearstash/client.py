@@ -184,21 +184,12 @@ class JobView:
         return out
 
 
-COMPLETION_WINDOW = 2.0
-"""Seconds after a job's final record during which the server may still report it running: the
-worker stores the outcome first, then tells the server (see :func:`merge_state`)."""
-
-
-def merge_state(
-    ref: JobRef, status: Status | None, record: JobRecord | None, now: float | None = None
-) -> JobView:
+def merge_state(ref: JobRef, status: Status | None, record: JobRecord | None) -> JobView:
     """Merge a live status and a stored record into one definite state.
 
-    * a final record (complete/failed/expired) wins — unless the reference has no unique and the
-      server still holds a job with that handle: then the handle was reused by a newer job (after
-      a gearmand restart) and the record is not this job's. One exception: a job the server
-      reports *running* whose record turned final less than ``COMPLETION_WINDOW`` seconds ago is
-      the same job, finishing (its WORK_COMPLETE is on its way to the server);
+    * a final record (complete/failed) wins — unless the reference has no unique and the server
+      says the handle is alive: then the handle was reused by a newer job and the record is not
+      this job's;
     * else the server's word: running, or queued;
     * else the record's stored state;
     * else ``unknown``.
@@ -206,15 +197,8 @@ def merge_state(
     live = status is not None and status.known
     if record is not None and record.state.final:
         if live and ref.unique is None:
-            assert status is not None
-            finished = record.finished_at
-            when = time.time() if now is None else now
-            finishing = (
-                status.running and finished is not None and when - finished < COMPLETION_WINDOW
-            )
-            if not finishing:
-                record = None
-        if record is not None:
+            record = None
+        else:
             return JobView(ref, record.state, status, record)
     if live:
         assert status is not None

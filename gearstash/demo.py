@@ -110,6 +110,8 @@ def _show_progress(client: Client, refs: list[JobRef], payloads: list[str]) -> N
             views = client.fetch_many(refs)
             for task, view in zip(tasks, views, strict=True):
                 display.update(task, view)
-            if all(v.state.final for v in views):
+            # Final in the store; the demo then fetches by bare handle, which is only
+            # unambiguous once gearmand has also forgotten the job (a moment later).
+            if all(v.state.final and v.status is not None and not v.status.known for v in views):
                 return
             time.sleep(0.05)

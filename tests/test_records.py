@@ -155,21 +155,3 @@ def test_merge_state(ref, status, stored, expected, keeps_record):
     view = merge_state(ref, status, record)
     assert view.state is expected
     assert (view.record is not None) is keeps_record
-
-
-@pytest.mark.parametrize(
-    ("status", "finished_ago", "expected", "keeps_record"),
-    [
-        (LIVE_RUNNING, 0.5, State.COMPLETE, True),  # the same job, its WORK_COMPLETE in flight
-        (LIVE_RUNNING, 30.0, State.RUNNING, False),  # a newer job reusing the handle
-        (LIVE_QUEUED, 0.5, State.QUEUED, False),  # a newer job waiting: not this one finishing
-    ],
-)
-def test_merge_state_for_a_bare_handle_near_completion(
-    status, finished_ago, expected, keeps_record
-):
-    now = 1_800_000_000.0
-    record = JobRecord(KEY, state=State.COMPLETE, finished_at=now - finished_ago)
-    view = merge_state(JobRef(KEY.handle), status, record, now=now)
-    assert view.state is expected
-    assert (view.record is not None) is keeps_record
