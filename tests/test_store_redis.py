@@ -482,6 +482,8 @@ def test_get_after_reads_only_new_chunks(store: Store) -> None:
 
 
 def test_round_trips_are_bounded(store: Store) -> None:
+    from gearstash_redis import read
+
     server = "rt.test:4730"
     keys = [_key(server=server, unique=b"%d" % i) for i in range(300)]
     calls: list[int] = []
@@ -503,7 +505,12 @@ def test_round_trips_are_bounded(store: Store) -> None:
         )
     got = store.get_many(refs)
     assert [r is not None for r in got] == [i % 4 != 3 for i in range(1000)]
-    assert calls == [len(set(refs))]  # one pipeline: a read script per distinct reference
+    # one pipeline: a read script per slice of distinct references
+    slice_ = read.SLICE
+    assert calls == [-(-len(set(refs)) // slice_)]
+    calls.clear()
+    assert store.get_many(refs[:1]) == got[:1] and calls == [1]  # one EVALSHA for one reference
+    calls.clear()
     calls.clear()
     named = {i % 300 for i in range(1000) if i % 4 != 3}
     assert store.delete(refs) == len(named) == 225  # type: ignore[attr-defined]
@@ -727,18 +734,18 @@ def test_scripts_flushed_are_loaded_again(private_redis: Any) -> None:
         for record in store.get_many([JobRef(key.handle), _full(key)]):
             assert_same(record, want)
         shas = [s.decode() for s in _script_shas(store)]
-        assert client.script_exists(*shas) == [False, True, True]  # write, the reads
+        assert client.script_exists(*shas) == [False, True]  # write, read
         store.write([ev(EventKind.DATA, key, T0)])
-        assert client.script_exists(*shas) == [True, True, True]
+        assert client.script_exists(*shas) == [True, True]
     finally:
         client.close()
         store.close()
 
 
 def _script_shas(store: Store) -> list[bytes]:
-    from gearstash_redis.scripts import READ_REF_SHA, READ_SHA
+    from gearstash_redis.scripts import READ_MANY_SHA
 
-    return [store._write_sha, READ_SHA, READ_REF_SHA]  # type: ignore[attr-defined]
+    return [store._write_sha, READ_MANY_SHA]  # type: ignore[attr-defined]
 
 
 def test_store_is_fork_safe(store: Store) -> None:
@@ -959,3 +966,72 @@ def test_php_reads_the_documented_layout(store: Store, prefix: str, tmp_path: Pa
         "data": ["one", "two", "three"],
         "status": [f"1 3 {T0 + 0.4!r}", f"3 3 {T0 + 0.6!r}"],
     }
+
+
+# ---------------------------------------------------------------------------------- batched reads
+
+
+def test_reads_in_slices_match_single_reads(
+    store: Store, raw: redis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gearstash_redis import read
+
+    monkeypatch.setattr(read, "SLICE", 3)
+    handle = _name().encode()
+    keys = [_key(handle, server=f"s{i % 2}.test:4730", unique=b"%d" % i) for i in range(4)]
+    for key in keys:
+        store.write(full_job(key))
+    gone = _key()
+    store.write([ev(EventKind.STARTED, gone, T0)])
+    raw.delete(_base(prefix, gone) + "job")  # as if expired: only the tombstone is left
+    refs = [
+        JobRef(handle),
+        _full(keys[0]),
+        JobRef(handle, "s0.test:4730"),
+        JobRef(handle, None, b"1"),
+        JobRef(b"nope" + handle),
+        _full(gone),
+        JobRef(gone.handle),
+        _full(keys[0]),  # asked for twice: a record each
+        JobRef(handle, "s9.test:4730"),
+    ]
+    got = store.get_many(refs)
+    assert got == [store.get_many([ref])[0] for ref in refs]
+    assert [r.key if r else None for r in got] == [
+        keys[3], keys[0], keys[2], keys[1], None, gone, gone, keys[0], None
+    ]  # fmt: skip
+    assert got[5] is not None and got[5].state is State.EXPIRED and got[6] == got[5]
+    assert got[1] is not got[7]
+    assert_same(got[1], JobRecord.from_events(keys[0], full_job(keys[0])))
+
+
+def test_scripts_flushed_reload_in_a_sliced_read(
+    private_redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gearstash_redis import read
+
+    monkeypatch.setattr(read, "SLICE", 2)
+    server = private_redis()
+    store = open_store(f"redis://127.0.0.1:{server.port}/0")
+    client = redis.Redis(port=server.port)
+    try:
+        keys = [_key() for _ in range(5)]
+        for key in keys:
+            store.write(full_job(key))
+        client.script_flush()
+        refs = [JobRef(k.handle) if i % 2 else _full(k) for i, k in enumerate(keys)]
+        for key, record in zip(keys, store.get_many(refs), strict=True):
+            assert_same(record, JobRecord.from_events(key, full_job(key)))
+    finally:
+        client.close()
+        store.close()
+
+
+def test_malformed_record_raises_store_error(store: Store, raw: redis.Redis, prefix: str) -> None:
+    key = _key()
+    store.write(full_job(key))
+    raw.hset(_base(prefix, key) + "job", "attempt", "many")
+    with pytest.raises(StoreError, match="malformed job record"):
+        store.get_many([JobRef(_name().encode()), _full(key)])
+    raw.hset(_base(prefix, key) + "job", "attempt", "1")
+    assert store.get_many([_full(key)])[0] is not None  # the connection is still usable

@@ -52,11 +52,12 @@ and the tombstone. ``expires_at`` is the writer's clock plus ``ttl``. Every key 
 the hash tag ``{J}`` (one Redis Cluster slot); the handle index and channel carry ``{H}``.
 
 One ``write()`` is one Lua script (EVALSHA), applied atomically: concurrent writers' chunks never
-interleave within a batch and never get lost. Reads run one script per job (atomic: hash and lists
-of the same moment); a read by handle alone follows the index inside that script, and index
-pruning inside the write script reads other jobs' keys: neither declares those keys, so the store
-needs a single Redis server (or a primary with replicas), not Redis Cluster, though the key layout
-is ready for one.
+interleave within a batch and never get lost. A read runs one script per slice of up to 250
+references (atomic: the hashes and lists of one slice are of the same moment), all in one
+pipeline; a read by handle alone follows the index inside that script. The read script touches
+keys of many slots, and reads keys it does not declare (those it finds in an index), as does index
+pruning inside the write script, so the store needs a single Redis server (or a primary with
+replicas), not Redis Cluster, though the key layout is ready for one.
 
 Finding a job by handle, in any language (PHP with phpredis; the test suite runs this recipe)::
 

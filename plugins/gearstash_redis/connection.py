@@ -146,10 +146,18 @@ class Connections:
             return conn, False
         return conn, True
 
-    def roundtrip(self, commands: list[Command], doing: str, retry: bool) -> list[Any]:
+    def roundtrip(
+        self,
+        commands: list[Command],
+        doing: str,
+        retry: bool,
+        convert: Callable[[int, Any], Any] | None = None,
+    ) -> list[Any]:
         """Send ``commands`` in one pipeline; their replies (a ResponseError object for an error).
 
         ``retry``: also send again when the connection broke after sending (a read).
+        ``convert(i, reply)``, when given, turns the reply to command ``i`` (not an error) into
+        what is returned for it, as soon as it arrives (while the server works on the next ones).
         """
         for attempt in (1, 2):
             conn, reused = self._checkout()
@@ -164,11 +172,13 @@ class Connections:
                 conn.send_packed_command(packed, check_health=False)
                 sent = True
                 replies: list[Any] = []
-                for _ in commands:
+                for i in range(len(commands)):
                     try:
-                        replies.append(conn.read_response())
+                        reply = conn.read_response()
                     except ResponseError as exc:
                         replies.append(exc)
+                        continue
+                    replies.append(reply if convert is None else convert(i, reply))
             except (RedisError, OSError) as exc:
                 conn.disconnect()
                 self._idle.append(conn)

@@ -1,12 +1,14 @@
-"""What a read sends and what it makes of the answers: read scripts in, job records out. No I/O.
+"""What a read sends and what it makes of the answers: references in, job records out. No I/O.
 
-One read script per distinct reference, in one pipeline: READ for a complete reference (its job's
-keys), READ_REF for one without server or unique (it follows the handle index inside the script,
-to the newest matching job that has not vanished). A job asked for twice yields a record each.
+A read is one READ_MANY script per slice of up to :data:`SLICE` distinct references, all in one
+pipeline (one round trip; a single reference is one EVALSHA). A complete reference names its job's
+hash; one without server or unique names the handle index, which the script follows to the newest
+matching job that has not vanished. A job asked for twice yields a record each.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,70 +17,91 @@ from gearstash.records import JobError, JobKey, JobRecord, JobRef, State, Status
 
 from .connection import Command
 from .layout import Layout, decode_key
-from .scripts import READ_REF_SHA, READ_SHA
+from .scripts import READ_MANY_SHA
+
+SLICE = 250
+"""References per script call: bounds the time one call blocks Redis, and lets Redis run the
+next slice while the client reads the answer of the previous one."""
 
 _STATES = {state.value.encode(): state for state in State}
+_COMPLETE = b"f"
+_BY_HANDLE = b"h"
+_BY_SERVER = b"s"
+_BY_UNIQUE = b"u"
 
 
 class ReadBatch:
-    """The read scripts for some references (:attr:`commands`), and how to answer each one."""
+    """The read scripts for some references (:attr:`commands`), and how to answer each one.
 
-    __slots__ = ("after", "commands", "order", "slots")
+    ``name`` (the store's URL) is for error messages.
+    """
 
-    def __init__(self, layout: Layout, prefix: bytes, refs: Sequence[JobRef], after: int) -> None:
+    __slots__ = ("after", "commands", "name", "order", "refs")
+
+    def __init__(
+        self, layout: Layout, prefix: bytes, refs: Sequence[JobRef], after: int, name: str
+    ) -> None:
         self.after = after
-        commands: list[Command] = []
+        self.name = name
         slots: dict[JobRef, int] = {}
         order: list[int] = []
         for ref in refs:
             slot = slots.get(ref)
             if slot is None:
-                slot = slots[ref] = len(commands)
+                slot = slots[ref] = len(slots)
+            order.append(slot)
+        distinct = list(slots)
+        keys_of, index = layout.keys, layout.index
+        commands: list[Command] = []
+        for start in range(0, len(distinct), SLICE):
+            keys: list[bytes] = []
+            args: list[Any] = [prefix, after]
+            for ref in distinct[start : start + SLICE]:
                 server, unique = ref.server, ref.unique
                 if server is not None and unique is not None:
-                    names = layout.keys(JobKey(server, ref.handle, unique))
-                    # job, data, warnings, status, gone
-                    commands.append((b"EVALSHA", READ_SHA, 5, *names[2:7], after))
+                    keys.append(keys_of(JobKey(server, ref.handle, unique)).job)
+                    args.append(_COMPLETE)
                 else:
-                    commands.append(
-                        (
-                            b"EVALSHA",
-                            READ_REF_SHA,
-                            1,
-                            layout.index(ref.handle),
-                            prefix,
-                            ref.handle,
-                            server or b"",
-                            b"0" if server is None else b"1",
-                            unique or b"",
-                            b"0" if unique is None else b"1",
-                            after,
-                        )
-                    )
-            order.append(slot)
+                    keys.append(index(ref.handle))
+                    if server is not None:
+                        args += (_BY_SERVER, ref.handle, server)
+                    elif unique is not None:
+                        args += (_BY_UNIQUE, ref.handle, unique)
+                    else:
+                        args += (_BY_HANDLE, ref.handle)
+            commands.append((b"EVALSHA", READ_MANY_SHA, len(keys), *keys, *args))
         self.commands = commands
-        self.slots = slots  # each distinct reference -> its command
-        self.order = order  # each reference asked for -> its command
+        self.refs = distinct  # each distinct reference, in the order of the scripts' answers
+        self.order = order  # each reference asked for -> its distinct reference
 
-    def records(self, replies: list[Any], name: str) -> list[JobRecord | None]:
-        """The record of each reference from the scripts' ``replies``; ``name`` for errors."""
+    def convert(self, i: int, reply: Any) -> list[JobRecord | None]:
+        """The records of the distinct references of script ``i``, from its answer."""
         after = self.after
+        refs = self.refs[i * SLICE : (i + 1) * SLICE]
         records: list[JobRecord | None] = []
-        for ref, reply in zip(self.slots, replies, strict=True):
-            try:
-                if ref.server is not None and ref.unique is not None:
-                    key = JobKey(ref.server, ref.handle, ref.unique)
-                    records.append(_record(key, reply, after))
-                elif reply is None:
-                    records.append(None)
+        append = records.append
+        servers: dict[bytes, str] = {}
+        try:
+            for ref, answer in zip(refs, reply, strict=True):
+                if answer is None:
+                    append(None)
+                elif len(answer) > 2:
+                    append(_record(ref, answer, after, servers))
                 else:
-                    found = decode_key(reply[0])
-                    records.append(None if found is None else _record(found, reply[1:], after))
-            except (KeyError, ValueError, IndexError, TypeError) as exc:
-                raise StoreError(
-                    f"{name}: read failed: a malformed job record for {ref} "
-                    f"({type(exc).__name__}: {exc})"
-                ) from exc
+                    append(_expired(ref, answer, after))
+        except (KeyError, ValueError, IndexError, TypeError, AttributeError) as exc:
+            bad = refs[len(records)] if len(records) < len(refs) else None
+            raise StoreError(
+                f"{self.name}: read failed: a malformed job record for {bad} "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        return records
+
+    def records(self, converted: list[list[JobRecord | None]]) -> list[JobRecord | None]:
+        """The record of each reference asked for, from the scripts' :meth:`convert`-ed answers."""
+        records = converted[0] if len(converted) == 1 else [r for part in converted for r in part]
+        if len(records) == len(self.order):
+            return records  # no reference asked for twice
         out: list[JobRecord | None] = []
         used: set[int] = set()
         for slot in self.order:
@@ -90,47 +113,119 @@ class ReadBatch:
         return out
 
 
-def _float(value: bytes | None) -> float | None:
-    return None if value is None else float(value)
+def _expired(ref: JobRef, reply: list[Any], after: int) -> JobRecord | None:
+    """The record of a job that expired: ``{tombstone}`` (complete ref) or ``{tombstone, K}``."""
+    server, unique = ref.server, ref.unique
+    if len(reply) == 1 and server is not None and unique is not None:
+        key: JobKey | None = JobKey(server, ref.handle, unique)
+    else:
+        key = decode_key(reply[1])
+    if key is None:
+        return None
+    return JobRecord(key, state=State.EXPIRED, expires_at=float(reply[0]), data_offset=after)
 
 
-def _record(key: JobKey, reply: list[Any], after: int) -> JobRecord | None:
-    """A record from the read script's answer; None when the job is gone without a trace."""
-    if reply[0] == 0:
-        if reply[1] is None:
-            return None
-        return JobRecord(key, state=State.EXPIRED, expires_at=float(reply[1]), data_offset=after)
-    _, flat, data, warnings, status = reply
-    fields: dict[bytes, bytes] = dict(zip(flat[::2], flat[1::2], strict=True))
-    stored = (fields.get(b"server", b"").decode("utf-8", "replace"), fields.get(b"handle"))
-    if stored != (key.server, key.handle) or fields.get(b"unique") != key.unique:
+def _record(
+    ref: JobRef, reply: list[Any], after: int, servers: dict[bytes, str]
+) -> JobRecord | None:
+    """A live job's record from its READ_MANY answer (the order of ``READ_FIELDS``)."""
+    (
+        raw_server,
+        handle,
+        unique,
+        function,
+        state,
+        attempt,
+        worker,
+        started_at,
+        finished_at,
+        updated_at,
+        expires_at,
+        result,
+        error_kind,
+        error_message,
+        traceback,
+        data,
+        warnings,
+        status,
+    ) = reply
+    server = servers.get(raw_server)
+    if server is None:
+        server = servers[raw_server] = raw_server.decode("utf-8", "replace")
+    if (
+        handle != ref.handle
+        or (ref.server is not None and ref.server != server)
+        or (ref.unique is not None and ref.unique != unique)
+    ):
         return None  # another job under the same digest (never seen; 96 bits)
-    error = None
-    kind = fields.get(b"error_kind")
-    if kind is not None:
-        error = JobError(
-            kind.decode(),
-            fields.get(b"error_message", b"").decode("utf-8", "replace"),
-            fields.get(b"traceback", b"").decode("utf-8", "replace"),
-        )
-    points = []
-    for item in status:
-        numerator, denominator, at = item.split(b" ")
-        points.append(StatusPoint(int(numerator), int(denominator), float(at)))
-    return JobRecord(
-        key,
-        function=fields.get(b"function", b""),
-        state=_STATES[fields.get(b"state", b"running")],
-        attempt=int(fields.get(b"attempt", b"1")),
-        data=data,
-        warnings=warnings,
-        status=points,
-        result=fields.get(b"result"),
-        error=error,
-        worker=fields.get(b"worker", b"").decode("utf-8", "replace"),
-        started_at=_float(fields.get(b"started_at")),
-        finished_at=_float(fields.get(b"finished_at")),
-        updated_at=_float(fields.get(b"updated_at")),
-        expires_at=_float(fields.get(b"expires_at")),
-        data_offset=after,
+    if status:
+        points = []
+        for item in status:
+            numerator, denominator, at = item.split(b" ")
+            points.append(StatusPoint(int(numerator), int(denominator), float(at)))
+        status = points
+    return _new_record(
+        JobKey(server, handle, unique),
+        function or b"",
+        _STATES[state or b"running"],
+        int(attempt or 1),
+        data,
+        warnings,
+        status,
+        result,
+        None
+        if error_kind is None
+        else JobError(
+            error_kind.decode(),
+            (error_message or b"").decode("utf-8", "replace"),
+            (traceback or b"").decode("utf-8", "replace"),
+        ),
+        _worker(worker),
+        None if started_at is None else float(started_at),
+        None if finished_at is None else float(finished_at),
+        None if updated_at is None else float(updated_at),
+        None if expires_at is None else float(expires_at),
+        after,
     )
+
+
+_WORKERS: dict[bytes | None, str] = {None: ""}
+
+
+def _worker(raw: bytes | None) -> str:
+    """The worker's name (a few workers write many jobs: their names are kept, up to 1,000)."""
+    name = _WORKERS.get(raw)
+    if name is None:
+        assert raw is not None
+        name = raw.decode("utf-8", "replace")
+        if len(_WORKERS) < 1000:
+            _WORKERS[raw] = name
+    return name
+
+
+_FIELDS = [
+    "key",
+    "function",
+    "state",
+    "attempt",
+    "data",
+    "warnings",
+    "status",
+    "result",
+    "error",
+    "worker",
+    "started_at",
+    "finished_at",
+    "updated_at",
+    "expires_at",
+    "data_offset",
+]
+
+
+def _by_name(*values: Any) -> JobRecord:
+    return JobRecord(**dict(zip(_FIELDS, values, strict=True)))
+
+
+# JobRecord's fields by position (half the cost of keywords) while they are in this order; by
+# name, should they ever change.
+_new_record = JobRecord if [f.name for f in dataclasses.fields(JobRecord)] == _FIELDS else _by_name

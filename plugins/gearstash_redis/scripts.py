@@ -1,4 +1,4 @@
-"""The two Lua scripts of the Redis store: one ``write()`` call, one job read. No I/O here.
+"""The Lua scripts of the Redis store: one ``write()`` call, one read of many jobs. No I/O here.
 
 Both run with EVALSHA (EVAL when the server answers NOSCRIPT). Scripts are atomic in Redis, so a
 batch is applied whole or not at all, chunks from concurrent writers never interleave within a
@@ -161,49 +161,105 @@ end
 return #KEYS / 6
 """
 
-# KEYS: job, data, warnings, status, gone. ARGV[1]: index of the first data chunk to return.
-# Returns {1, hash as [field, value, ...], data, warnings, status} for a live job,
-# {0, tombstone or nil} for one that is gone.
-READ = r"""
-local h = redis.call('HGETALL', KEYS[1])
-if #h == 0 then return {0, redis.call('GET', KEYS[5])} end
-return {1, h, redis.call('LRANGE', KEYS[2], ARGV[1], -1), redis.call('LRANGE', KEYS[3], 0, -1),
-        redis.call('LRANGE', KEYS[4], 0, -1)}
-"""
+# The record fields a read returns, in this order (HMGET), then the data (from ARGV[2] on), the
+# warnings and the status lists.
+READ_FIELDS = (
+    b"server",
+    b"handle",
+    b"unique",
+    b"function",
+    b"state",
+    b"attempt",
+    b"worker",
+    b"started_at",
+    b"finished_at",
+    b"updated_at",
+    b"expires_at",
+    b"result",
+    b"error_kind",
+    b"error_message",
+    b"traceback",
+)
 
-# The newest job of a handle that a reference without server or unique names, read like READ.
-# KEYS: the handle index. ARGV: prefix, handle, server or '' (any), '1' if a server is given,
-# unique, '1' if a unique is given, index of the first data chunk.
-# Returns {K, 1, hash, data, warnings, status} or {K, 0, tombstone}: the newest job of the index
-# that matches and has not vanished without a trace; nil when there is none.
-READ_REF = r"""
-local prefix, handle, server, unique, after = ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[7]
-local any_server, any_unique = ARGV[4] ~= '1', ARGV[6] ~= '1'
-local members = redis.call('ZRANGE', KEYS[1], 0, -1)
-for n = #members, 1, -1 do
-  local m = members[n]
-  local parts, pos = {}, 1
-  for p = 1, 3 do
-    local colon = string.find(m, ':', pos, true)
-    local size = colon and tonumber(string.sub(m, pos, colon - 1))
-    if not size then break end
-    parts[p] = string.sub(m, colon + 1, colon + size)
-    pos = colon + size + 2
-  end
-  if parts[3] and parts[2] == handle and (any_server or parts[1] == server)
-      and (any_unique or parts[3] == unique) then
-    local base = prefix .. ':{' .. string.sub(redis.sha1hex(m), 1, 24) .. '}:'
-    local h = redis.call('HGETALL', base .. 'job')
-    if #h > 0 then
-      return {m, 1, h, redis.call('LRANGE', base .. 'data', after, -1),
-              redis.call('LRANGE', base .. 'warnings', 0, -1),
-              redis.call('LRANGE', base .. 'status', 0, -1)}
+# Reads a batch of references in one call (atomic: every job as of the same moment).
+# KEYS, per reference (1 each): PREFIX:{J}:job for a complete reference (server and unique known),
+#   else the handle index PREFIX:h:{H}.
+# ARGV: prefix, index of the first data chunk to return; then per reference a mode and its args:
+#   'f' (complete) | 'h' handle (newest job of the handle) | 's' handle server | 'u' handle unique
+# Returns one entry per reference:
+#   live job: {server, handle, unique, function, state, attempt, worker, started_at, finished_at,
+#              updated_at, expires_at, result, error_kind, error_message, traceback,
+#              data, warnings, status} (a field not set: nil);
+#   gone job: {tombstone} for 'f', {tombstone, K} otherwise (the newest matching job);
+#   nil: no such job (or vanished without a trace).
+# A reference by handle follows the index (newest first) to the first matching job that has not
+# vanished; it reads keys it does not declare (like the write script's pruning).
+READ_MANY = r"""
+local prefix, after = ARGV[1], ARGV[2]
+local FIELDS = {'server', 'handle', 'unique', 'function', 'state', 'attempt', 'worker',
+                'started_at', 'finished_at', 'updated_at', 'expires_at', 'result', 'error_kind',
+                'error_message', 'traceback'}
+
+local call = redis.call
+
+local function live(base)
+  local f = call('HMGET', base .. 'job', unpack(FIELDS))
+  if not f[1] then return false end
+  f[16] = call('LRANGE', base .. 'data', after, '-1')  -- string arguments: a little cheaper
+  f[17] = call('LRANGE', base .. 'warnings', '0', '-1')
+  f[18] = call('LRANGE', base .. 'status', '0', '-1')
+  return f
+end
+
+local function newest(idx, handle, server, unique)
+  local members = call('ZRANGE', idx, '0', '-1')
+  for n = #members, 1, -1 do
+    local m = members[n]
+    local parts, pos = {}, 1
+    for p = 1, 3 do
+      local colon = string.find(m, ':', pos, true)
+      local size = colon and tonumber(string.sub(m, pos, colon - 1))
+      if not size then break end
+      parts[p] = string.sub(m, colon + 1, colon + size)
+      pos = colon + size + 2
     end
-    local gone = redis.call('GET', base .. 'gone')
-    if gone then return {m, 0, gone} end
+    if parts[3] and parts[2] == handle and (not server or parts[1] == server)
+        and (not unique or parts[3] == unique) then
+      local base = prefix .. ':{' .. string.sub(redis.sha1hex(m), 1, 24) .. '}:'
+      local f = live(base)
+      if f then return f end
+      local gone = call('GET', base .. 'gone')
+      if gone then return {gone, m} end
+    end
+  end
+  return false
+end
+
+local out = {}
+local a = 3
+for k = 1, #KEYS do
+  local mode = ARGV[a]
+  if mode == 'f' then
+    local base = string.sub(KEYS[k], 1, -4)  -- PREFIX:{J}:job
+    local f = live(base)
+    if not f then
+      local gone = call('GET', base .. 'gone')
+      f = gone and {gone}
+    end
+    out[k] = f
+    a = a + 1
+  elseif mode == 'h' then
+    out[k] = newest(KEYS[k], ARGV[a + 1], false, false)
+    a = a + 2
+  elseif mode == 's' then
+    out[k] = newest(KEYS[k], ARGV[a + 1], ARGV[a + 2], false)
+    a = a + 3
+  else -- 'u'
+    out[k] = newest(KEYS[k], ARGV[a + 1], false, ARGV[a + 2])
+    a = a + 3
   end
 end
-return false
+return out
 """
 
 
@@ -223,11 +279,9 @@ WRITE_GT = WRITE.replace(_INDEX_TTL, "\n      redis.call('PEXPIRE', idx, life, '
 
 WRITE_SHA = sha1(WRITE)
 WRITE_GT_SHA = sha1(WRITE_GT)
-READ_SHA = sha1(READ)
-READ_REF_SHA = sha1(READ_REF)
+READ_MANY_SHA = sha1(READ_MANY)
 SOURCES = {
     WRITE_SHA: WRITE.encode(),
     WRITE_GT_SHA: WRITE_GT.encode(),
-    READ_SHA: READ.encode(),
-    READ_REF_SHA: READ_REF.encode(),
+    READ_MANY_SHA: READ_MANY.encode(),
 }

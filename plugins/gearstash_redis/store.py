@@ -4,8 +4,9 @@ Connections: redis-py's connection classes in a small free list of the store's o
 and fork-safe (:mod:`gearstash_redis.connection`).
 
 Round trips: ``write()`` is one EVALSHA; ``get_many()`` and ``get_after()`` one pipeline of read
-scripts, one per distinct reference (a complete reference reads its job's keys; another one
-follows the handle index to the newest matching job that has not vanished, inside the script);
+scripts, one per slice of up to 250 distinct references (a complete reference reads its job's
+keys; another one follows the handle index to the newest matching job that has not vanished,
+inside the script; records are built from a slice's answer while Redis runs the next slice);
 ``delete()`` two. A NOSCRIPT answer (Redis restarted, ``SCRIPT FLUSH``) loads the script and
 repeats the commands in one more round trip.
 
@@ -22,7 +23,7 @@ what their answers mean), :mod:`~gearstash_redis.watch` (pub/sub), :mod:`~gearst
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -153,15 +154,32 @@ class RedisStore:
         self._checked(replies[:-1], doing)
         return WRITE_SHA if isinstance(replies[-1], ResponseError) else WRITE_GT_SHA
 
-    def _scripts(self, commands: list[Command], doing: str, retry: bool = True) -> list[Any]:
-        """Run EVALSHA commands; load the scripts the server lacks and run those again."""
-        replies = self._roundtrip(commands, doing, retry)
+    def _scripts(
+        self,
+        commands: list[Command],
+        doing: str,
+        retry: bool = True,
+        convert: Callable[[int, Any], Any] | None = None,
+    ) -> list[Any]:
+        """Run EVALSHA commands; load the scripts the server lacks and run those again.
+
+        ``convert(i, reply)`` turns each answer as it arrives (see ``Connections.roundtrip``).
+        """
+        replies = self._roundtrip(commands, doing, retry, convert)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # NOSCRIPT: the command did not run, so sending it again is safe
             shas = {commands[i][1] for i in missing}
             again: list[Command] = [(b"SCRIPT", b"LOAD", SOURCES[sha]) for sha in shas]
             again += [commands[i] for i in missing]
-            answers = self._roundtrip(again, doing, retry)[len(shas) :]
+            loads = len(shas)
+            shifted = None
+            if convert is not None:
+                known = convert
+
+                def shifted(i: int, reply: Any) -> Any:
+                    return reply if i < loads else known(missing[i - loads], reply)
+
+            answers = self._roundtrip(again, doing, retry, shifted)[loads:]
             for i, answer in zip(missing, answers, strict=True):
                 replies[i] = answer
         return self._checked(replies, doing)
@@ -201,8 +219,8 @@ class RedisStore:
         return out
 
     def _read(self, refs: Sequence[JobRef], after: int) -> list[JobRecord | None]:
-        """One pipeline: the read script per complete reference, READ_REF per other one."""
+        """One pipeline: a READ_MANY script per slice of distinct references."""
         if not refs:
             return []
-        batch = ReadBatch(self.layout, self._prefix, refs, after)
-        return batch.records(self._scripts(batch.commands, "read"), self.url)
+        batch = ReadBatch(self.layout, self._prefix, refs, after, self.url)
+        return batch.records(self._scripts(batch.commands, "read", convert=batch.convert))
