@@ -348,7 +348,8 @@ def main() -> None:
         redis_url = ""
         if any(c.store == "redis" for c in cases):
             try:
-                redis_url = f"redis://127.0.0.1:{stack.enter_context(servers.redis_server()).port}/0"
+                port = stack.enter_context(servers.redis_server()).port
+                redis_url = f"redis://127.0.0.1:{port}/0"
             except RuntimeError as exc:
                 print(f"redis:// store unavailable, its cases are skipped: {exc}")
                 cases = [c for c in cases if c.store != "redis"]
