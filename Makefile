@@ -20,5 +20,8 @@ lint: setup
 test: setup lint
 	cd $(ROOT) && $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
+# Celery is installed for the store comparison only; it is no dependency of gearstash.
 bench: setup
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check 'celery[redis,memcache,sqlalchemy]'
 	cd $(ROOT) && $(VENV)/bin/python bench/run.py
+	cd $(ROOT) && $(VENV)/bin/python bench/stores.py
