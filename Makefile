@@ -4,7 +4,7 @@ ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 VENV := $(ROOT)/.venv
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench lint
+.PHONY: setup demo test bench lint fuzz
 
 setup:
 	bash $(ROOT)/scripts/setup.sh
@@ -25,3 +25,13 @@ bench: setup
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check 'celery[redis,memcache,sqlalchemy]'
 	cd $(ROOT) && $(VENV)/bin/python bench/run.py
 	cd $(ROOT) && $(VENV)/bin/python bench/stores.py
+
+# Coverage-guided fuzzing (atheris/libFuzzer); not part of `make test`. See fuzz/README.md.
+FUZZ_RUNS ?= 1000000
+FUZZ_CORPUS ?= /tmp/gearstash-fuzz-corpus
+fuzz: setup
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check atheris
+	mkdir -p $(FUZZ_CORPUS)/protocol $(FUZZ_CORPUS)/jobref $(FUZZ_CORPUS)/record
+	cd $(ROOT) && $(VENV)/bin/python fuzz/fuzz_protocol.py -runs=$(FUZZ_RUNS) -max_len=4096 -print_final_stats=1 $(FUZZ_CORPUS)/protocol fuzz/seeds/protocol
+	cd $(ROOT) && $(VENV)/bin/python fuzz/fuzz_jobref.py -runs=300000 -print_final_stats=1 $(FUZZ_CORPUS)/jobref fuzz/seeds/jobref
+	cd $(ROOT) && $(VENV)/bin/python fuzz/fuzz_record.py -runs=300000 -print_final_stats=1 $(FUZZ_CORPUS)/record fuzz/seeds/record

@@ -21,7 +21,7 @@ from workers import echo, running_worker
 
 from gearstash import Client, JobRef, ProtocolError, ServerUnavailable, State
 from gearstash.plugins import open_store
-from gearstash.protocol import RES, PacketType, encode_response
+from gearstash.protocol import DEFAULT_MAX_PACKET, RES, PacketType, encode_request, encode_response
 from gearstash.records import JobKey, json_to_bytes
 
 T = PacketType
@@ -68,6 +68,19 @@ WORKER_FAULTS = {
         "JOB_ASSIGN_UNIQ needs 4 NUL-separated arguments, got 2",
     ),
     "no-job-with-a-body": (_raw(int(T.NO_JOB), b"junk"), False, "NO_JOB must have an empty body"),
+    "binary-bad-magic": (b"\0RE\xff" + struct.pack(">II", 6, 0), False, "bad magic"),
+    "request-magic": (encode_request(T.NOOP), False, "got a request packet"),
+    "one-byte-over-max-packet": (
+        _raw(int(T.WORK_DATA), b"H:fake:1\0", declared=DEFAULT_MAX_PACKET + 1),
+        False,
+        f"declares a body of {DEFAULT_MAX_PACKET + 1} bytes, over the limit",
+    ),
+    "job-assign-too-few-args": (
+        _raw(int(T.JOB_ASSIGN), FIRST_HANDLE + b"\0echo"),
+        False,
+        "JOB_ASSIGN needs 3 NUL-separated arguments, got 2",
+    ),
+    "truncated-header-then-close": (RES + b"\0\0\0", True, "closed the connection"),
 }
 
 

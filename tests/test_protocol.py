@@ -613,3 +613,106 @@ def test_parse_show_unique_jobs() -> None:
     assert lines is not None
     assert parse_show_unique_jobs(lines) == [UniqueJob(u, None) for u in ("u1", "u2", "u3")]
     assert parse_show_unique_jobs(["u9\tH:x:9"]) == [UniqueJob("u9", "H:x:9")]
+
+
+# ------------------------------------------------------------------- hostile bytes (properties)
+
+
+def _decode_pieces(
+    pieces: list[bytes], request: bool, max_packet: int
+) -> tuple[list[Packet], ProtocolError | None]:
+    decoder = Decoder(request=request, max_packet=max_packet)
+    out: list[Packet] = []
+    try:
+        for piece in pieces:
+            decoder.feed(piece)
+            out.extend(decoder)
+    except ProtocolError as error:
+        return out, error
+    return out, None
+
+
+def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    stream=st.lists(packets(), max_size=5).map(
+        lambda ps: b"".join(encode(p.kind, *p.args, request=False) for p in ps)
+    ),
+    junk=st.binary(max_size=40),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12),
+    max_packet=st.sampled_from([16, DEFAULT_MAX_PACKET]),
+)
+def test_chunking_never_changes_what_is_decoded(
+    stream: bytes, junk: bytes, cuts: list[int], max_packet: int
+) -> None:
+    """Valid packets then (maybe) junk, fed whole or cut anywhere: the same packets, and the same
+    outcome (a ProtocolError from the server side, or none)."""
+    data = stream + junk
+    whole, whole_error = _decode_pieces([data], False, max_packet)
+    split, split_error = _decode_pieces(_cut(data, cuts), False, max_packet)
+    assert split == whole
+    assert (split_error is None) == (whole_error is None)
+    for error in (whole_error, split_error):
+        assert error is None or error.side == "server"
+    if max_packet == DEFAULT_MAX_PACKET:
+        # everything valid before the junk comes out, whatever the junk does after it
+        assert whole[: len(decode_all(stream))] == decode_all(stream)
+
+
+_admin_bytes = st.one_of(
+    st.binary(max_size=200),
+    st.lists(
+        st.sampled_from(
+            [b"fn\t1\t0\t1", b"38 127.0.0.1 - : a b", b"H:x:1\t0\t0\t1", b"ERR X y", b".", b"",
+             b"\xff\xfe", b"a\tb", b"1 ::1 id :", b"u\tH:x:2", b"\r"]
+        ),
+        max_size=8,
+    ).map(b"\n".join),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=_admin_bytes,
+    multiline=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=500), max_size=10),
+)
+def test_admin_reader_and_parsers_raise_only_protocol_error(
+    data: bytes, multiline: bool, cuts: list[int]
+) -> None:
+    def read(pieces: list[bytes]) -> tuple[list[str] | None, str | None]:
+        reader = AdminReader(multiline)
+        for piece in pieces:
+            reader.feed(piece)  # never raises
+        try:
+            return reader.result(), None
+        except ProtocolError as error:
+            assert error.side == "server"
+            return None, str(error)
+
+    whole = read([data])
+    assert read(_cut(data, cuts)) == whole
+    lines = whole[0]
+    if lines is None:
+        return
+    assert all("\n" not in line for line in lines)
+    for parse in (parse_status, parse_workers, parse_show_jobs, parse_show_unique_jobs):
+        try:
+            parse(lines)
+        except ProtocolError as error:
+            assert error.side == "server"
+
+
+@given(st.binary(max_size=30))
+def test_parse_int_takes_only_plain_decimals(data: bytes) -> None:
+    try:
+        value = parse_int(data)
+    except ProtocolError as error:
+        assert error.side == "server"
+        assert not (0 < len(data) <= 20 and data.isdigit())
+    else:
+        assert int(data.decode("ascii")) == value >= 0

@@ -155,3 +155,86 @@ def test_merge_state(ref, status, stored, expected, keeps_record):
     view = merge_state(ref, status, record)
     assert view.state is expected
     assert (view.record is not None) is keeps_record
+
+
+# ------------------------------------------------------------------ hostile text (fuzz findings)
+
+
+def test_ref_parse_takes_non_utf8_bytes_and_argv_text():
+    # regression: unquote_to_bytes() on surrogate-escaped text raised UnicodeEncodeError, so a
+    # handle that is not UTF-8 could not be given as bytes or on the command line (argv text)
+    assert JobRef.parse(b"H:\xff\xfe:1#u\x80") == JobRef(b"H:\xff\xfe:1", None, b"u\x80")
+    argv = b"H:\xff:2@127.0.0.1#\xfe".decode("utf-8", "surrogateescape")
+    assert JobRef.parse(argv) == JobRef(b"H:\xff:2", "127.0.0.1:4730", b"\xfe")
+    assert JobRef.parse(str(JobRef(b"H:\xff:2", None, b"\xfe"))) == JobRef(b"H:\xff:2", None, b"\xfe")
+
+
+@pytest.mark.parametrize(
+    "bad", ["a#b:1", "a@b", "a b:1", "h\tx", "[x]]:1", "[::1]x", "h\udcff", "a/b", "[]:1"]
+)
+def test_normalize_server_rejects_hosts_that_break_references(bad):
+    # regression (found by fuzz/fuzz_jobref.py): a '#' or ']' in a server address made
+    # str(JobRef) print a reference that parsed back as another job or not at all
+    with pytest.raises(ConfigError, match="address"):
+        normalize_server(bad)
+
+
+@given(st.text(max_size=60))
+def test_ref_parse_of_any_text_is_stable(text):
+    try:
+        ref = JobRef.parse(text)
+    except (ConfigError, ValueError):
+        return
+    printed = str(ref)
+    assert JobRef.parse(printed) == ref
+    assert printed.isprintable() and " " not in printed  # the server may be an IDN host name
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=10)
+    | st.just({"base64": "AP8="}),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=8,
+)
+_RECORD_JSON = JobRecord.from_events(KEY, events()).to_json()
+
+
+@given(st.sampled_from(sorted(_RECORD_JSON)), _JSON_VALUES, st.booleans())
+def test_from_json_raises_only_value_error(field, value, drop):
+    obj = dict(_RECORD_JSON)
+    if drop:
+        obj.pop(field)
+    else:
+        obj[field] = value
+    try:
+        record = JobRecord.from_json(obj)
+    except ValueError:
+        return
+    assert isinstance(record.key.server, str) and isinstance(record.worker, str)
+    assert all(type(c) is bytes for c in [*record.data, *record.warnings, record.key.handle])
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [],
+        "x",
+        None,
+        _RECORD_JSON | {"error": "boom"},
+        _RECORD_JSON | {"attempt": float("inf")},
+        _RECORD_JSON | {"status": "ab"},
+        _RECORD_JSON | {"data": "abc"},
+        _RECORD_JSON | {"server": 5},
+        _RECORD_JSON | {"started_at": "yesterday"},
+        {k: v for k, v in _RECORD_JSON.items() if k != "handle"},
+    ],
+)
+def test_from_json_malformed_records_raise_value_error(obj):
+    # regression (the from_json fuzz target's contract): these raised AttributeError, TypeError,
+    # OverflowError or KeyError, or were accepted with a wrong type (data "abc" -> 3 chunks)
+    with pytest.raises(ValueError, match=r"gearstash\.job/1"):
+        JobRecord.from_json(obj)
