@@ -276,6 +276,69 @@ class StoreContract:
         else:
             assert_same(store.get_many([exact(key)])[0], JobRecord.from_events(key, [event]))
 
+    # ---------------------------------------------------------------- leases, submissions, uniques
+
+    def test_lease_set_on_start_and_renewed_by_heartbeat(self, store: Store) -> None:
+        key = new_key()
+        events = full_job(key)[:3]
+        events[0].lease = 30.0
+        store.write(events)
+        got = store.get_many([exact(key)])[0]
+        assert got is not None and got.lease_until == T0 + 30.0
+        beat = Event(EventKind.HEARTBEAT, key, T0 + 10, lease=30.0)
+        store.write([beat])
+        got = store.get_many([exact(key)])[0]
+        assert_same(got, JobRecord.from_events(key, [*events, beat]))
+        assert got is not None and got.lease_until == T0 + 40.0 and got.data == [b"one", b"two"]
+        assert not got.lost(T0 + 39.0) and got.lost(T0 + 41.0)
+
+    def test_heartbeat_creates_no_record(self, store: Store) -> None:
+        key = new_key()
+        store.write([Event(EventKind.HEARTBEAT, key, T0, lease=30.0)])
+        assert store.get_many([exact(key)]) == [None]
+
+    def test_submitted_makes_a_queued_record_until_a_worker_starts(self, store: Store) -> None:
+        key = new_key()
+        first = Event(EventKind.SUBMITTED, key, T0 - 5, function=b"resize")
+        store.write([first])
+        got = store.get_many([exact(key)])[0]
+        assert got is not None
+        assert (got.state, got.attempt, got.function) == (State.QUEUED, 0, b"resize")
+        store.write([Event(EventKind.SUBMITTED, key, T0 - 4, function=b"other")])
+        assert_same(store.get_many([exact(key)])[0], JobRecord.from_events(key, [first]))
+        events = full_job(key)
+        store.write(events)
+        got = store.get_many([exact(key)])[0]
+        assert_same(got, JobRecord.from_events(key, [first, *events]))
+        assert got is not None and got.attempt == 1 and got.state is State.COMPLETE
+
+    def test_submitted_after_started_changes_nothing(self, store: Store) -> None:
+        key = new_key()
+        events = full_job(key)[:3]
+        store.write(events)
+        store.write([Event(EventKind.SUBMITTED, key, T0 + 1, function=b"late")])
+        assert_same(store.get_many([exact(key)])[0], JobRecord.from_events(key, events))
+
+    def test_lookup_by_unique_finds_the_newest_handle(self, store: Store) -> None:
+        server, other = new_server(), new_server()
+        unique = f"u-{RUN}-{next(_numbers)}".encode()
+        old, new = JobKey(server, new_handle(), unique), JobKey(server, new_handle(), unique)
+        elsewhere = JobKey(other, new_handle(), unique)
+        stranger = JobKey(server, new_handle(), unique + b"x")
+        store.write(full_job(old, T0))
+        store.write(full_job(new, T0 + 10)[:2])
+        store.write(full_job(stranger, T0 + 20))
+        got_server, got_missing = store.get_many(
+            [JobRef(b"", server, unique), JobRef(b"", server, unique + b"y")]
+        )
+        assert got_server is not None and got_server.key == new
+        assert got_server.data == [b"one"]
+        assert got_missing is None
+        store.write(full_job(elsewhere, T0 + 30))
+        mine, anywhere = store.get_many([JobRef(b"", server, unique), JobRef(b"", None, unique)])
+        assert mine is not None and mine.key == new
+        assert anywhere is not None and anywhere.key == elsewhere
+
     # ---------------------------------------------------------------- concurrency
 
     def test_concurrent_writers(self, store_url: str, store: Store) -> None:

@@ -463,6 +463,65 @@ def test_an_evicted_handle_index_comes_back(mc_store: Store, mc_url: str) -> Non
         client.close()
 
 
+def test_unique_index_submissions_and_heartbeats(mc_store: Store, mc_url: str, spy: Spy) -> None:
+    store = _mc(mc_store)
+    unique = contract._handle("u")
+    key, retry = contract._key(unique=unique), contract._key(unique=unique)
+    client = raw_client(mc_url.removeprefix("memcache://"))
+    try:
+        spy.rounds.clear()
+        store.write([ev(EventKind.SUBMITTED, key, T0, function=b"f")])
+        assert len(spy.rounds) == 2  # gets (is there a record?), then add
+        index = store.keys.unique_index(handle_digest(unique))
+        assert client.get(index) == b" " + job_digest(key).encode()
+        head = client.get(store.keys.head(job_digest(key)))
+        spy.rounds.clear()
+        store.write([ev(EventKind.SUBMITTED, key, T0 + 1, function=b"g")])
+        assert len(spy.rounds) == 0  # this process wrote the head: nothing to do
+        assert client.get(store.keys.head(job_digest(key))) == head
+        spy.rounds.clear()
+        store.write([ev(EventKind.STARTED, key, T0 + 2, lease=30.0)])
+        assert len(spy.rounds) == 1  # cas: this process wrote the queued head
+        spy.rounds.clear()
+        store.write([ev(EventKind.HEARTBEAT, key, T0 + 3, lease=30.0)])
+        assert len(spy.rounds) == 1  # cas
+        record = get(store, JobRef(b"", None, unique))
+        assert record is not None and (record.attempt, record.lease_until) == (1, T0 + 33.0)
+        store.write([ev(EventKind.STARTED, retry, T0 + 4)])  # the unique again, another handle
+        assert client.get(index) == b" %s %s" % (
+            job_digest(key).encode(),
+            job_digest(retry).encode(),
+        )
+        assert client.delete(index, noreply=False)  # as if memcached had evicted it
+        assert get(store, JobRef(b"", None, unique)) is None
+        store.write([ev(EventKind.DATA, retry, T0 + 5, payload=b"more")])  # comes back
+        record = get(store, JobRef(b"", None, unique))
+        assert record is not None and record.key == retry and record.data == [b"more"]
+        assert store.delete([JobRef(b"", None, unique)]) == 1  # the first was lost with the index
+        assert client.get(index) == b""
+
+        nothing = contract._key()
+        spy.rounds.clear()
+        store.write([ev(EventKind.HEARTBEAT, nothing, T0, lease=30.0)])
+        assert [k for k in spy.sent_keys() if not k.endswith(b":job")] == []  # a gets, no more
+        assert get(store, full_ref(nothing)) is None
+        assert client.get(store.keys.index(handle_digest(nothing.handle))) is None
+
+        third = contract._key()
+        store.write([ev(EventKind.SUBMITTED, third, T0)])
+        other = open_store(mc_url)  # a worker elsewhere
+        try:
+            spy.rounds.clear()
+            other.write([ev(EventKind.STARTED, third, T0 + 1, lease=30.0)])
+            assert len(spy.rounds) == 2  # add (loses to the queued head), cas
+        finally:
+            other.close()
+        record = get(store, full_ref(third))
+        assert record is not None and (record.state, record.attempt) == (State.RUNNING, 1)
+    finally:
+        client.close()
+
+
 # ------------------------------------------------------------------------ TTL
 
 

@@ -210,6 +210,8 @@ def test_key_layout_as_documented(store: Store, raw: redis.Redis, prefix: str) -
     ]
     assert raw.get(base + "gone") == fields[b"expires_at"]
     assert raw.zrange(f"{prefix}:h:{{{h}}}", 0, -1, withscores=True) == [(member, 1.0)]
+    u = _digest(key.unique)
+    assert raw.zrange(f"{prefix}:u:{{{u}}}", 0, -1, withscores=True) == [(member, 1.0)]
     names = [base + s for s in ("job", "data", "warnings", "status", "gone")]
     assert [raw.type(n) for n in names] == [b"hash", b"list", b"list", b"list", b"string"]
 
@@ -232,6 +234,62 @@ def test_key_layout_as_documented(store: Store, raw: redis.Redis, prefix: str) -
     for gone in (b"result", b"error_kind", b"error_message", b"traceback", b"finished_at"):
         assert gone not in fields
     assert not raw.exists(base + "data", base + "warnings", base + "status")
+
+
+def test_layout_of_queued_jobs_leases_and_uniques(
+    store: Store, raw: redis.Redis, prefix: str
+) -> None:
+    unique = _name("u").encode()
+    key, retry = _key(unique=unique), _key(unique=unique)
+    base = _base(prefix, key)
+    store.write([ev(EventKind.SUBMITTED, key, T0, function=b"resize")])
+    fields = raw.hgetall(base + "job")
+    assert (fields[b"state"], fields[b"attempt"], fields[b"function"]) == (
+        b"queued",
+        b"0",
+        b"resize",
+    )
+    assert fields[b"updated_at"] == repr(T0).encode() and b"lease_until" not in fields
+    assert raw.exists(base + "data", base + "warnings", base + "status") == 0
+    ttl = raw.pttl(base + "job")
+    raw.pexpire(base + "job", 5_000)
+    store.write([ev(EventKind.SUBMITTED, key, T0 + 1, function=b"other", ttl=9)])
+    assert raw.hgetall(base + "job") == fields  # a second submission changes nothing …
+    assert 0 < raw.pttl(base + "job") <= 5_000  # … not even the TTL
+    store.write([ev(EventKind.STARTED, key, T0 + 2, lease=30.0)])
+    fields = raw.hgetall(base + "job")
+    assert (fields[b"attempt"], fields[b"state"]) == (b"1", b"running")
+    assert fields[b"lease_until"] == repr(T0 + 32.0).encode()
+    assert ttl > 0 and raw.pttl(base + "job") > 5_000
+    store.write([ev(EventKind.HEARTBEAT, key, T0 + 3, lease=30.0)])
+    assert raw.hget(base + "job", "lease_until") == repr(T0 + 33.0).encode()
+    assert raw.hget(base + "job", "updated_at") == repr(T0 + 3).encode()
+
+    # a heartbeat for no record writes nothing at all
+    nothing = _key()
+    store.write([ev(EventKind.HEARTBEAT, nothing, T0, lease=30.0)])
+    assert raw.keys(_base(prefix, nothing) + "*") == []
+    assert not raw.exists(f"{prefix}:h:{{{_digest(nothing.handle)}}}")
+
+    # the unique index lists every job with that unique, oldest first
+    store.write([ev(EventKind.STARTED, retry, T0 + 4)])
+    listed = raw.zrange(f"{prefix}:u:{{{_digest(unique)}}}", 0, -1, withscores=True)
+    assert [decode(m) for m, _ in listed] == [key, retry]
+    assert [score for _, score in listed] == [1.0, 2.0]
+    got = store.get_many([JobRef(b"", None, unique)])[0]
+    assert got is not None and got.key == retry
+
+    # a job with an empty unique is not listed (nor found by one)
+    empty = _key(unique=b"")
+    store.write(full_job(empty))
+    assert not raw.exists(f"{prefix}:u:{{{_digest(b'')}}}")
+    assert store.get_many([JobRef(b"", None, b""), JobRef(empty.handle)])[0] is None
+
+
+def decode(member: bytes) -> JobKey | None:
+    from gearstash_redis.layout import decode_key
+
+    return decode_key(member)
 
 
 def test_key_encoding_round_trips() -> None:
@@ -290,6 +348,7 @@ def _pttls(raw: redis.Redis, prefix: str, key: JobKey) -> dict[str, int]:
     base = _base(prefix, key)
     out = {s: raw.pttl(base + s) for s in ("job", "data", "warnings", "status", "gone")}
     out["index"] = raw.pttl(f"{prefix}:h:{{{_digest(key.handle)}}}")
+    out["unique index"] = raw.pttl(f"{prefix}:u:{{{_digest(key.unique)}}}")
     return out
 
 
@@ -311,6 +370,7 @@ def test_every_key_gets_a_ttl(store_url: str, raw: redis.Redis, prefix: str, scr
             assert 99_000 < ttls[name] <= 100_000, (name, ttls)
         # tombstone and index: ttl + min(ttl, grace)
         assert 129_000 < ttls["gone"] <= 130_000 and 129_000 < ttls["index"] <= 130_000, ttls
+        assert 129_000 < ttls["unique index"] <= 130_000, ttls
         record = store.get_many([_full(key)])[0]
         assert record is not None and record.expires_at is not None
         assert before + 99 < record.expires_at < time.time() + 101
@@ -322,6 +382,7 @@ def test_every_key_gets_a_ttl(store_url: str, raw: redis.Redis, prefix: str, scr
         for name in ("job", "data", "warnings", "status"):
             assert 4_000 < ttls[name] <= 5_000, (name, ttls)
         assert 9_000 < ttls["gone"] <= 10_000 and ttls["index"] > 120_000, ttls
+        assert ttls["unique index"] > 120_000, ttls
         other = key._replace(unique=b"other")
         store.write([ev(EventKind.STARTED, other, T0, ttl=500)])
         assert 529_000 < _pttls(raw, prefix, other)["index"] <= 530_000
@@ -344,6 +405,7 @@ def test_ttl_zero_keeps_for_ever(store_url: str, raw: redis.Redis, prefix: str) 
             "status": -1,
             "gone": -2,  # no tombstone: the job never expires
             "index": -1,
+            "unique index": -1,
         }
         record = store.get_many([_full(key)])[0]
         assert record is not None and record.expires_at is None
@@ -351,7 +413,7 @@ def test_ttl_zero_keeps_for_ever(store_url: str, raw: redis.Redis, prefix: str) 
         store.write([ev(EventKind.DATA, key, T0, payload=b"x", ttl=50)])  # and back to a TTL
         ttls = _pttls(raw, prefix, key)
         assert 49_000 < ttls["data"] <= 50_000 and 49_000 < ttls["job"] <= 50_000
-        assert ttls["index"] == -1  # an index that held a job kept for ever stays
+        assert ttls["index"] == ttls["unique index"] == -1  # an index of a job kept for ever
     finally:
         store.close()
 
@@ -821,7 +883,7 @@ def test_unix_socket_url(private_redis: Any, tmp_path: Path) -> None:
             store.get_many([JobRef(key.handle)])[0], JobRecord.from_events(key, full_job(key))
         )
         client = redis.Redis(port=server.port, db=3)
-        assert client.dbsize() == 6  # in db 3: job, data, warnings, status, gone, index
+        assert client.dbsize() == 7  # db 3: job, data, warnings, status, gone, 2 indexes
         client.close()
     finally:
         store.close()

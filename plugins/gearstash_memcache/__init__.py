@@ -34,7 +34,9 @@ Key layout (strings are bytes; times are unix seconds; JSON is UTF-8):
     the first 24 hex digits (lower case) of SHA-1(K) — as in the Redis store.
 ``H`` (handle digest)
     the first 24 hex digits of SHA-1(handle).
-The server of a digest (J, or H for the index)
+``U`` (unique digest)
+    the first 24 hex digits of SHA-1(unique).
+The server of a digest (J, or H or U for an index)
     with several servers, the one whose ``sha256("<host:port> <digest>")`` (hex, lower case) is
     greatest as a string; ``host:port`` as written in the URL (host lower-cased, the port always
     given, IPv6 in brackets). A job's keys all live on the server of its J.
@@ -48,7 +50,8 @@ any leading byte. Parts are written before the value that names them.
 ``gs:<J>:job`` — the head: the job record (``gearstash.job/1`` JSON) without its lists
     ``format``, ``server``, ``handle``, ``unique``, ``function``, ``state``, ``attempt``,
     ``result``, ``error``, ``worker``, ``started_at``, ``finished_at``, ``updated_at``,
-    ``expires_at`` as in the README's record format, and ``chunks``: ``{"generation": G,
+    ``expires_at``, ``lease_until`` as in the README's record format (``state`` ``queued``,
+    ``attempt`` 0: submitted, not started yet), and ``chunks``: ``{"generation": G,
     "data": ND, "warnings": NW, "status": NS, ...}`` (other members are for writers). G is 16 hex
     digits, new for every attempt (a ``started`` begins a new attempt: its chunks start afresh).
 ``gs:<J>:<G>:d:<i>`` — data chunk ``i`` (the bytes the worker sent), for ``0 <= i < ND``
@@ -61,12 +64,17 @@ any leading byte. Parts are written before the value that names them.
     come: the head was evicted).
 ``gs:h:<H>`` — the handle index: `` J1 J2 J3`` (a space before each J), the jobs with that handle,
     oldest first; a J may appear twice (its first place counts) and may name a forgotten job.
+``gs:u:<U>`` — the unique index: the same for the jobs with that unique (a job with an empty unique
+    is not listed); a reference by unique alone (no handle) follows it. Like any key it may be
+    evicted: the jobs listed in it are then found by unique again only once they are written to.
 
 TTLs. Every write sets a memcached expiry on each key it writes: the head expires at
 ``expires_at`` (plus one second: memcached's clock has whole seconds, so readers compare
 ``expires_at`` with their own clock), chunks and counters up to ``min(ttl, 1 h)`` later (all of a
-job's chunks are refreshed when it runs longer than that), the tombstone and the handle index
-``min(ttl, grace)`` later (the index lives as long as its most recently written job). memcached
+job's chunks are refreshed when it runs longer than that), the tombstone and the handle and unique
+indexes ``min(ttl, grace)`` later (an index lives as long as its most recently written job). A
+``submitted`` event writes only when the job has no head yet; a ``heartbeat`` only when it has one.
+memcached
 reads an expiry over 30 days as a unix time: longer ones are sent as one. ``ttl=0`` sets none and
 writes no tombstone.
 
@@ -120,9 +128,11 @@ one ``addServer``; with a single server ``server_for`` is just that one)::
 
 With the full reference (server, handle, unique) skip the index: build K and J directly
 (``$K = strlen($server).':'.$server.','.strlen($handle).':'.$handle.','.strlen($unique).':'
-.$unique.',';``). In the head, bytes that are not UTF-8 are ``{"base64": ...}`` as in the record
-format; chunks are raw bytes. Check ``expires_at`` against the clock: a head may outlive it by up
-to a second. Use ``getMulti`` to read many keys in one round trip.
+.$unique.',';``). By the unique alone, read the index ``"gs:u:$U"`` (``$U = substr(sha1($unique),
+0, 24)``, on ``server_for($servers, $U)``) instead of the handle's. In the head, bytes that are
+not UTF-8 are ``{"base64": ...}`` as in the record format; chunks are raw bytes. Check
+``expires_at`` against the clock: a head may outlive it by up to a second. Use ``getMulti`` to
+read many keys in one round trip.
 
 Registered through the ``gearstash`` entry-point group exactly as a third-party store would be.
 """

@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 from gearstash.records import JobKey
 
-from .layout import Head, handle_digest, job_digest
+from .layout import Head, handle_digest, job_digest, unique_digest
 
 CACHE_SIZE = 4096  # heads (with their CAS value) remembered per store
 
@@ -44,16 +44,20 @@ class HeadCache:
 
 
 class DigestCache:
-    """(J, H) of job keys, remembered; plain dict operations, so thread-safe."""
+    """(J, H, U) of job keys, remembered; plain dict operations, so thread-safe."""
 
     def __init__(self) -> None:
-        self._cache: dict[JobKey, tuple[str, str]] = {}
+        self._cache: dict[JobKey, tuple[str, str, str]] = {}
 
-    def of(self, key: JobKey) -> tuple[str, str]:
-        """(J, H) of ``key``, remembered: a job is written and read several times in a row."""
+    def of(self, key: JobKey) -> tuple[str, str, str]:
+        """(J, H, U) of ``key``, remembered: a job is written and read several times in a row."""
         found = self._cache.get(key)
         if found is None:
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()
-            found = self._cache[key] = (job_digest(key), handle_digest(key.handle))
+            found = self._cache[key] = (
+                job_digest(key),
+                handle_digest(key.handle),
+                unique_digest(key.unique),
+            )
         return found

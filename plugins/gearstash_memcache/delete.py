@@ -1,4 +1,4 @@
-"""``delete()`` on memcached: every key of each matching job, then its place in the handle index.
+"""``delete()`` on memcached: every key of each matching job, then its place in its indexes.
 
 A job's keys are its head (and the head's parts), its tombstone, and for every generation it had
 (the current one and ``previous``) the counters and the chunks up to the higher of the committed
@@ -17,7 +17,16 @@ from . import protocol
 from .cache import HeadCache
 from .chunks import generation
 from .cluster import Cluster
-from .layout import Keys, PartsHeader, exptime, handle_digest, parse_index, parse_main, part_key
+from .layout import (
+    Keys,
+    PartsHeader,
+    exptime,
+    handle_digest,
+    parse_index,
+    parse_main,
+    part_key,
+    unique_digest,
+)
 from .protocol import Cmd
 from .read import Found, Reader
 from .write import MAX_TRIES
@@ -49,7 +58,8 @@ class Deleter:
         plans = self.reader.plans(refs)
         found = self.reader.find(plans)
         doomed: dict[str, Found] = {}
-        handles: dict[str, set[str]] = {}
+        indexes: dict[bytes, set[str]] = {}  # index key -> the Js to remove from it
+        servers: dict[bytes, int] = {}  # index key -> its server
         for ref, plan in zip(refs, plans, strict=True):
             for j in [plan.j] if plan.j is not None else plan.candidates:
                 if j is None or j not in found:
@@ -60,10 +70,14 @@ class Deleter:
                     record is None and item.damaged and plan.j is not None
                 ):
                     doomed[j] = item
-                    if record is not None:
-                        handles.setdefault(handle_digest(record.key.handle), set()).add(j)
-                    elif plan.j is not None:
-                        handles.setdefault(handle_digest(ref.handle), set()).add(j)
+                    listed = record.key if record is not None else ref
+                    h = handle_digest(listed.handle)
+                    indexes.setdefault(keys.index(h), set()).add(j)
+                    servers[keys.index(h)] = route(h)
+                    if listed.unique:
+                        u = unique_digest(listed.unique)
+                        indexes.setdefault(keys.unique_index(u), set()).add(j)
+                        servers[keys.unique_index(u)] = route(u)
         if not doomed:
             return 0
         # The counters say how far writers got (chunks past the committed counts).
@@ -101,17 +115,17 @@ class Deleter:
             batches.setdefault(server, []).extend(protocol.delete(k) for k in doomed_keys)
             self.heads.put(j, None, None)
         protocol.run(self.cluster.pools, batches)
-        self._unlist(handles)
+        self._unlist(indexes, servers)
         return len(doomed)
 
-    def _unlist(self, handles: dict[str, set[str]]) -> None:
-        """Remove deleted jobs from their handle indexes (gets + cas, again on a lost race)."""
-        keys = self.keys
-        pending = dict(handles)
+    def _unlist(self, indexes: dict[bytes, set[str]], servers: dict[bytes, int]) -> None:
+        """Remove deleted jobs from their handle and unique indexes (gets + cas, again on a lost
+        race); ``indexes`` maps an index key to the Js to remove, ``servers`` to its server."""
+        pending = dict(indexes)
         for _ in range(MAX_TRIES):
             if not pending:
                 return
-            index_keys = {keys.index(h): self.cluster.route(h) for h in pending}
+            index_keys = {key: servers[key] for key in pending}
             by_server: dict[int, list[bytes]] = {}
             for key, server in index_keys.items():
                 by_server.setdefault(server, []).append(key)
@@ -123,13 +137,12 @@ class Deleter:
                 for answer in answers:
                     current.update(answer)
             batches: dict[int, list[Cmd]] = {}
-            order: list[str] = []
+            order: list[bytes] = []
             when = exptime(
                 None if self.ttl == 0 else time.time() + self.ttl + min(self.ttl, self.grace),
                 time.time(),
             )
-            for h, gone in pending.items():
-                key = keys.index(h)
+            for key, gone in pending.items():
                 seen = current.get(key)
                 if seen is None or seen[1] is None:
                     continue
@@ -138,16 +151,16 @@ class Deleter:
                 batches.setdefault(index_keys[key], []).append(
                     protocol.store(b"cas", key, value, when, seen[1])
                 )
-                order.append(h)
+                order.append(key)
             if not batches:
                 return
             replies = protocol.run(self.cluster.pools, batches)
             positions: dict[int, int] = {}
-            still: dict[str, set[str]] = {}
-            for h in order:
-                server = index_keys[keys.index(h)]
+            still: dict[bytes, set[str]] = {}
+            for key in order:
+                server = index_keys[key]
                 n = positions.get(server, 0)
                 positions[server] = n + 1
                 if replies[server][n] == b"EXISTS":
-                    still[h] = pending[h]
+                    still[key] = pending[key]
             pending = still

@@ -41,8 +41,11 @@ def job_digest(key: JobKey) -> str:
 
 
 def handle_digest(handle: bytes) -> str:
-    """H: the first 24 hex digits of SHA-1(handle)."""
+    """H: the first 24 hex digits of SHA-1(handle); U of a unique likewise."""
     return hashlib.sha1(handle, usedforsecurity=False).hexdigest()[:DIGEST_HEX]
+
+
+unique_digest = handle_digest  # U: the first 24 hex digits of SHA-1(unique)
 
 
 def pick_server(servers: list[str], token: str) -> int:
@@ -74,6 +77,9 @@ class Keys:
 
     def index(self, h: str) -> bytes:
         return f"{self.prefix}:h:{h}".encode()
+
+    def unique_index(self, u: str) -> bytes:
+        return f"{self.prefix}:u:{u}".encode()
 
     def chunk(self, j: str, gen: str, stream: int, i: int) -> bytes:
         return f"{self.prefix}:{j}:{gen}:{STREAMS[stream]}:{i}".encode()
@@ -216,7 +222,7 @@ class Head:
             f'"error":{error_json},"worker":{_str(r.worker)},'
             f'"started_at":{_num(r.started_at)},"finished_at":{_num(r.finished_at)},'
             f'"updated_at":{_num(r.updated_at)},"expires_at":{_num(r.expires_at)},'
-            f'"chunks":{chunks}}}}}'
+            f'"lease_until":{_num(r.lease_until)},"chunks":{chunks}}}}}'
         )
         return text.encode()
 
@@ -241,6 +247,7 @@ class Head:
             finished_at=obj["finished_at"],
             updated_at=obj["updated_at"],
             expires_at=obj["expires_at"],
+            lease_until=obj.get("lease_until"),
         )
         chunks = obj["chunks"]
         gen = chunks["generation"]

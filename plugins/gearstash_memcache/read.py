@@ -1,7 +1,7 @@
 """``get_many()`` and ``get_after()`` on memcached: references to heads, tombstones and chunks.
 
 Each round reads the keys of every reference at once (multi-key ``get``, per server): heads and
-tombstones (or handle indexes first, then the heads they name), the parts of split heads, chunks,
+tombstones (or handle or unique indexes first, then the heads they name), the parts of split heads, chunks,
 the parts of split chunks. A full reference to a live, whole head takes a shortcut. The round-trip
 costs are in :mod:`gearstash_memcache.store`.
 """
@@ -33,6 +33,7 @@ from .layout import (
     parse_main,
     part_key,
     record_from_tombstone,
+    unique_digest,
 )
 
 EXPIRY_TOLERANCE = 1.0  # memcached's clock has 1 s steps
@@ -53,11 +54,13 @@ class Found:
 
 @dataclass(slots=True)
 class Plan:
-    """One reference's lookup: a digest to read, or a handle index to read first."""
+    """One reference's lookup: a digest to read, or an index to read first (of a handle ``h``, or
+    of a unique ``u`` for a reference by unique; neither: nothing to find)."""
 
     j: str | None
     h: str | None
     candidates: list[str] = field(default_factory=list)
+    u: str | None = None
 
 
 class Reader:
@@ -70,7 +73,8 @@ class Reader:
 
     def read(self, refs: Sequence[JobRef], after: int | None) -> list[JobRecord | None]:
         """The newest record matching each reference (data chunks from ``after`` on)."""
-        if len(refs) == 1 and refs[0].server is not None and refs[0].unique is not None:
+        one = refs[0]
+        if len(refs) == 1 and one.handle and one.server is not None and one.unique is not None:
             record = self._read_one(refs[0], after or 0)
             if record is not None:
                 return [record]
@@ -148,16 +152,18 @@ class Reader:
         """What to look up for each reference: its job digest, or its handle's index."""
         plans = []
         for ref in refs:
-            if ref.server is not None and ref.unique is not None:
+            if not ref.handle and ref.unique:  # by unique
+                plans.append(Plan(None, None, u=unique_digest(ref.unique)))
+            elif ref.handle and ref.server is not None and ref.unique is not None:
                 plans.append(
                     Plan(self.digests.of(JobKey(ref.server, ref.handle, ref.unique))[0], None)
                 )
-            else:
+            else:  # an empty unique is never listed: an empty handle looks among empty handles
                 plans.append(Plan(None, handle_digest(ref.handle)))
         return plans
 
     def find(self, plans: list[Plan]) -> dict[str, Found]:
-        """Read the heads and tombstones of the plans' jobs (through handle indexes as needed)."""
+        """Read the heads and tombstones of the plans' jobs (through their indexes as needed)."""
         keys = self.keys
         route = self.cluster.route
         wanted: dict[bytes, int] = {}
@@ -168,15 +174,20 @@ class Reader:
                     server = digests[plan.j] = route(plan.j)
                     wanted[keys.head(plan.j)] = server
                     wanted[keys.tombstone(plan.j)] = server
-            else:
-                assert plan.h is not None
+            elif plan.h is not None:
                 wanted[keys.index(plan.h)] = route(plan.h)
+            elif plan.u is not None:
+                wanted[keys.unique_index(plan.u)] = route(plan.u)
         values = self.cluster.get(wanted)
         more: dict[bytes, int] = {}
         for plan in plans:
-            if plan.h is None:
+            if plan.h is not None:
+                index = keys.index(plan.h)
+            elif plan.u is not None:
+                index = keys.unique_index(plan.u)
+            else:
                 continue
-            plan.candidates = parse_index(values.get(keys.index(plan.h), b""))
+            plan.candidates = parse_index(values.get(index, b""))
             for j in plan.candidates:
                 if j not in digests:
                     server = digests[j] = route(j)
@@ -257,8 +268,8 @@ class Reader:
             for s, span in enumerate(spans):
                 for i in span:
                     wanted[keys.chunk(j, head.gen, s, i)] = server
-        if not wanted:
-            return {}
+        if not wanted:  # e.g. a cursor past the last data chunk and no warnings or status
+            return {j: ([], [], []) for j in ranges}
         values = self.cluster.get(wanted)
         bodies = self._resolve({k: (v, wanted[k]) for k, v in values.items()})
         out: dict[str, Lists] = {}

@@ -12,14 +12,18 @@ the head that won. Round trips per job, one server:
 * a new job (a batch with ``started``, with or without chunks and its final event): 1;
 * a batch of chunks for a job this process wrote before: 2 (``incr``, then chunks + head);
 * a batch with only the final event: 1; a job this process never saw: 1 more (``gets``);
-* its handle already used by another job: 1 more (``append`` to the handle index).
+* its handle (or its unique) already used by another job: 1 more (``append`` to that index);
+* ``submitted``: 2 for a job without a record (``gets``, ``add``), else 1 (0 when this process
+  wrote the head); a ``started`` for a job submitted by another process: 2 (the ``add``
+  loses, then ``cas``);
+* ``heartbeat``: 1 for a job this process wrote before, else 2 (1 when there is no record).
 
 Every command gets an answer (no ``noreply``): ``write()`` returns once memcached has stored
 everything (the worker's ordering guarantee), and a failure is a StoreError, never silent.
 
 Reads. One full reference (server, handle, unique) to a job that exists: 1 round trip (+1 when it
 has chunks). Otherwise :meth:`MemcacheStore.get_many` takes at most six rounds of multi-key
-``get`` per server (heads and tombstones, or handle indexes; the heads the indexes name; parts of
+``get`` per server (heads and tombstones, or handle or unique indexes; the heads they name; parts of
 split heads; chunks; parts of split chunks), whatever the number of references.
 
 The modules behind it: :mod:`~gearstash_memcache.url` (what the URL names),

@@ -2,12 +2,15 @@
 
 The head is the commit point: chunks first (:mod:`gearstash_memcache.chunks`), then the head with
 ``add`` (a new job) or ``cas``, read back with ``gets`` in the same round trip unless the job is
-finished; the tombstone and the handle index ride along. A lost ``cas`` re-applies the events to
-the head that won. The round-trip costs are in :mod:`gearstash_memcache.store`.
+finished; the tombstone, the handle index and the unique index ride along. A lost ``cas``
+re-applies the events to the head that won. A call that changes nothing (``submitted`` for a job
+that has a record, ``heartbeat`` for one that has none) writes nothing. The round-trip costs are
+in :mod:`gearstash_memcache.store`.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Generator
 
@@ -34,6 +37,7 @@ from .protocol import Cmd
 
 MAX_TRIES = 64  # rounds of one job's write before giving up (lost cas races)
 _STARTED = EventKind.STARTED
+_SUBMITTED = EventKind.SUBMITTED
 _FINAL_STATES = (State.COMPLETE, State.FAILED)
 
 
@@ -64,11 +68,14 @@ class Writer:
     def job(self, key: JobKey, events: list[Event]) -> Gen:
         """Commit ``events`` (all of job ``key``, in order); for :meth:`Cluster.drive`."""
         keys = self.keys
-        j, h = self.digests.of(key)
+        j, h, u = self.digests.of(key)
         server = self.cluster.route(j)
         index_server = self.cluster.route(h)
         head_key = keys.head(j)
         index_key = keys.index(h)
+        # the unique index (a job with an empty unique is not listed)
+        unique_key = keys.unique_index(u) if key.unique else None
+        unique_server = self.cluster.route(u) if key.unique else index_server
         has_started = any(e.kind is _STARTED for e in events)
         last = events[-1]
         ttl = self.ttl if last.ttl is None else last.ttl
@@ -81,7 +88,9 @@ class Writer:
         must_read = False  # a commit lost a race we did not see the winner of
         fresh: Chunks | None = None  # chunks written under a new generation
         appended: Chunks | None = None  # chunks written under known.gen
-        for _ in range(MAX_TRIES):
+        for tries in range(MAX_TRIES):
+            if tries > 2:  # writers keep colliding on this job: back off a random little while
+                time.sleep(random.uniform(0, 0.0005 * min(tries, 40)))
             now = time.time()
             if not looked and (not has_started or must_read):
                 answers = yield {server: protocol.get([head_key], cas=True)}
@@ -90,6 +99,8 @@ class Writer:
                 looked = True
                 continue
             record, chunk_events = _advance(known, key, events, ttl)
+            if record is None:
+                return  # nothing changed: a heartbeat without a record, a repeated submission
             expires = record.expires_at
             before: list[Cmd] = []
             if has_started or known is None:
@@ -151,6 +162,15 @@ class Writer:
                 index_command = protocol.touch(index_key, gone_time)
             step: Step = {server: commands}
             step.setdefault(index_server, []).append(index_command)
+            index_at = len(step[index_server]) - 1
+            unique_at = 0
+            if unique_key is not None:
+                if listing:
+                    unique_command = protocol.store(b"add", unique_key, b" " + j.encode(), gone_time)
+                else:
+                    unique_command = protocol.touch(unique_key, gone_time)
+                step.setdefault(unique_server, []).append(unique_command)
+                unique_at = len(step[unique_server]) - 1
             answers = yield step
             mine = answers[server]
             outcome = mine[commit_at]
@@ -160,9 +180,13 @@ class Writer:
                     self.heads.put(j, head, seen[1])
                 elif cached is not None:
                     self.heads.put(j, None, None)
-                listed = answers[index_server][-1]
+                listed = answers[index_server][index_at]
                 if (listing and listed != b"STORED") or listed is False:  # exists / was evicted
                     yield from self._list(index_server, index_key, j, gone_time)
+                if unique_key is not None:
+                    listed = answers[unique_server][unique_at]
+                    if (listing and listed != b"STORED") or listed is False:
+                        yield from self._list(unique_server, unique_key, j, gone_time)
                 return
             # Lost a race (or the head vanished): start again from the head as it is now.
             if read_back or outcome == b"NOT_FOUND":
@@ -178,7 +202,7 @@ class Writer:
         raise StoreError(f"{self.url}: too many writers raced on job {key.handle!r}; gave up")
 
     def _list(self, server: int, index_key: bytes, j: str, when: int) -> Gen:
-        """Append J to an existing handle index, or make it if there is none (any more).
+        """Append J to an existing handle (or unique) index, or make it if there is none (any more).
 
         An index lost to eviction comes back with the jobs written after the loss.
         """
@@ -236,19 +260,31 @@ def _earliest(a: float | None, b: float | None) -> float | None:
 
 def _advance(
     known: Head | None, key: JobKey, events: list[Event], ttl: float
-) -> tuple[JobRecord, list[Event]]:
+) -> tuple[JobRecord | None, list[Event]]:
     """The record fields after ``events`` (lists left empty) and the chunk events to store.
 
     The chunk events are those after the last ``started`` (a ``started`` clears the lists).
+    The record is None when the events change nothing: a ``heartbeat`` finds no record, a
+    ``submitted`` finds one (see ``JobRecord.create`` and ``JobRecord.apply``).
     """
-    record = known.record.copy() if known is not None else JobRecord(key)
+    record = known.record.copy() if known is not None else None
+    changed = False
     chunks: list[Event] = []
     for event in events:
+        if record is None:
+            record = JobRecord.create(event)
+            if record is None:
+                continue  # a heartbeat makes no record
+        elif event.kind is _SUBMITTED:
+            continue  # a submission only makes a record
+        changed = True
         record.apply(event)
         if event.kind is _STARTED:
             chunks.clear()
         elif event.kind in STREAM_OF:
             chunks.append(event)
+    if record is None or not changed:
+        return None, []
     record.data = []
     record.warnings = []
     record.status = []

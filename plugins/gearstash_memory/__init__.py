@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from gearstash import hookimpl
 from gearstash.hookspecs import RegisterStore
-from gearstash.records import Event, JobKey, JobRecord, JobRef, State
+from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef, State
 from gearstash.store import PollWatch, ttl_from_query
 
 _shared: dict[str, MemoryStore] = {}
@@ -65,6 +65,7 @@ class MemoryStore:
         self._writes = 0
         self._records: dict[JobKey, JobRecord] = {}
         self._by_handle: dict[bytes, list[JobKey]] = {}
+        self._by_unique: dict[bytes, list[JobKey]] = {}
 
     def write(self, events: Sequence[Event]) -> None:
         """Apply ``events`` in order under one lock (atomic for readers); wake watchers."""
@@ -72,8 +73,14 @@ class MemoryStore:
             for event in events:
                 record = self._records.get(event.key)
                 if record is None:
-                    record = self._records[event.key] = JobRecord(event.key)
+                    record = JobRecord.create(event)
+                    if record is None:
+                        continue
+                    self._records[event.key] = record
                     self._by_handle.setdefault(event.key.handle, []).append(event.key)
+                    self._by_unique.setdefault(event.key.unique, []).append(event.key)
+                elif event.kind is EventKind.SUBMITTED:
+                    continue
                 record.apply(event)
                 ttl = self.ttl if event.ttl is None else event.ttl
                 record.expires_at = event.at + ttl if ttl > 0 else None
@@ -83,8 +90,21 @@ class MemoryStore:
                 self._purge_locked(time.time())
             self._cond.notify_all()
 
+    def _keys(self, ref: JobRef) -> list[JobKey]:
+        if ref.by_unique:
+            return self._by_unique.get(ref.unique or b"", [])
+        return self._by_handle.get(ref.handle, [])
+
+    def _forget(self, key: JobKey) -> None:
+        del self._records[key]
+        for index, part in ((self._by_handle, key.handle), (self._by_unique, key.unique)):
+            keys = index[part]
+            keys.remove(key)
+            if not keys:
+                del index[part]
+
     def _find(self, ref: JobRef) -> JobRecord | None:
-        for key in reversed(self._by_handle.get(ref.handle, ())):
+        for key in reversed(self._keys(ref)):
             if ref.matches(key):
                 return self._records[key]
         return None
@@ -127,13 +147,9 @@ class MemoryStore:
         removed = 0
         with self._cond:
             for ref in refs:
-                keys = self._by_handle.get(ref.handle, [])
-                for key in [k for k in keys if ref.matches(k)]:
-                    keys.remove(key)
-                    del self._records[key]
+                for key in [k for k in self._keys(ref) if ref.matches(k)]:
+                    self._forget(key)
                     removed += 1
-                if not keys:
-                    self._by_handle.pop(ref.handle, None)
             self._version += 1
             self._cond.notify_all()
         return removed
@@ -148,11 +164,7 @@ class MemoryStore:
             k for k, r in self._records.items() if r.expires_at is not None and r.expires_at <= now
         ]
         for key in dead:
-            del self._records[key]
-            keys = self._by_handle[key.handle]
-            keys.remove(key)
-            if not keys:
-                del self._by_handle[key.handle]
+            self._forget(key)
         return len(dead)
 
     def close(self) -> None:

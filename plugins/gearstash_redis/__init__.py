@@ -25,14 +25,17 @@ unix seconds as Python prints a float):
     unique ``5f0c`` give ``14:127.0.0.1:4730,9:H:web1:70,4:5f0c,``.
 ``J`` — the job digest: the first 24 hex digits (lower case) of SHA-1(K).
 ``H`` — the handle digest: the first 24 hex digits of SHA-1(handle).
+``U`` — the unique digest: the first 24 hex digits of SHA-1(unique).
 
 ``gs:{J}:job`` — HASH, one per job instance (server, handle, unique)
-    ``server``, ``handle``, ``unique``, ``function``, ``state`` (``running`` / ``complete`` /
-    ``failed``), ``attempt``, ``worker``, ``updated_at``; and only when set: ``expires_at``
-    (absent when the job is kept for ever), ``started_at``, ``finished_at``, ``result`` (present
-    and empty: an empty result), ``error_kind`` (``fail`` / ``exception``), ``error_message``,
-    ``traceback``. A new attempt (the job started again) removes ``finished_at``, ``result`` and
-    the error fields and empties the three lists.
+    ``server``, ``handle``, ``unique``, ``function``, ``state`` (``queued`` / ``running`` /
+    ``complete`` / ``failed``), ``attempt`` (0 while queued), ``worker``; and only when set:
+    ``updated_at``, ``expires_at`` (absent when the job is kept for ever), ``lease_until``,
+    ``started_at``, ``finished_at``, ``result`` (present and empty: an empty result),
+    ``error_kind`` (``fail`` / ``exception``), ``error_message``, ``traceback``. A new attempt (the
+    job started again) removes ``finished_at``, ``result`` and the error fields and empties the
+    three lists. A ``submitted`` event writes only when the job has no hash yet (a ``queued``
+    one); a ``heartbeat`` only when it has one.
 ``gs:{J}:data`` — LIST: the data chunks, in the order the worker sent them.
 ``gs:{J}:warnings`` — LIST: the warnings, in order.
 ``gs:{J}:status`` — LIST: ``"<numerator> <denominator> <at>"``, in order.
@@ -43,13 +46,17 @@ unix seconds as Python prints a float):
     in the order the jobs were first written (the highest score is the newest job). It lives at
     least as long as the tombstones of its jobs; an entry whose job and tombstone are both gone
     stays until a new job with the handle is written (readers skip it).
+``gs:u:{U}`` — ZSET, the unique index: the same for every job with that unique (a job with an
+    empty unique is not listed); a reference by unique alone (no handle) follows it.
 ``gs:ev:{H}`` — pub/sub channel: each write to a job with that handle publishes the job's J.
+    (A waiter on a reference by unique alone has no channel: it polls.)
 
 A job's keys live ``ttl`` seconds after its last write (``ttl`` of the write's last event, else
 the store's ``?ttl=``); each write sets that TTL on all of them, ``ttl + min(ttl, grace)`` on the
-tombstone, and makes sure the handle index lives at least as long. ``ttl=0`` removes the TTLs
-and the tombstone. ``expires_at`` is the writer's clock plus ``ttl``. Every key of one job carries
-the hash tag ``{J}`` (one Redis Cluster slot); the handle index and channel carry ``{H}``.
+tombstone, and makes sure the handle and unique indexes live at least as long. ``ttl=0`` removes
+the TTLs and the tombstone. ``expires_at`` is the writer's clock plus ``ttl``. Every key of one job carries
+the hash tag ``{J}`` (one Redis Cluster slot); the handle index and channel carry ``{H}``, the
+unique index ``{U}``.
 
 One ``write()`` is one Lua script (EVALSHA), applied atomically: concurrent writers' chunks never
 interleave within a batch and never get lost. A read runs one script per slice of up to 250
@@ -70,7 +77,9 @@ Finding a job by handle, in any language (PHP with phpredis; the test suite runs
     $data = $redis->lRange("gs:{" . $J . "}:data", 0, -1);
     // no hash, but "gs:{J}:gone" exists: the job expired at that time
 
-Knowing the server and unique, build K and J directly and skip the index. Read the hash and the
+Knowing the server and unique, build K and J directly and skip the index. Knowing only the unique
+(a job replayed under a new handle), take the members of ``"gs:u:{" . substr(sha1($unique), 0,
+24) . "}"`` instead of the handle index. Read the hash and the
 lists in one MULTI/EXEC (or one Lua script) for a consistent snapshot.
 
 Registered through the ``gearstash`` entry-point group exactly as a third-party store would be.

@@ -6,6 +6,8 @@
   a Redis Cluster hash tag (``gs:{J}:job`` …).
 * ``H`` — the *handle digest*: the first 24 hex digits of SHA-1(handle); the handle index
   ``gs:h:{H}`` and the notification channel ``gs:ev:{H}`` carry it.
+* ``U`` — the *unique digest*: the first 24 hex digits of SHA-1(unique); the unique index
+  ``gs:u:{U}`` carries it (jobs with an empty unique are not listed there).
 
 SHA-1 rather than BLAKE2b because the scripts recompute ``J`` from ``K`` with Redis's own
 ``redis.sha1hex`` (reads by handle, index pruning) and every language has SHA-1 built in (PHP's
@@ -72,6 +74,7 @@ class JobKeys(NamedTuple):
     status: bytes  # PREFIX:{J}:status   LIST
     gone: bytes  # PREFIX:{J}:gone     STRING (tombstone)
     handle_index: bytes  # PREFIX:h:{H}  ZSET
+    unique_index: bytes  # PREFIX:u:{U}  ZSET
     channel: bytes  # PREFIX:ev:{H}       pub/sub channel
 
 
@@ -97,12 +100,17 @@ class Layout:
             base + b"status",
             base + b"gone",
             self.index(key.handle),
+            self.unique_index(key.unique),
             self.channel(key.handle),
         )
 
     def index(self, handle: bytes) -> bytes:
         """``PREFIX:h:{H}``: the handle index."""
         return b"%b:h:{%b}" % (self._prefix, digest(handle).encode())
+
+    def unique_index(self, unique: bytes) -> bytes:
+        """``PREFIX:u:{U}``: the unique index."""
+        return b"%b:u:{%b}" % (self._prefix, digest(unique).encode())
 
     def channel(self, handle: bytes) -> bytes:
         """``PREFIX:ev:{H}``: where writes to jobs with this handle are announced."""

@@ -2,8 +2,9 @@
 
 A read is one READ_MANY script per slice of up to :data:`SLICE` distinct references, all in one
 pipeline (one round trip; a single reference is one EVALSHA). A complete reference names its job's
-hash; one without server or unique names the handle index, which the script follows to the newest
-matching job that has not vanished. A job asked for twice yields a record each.
+hash; one without server or unique names the handle index, and one by unique (empty handle) the
+unique index, which the script follows to the newest matching job that has not vanished. A job
+asked for twice yields a record each.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ _COMPLETE = b"f"
 _BY_HANDLE = b"h"
 _BY_SERVER = b"s"
 _BY_UNIQUE = b"u"
+_BY_ALL = b"a"
+_ANY_HANDLE = b"q"
+_ANY_HANDLE_ON_SERVER = b"r"
 
 
 class ReadBatch:
@@ -58,12 +62,20 @@ class ReadBatch:
             args: list[Any] = [prefix, after]
             for ref in distinct[start : start + SLICE]:
                 server, unique = ref.server, ref.unique
-                if server is not None and unique is not None:
+                if not ref.handle and unique:  # by unique
+                    keys.append(layout.unique_index(unique))
+                    if server is not None:
+                        args += (_ANY_HANDLE_ON_SERVER, unique, server)
+                    else:
+                        args += (_ANY_HANDLE, unique)
+                elif ref.handle and server is not None and unique is not None:
                     keys.append(keys_of(JobKey(server, ref.handle, unique)).job)
                     args.append(_COMPLETE)
-                else:
+                else:  # an empty unique is never listed: an empty handle looks among empty handles
                     keys.append(index(ref.handle))
-                    if server is not None:
+                    if server is not None and unique is not None:  # with an empty handle
+                        args += (_BY_ALL, ref.handle, server, unique)
+                    elif server is not None:
                         args += (_BY_SERVER, ref.handle, server)
                     elif unique is not None:
                         args += (_BY_UNIQUE, ref.handle, unique)
@@ -145,6 +157,7 @@ def _record(
         error_kind,
         error_message,
         traceback,
+        lease_until,
         data,
         warnings,
         status,
@@ -153,7 +166,7 @@ def _record(
     if server is None:
         server = servers[raw_server] = raw_server.decode("utf-8", "replace")
     if (
-        handle != ref.handle
+        (handle != ref.handle and ref.handle)
         or (ref.server is not None and ref.server != server)
         or (ref.unique is not None and ref.unique != unique)
     ):
@@ -186,6 +199,7 @@ def _record(
         None if updated_at is None else float(updated_at),
         None if expires_at is None else float(expires_at),
         after,
+        None if lease_until is None else float(lease_until),
     )
 
 
@@ -219,6 +233,7 @@ _FIELDS = [
     "updated_at",
     "expires_at",
     "data_offset",
+    "lease_until",
 ]
 
 

@@ -16,14 +16,23 @@ OP_WARNING = b"W"
 OP_STATUS = b"T"
 OP_COMPLETED = b"C"
 OP_FAILED = b"F"
+OP_SUBMITTED = b"Q"
+OP_HEARTBEAT = b"B"
+OP_LEASE = b"L"
 MAX_RUN = 1000  # values per RPUSH (Lua's unpack() has a C-stack limit of ~8000)
 
-# KEYS, per job (6 each): job, data, warnings, status, gone, index.
+# KEYS, per job (7 each): job, data, warnings, status, gone, handle index, unique index.
 # ARGV, per job: K, server, handle, unique, ttl_ms (0 = keep for ever), life_ms (tombstone and
-#   index entry), updated_at, expires_at, n (number of ARGV slots of the ops that follow), ops...
+#   index entries), updated_at (of the last event that is not 'submitted'; '' if none), expires_at,
+#   n (number of ARGV slots of the ops that follow), ops...
 # (The prefix, J and the channel are cut out of the key names: PREFIX:{J}:job, PREFIX:h:{H}.)
 # ops: S at function worker | D n chunk... | W n warning... | T n "num den at"... |
-#      C at result | F at kind message traceback
+#      C at result | F at kind message traceback |
+#      Q at function (submitted: makes a queued record when there is none, else nothing) |
+#      B lease_until-or-'' (heartbeat: ignored when there is no record) |
+#      L lease_until (the lease of the event before it)
+# An event other than Q and B makes the record when there is none. A batch that changes nothing
+# (Q for a record that exists, B for none) writes nothing: no TTL, no tombstone, no announcement.
 WRITE = r"""
 local function prune(prefix, idx, keep)
   -- forget index entries whose job and tombstone have both expired (oldest 8 only)
@@ -37,42 +46,78 @@ local function prune(prefix, idx, keep)
   end
 end
 
+local function enlist(prefix, idx, member)
+  -- member becomes the newest entry of an index; true when the index is new
+  local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
+  if top[2] then
+    redis.call('ZADD', idx, tonumber(top[2]) + 1, member)
+    prune(prefix, idx, member)
+    return false
+  end
+  redis.call('ZADD', idx, 1, member)
+  return true
+end
+
+local function keep(idx, life, new)
+  -- the index lives at least as long as the tombstone just written
+  if new then
+    redis.call('PEXPIRE', idx, life)
+  else
+    local left = redis.call('PTTL', idx)
+    if left >= 0 and left < life then redis.call('PEXPIRE', idx, life) end
+  end
+end
+
 local a = 1
-for k = 1, #KEYS, 6 do
-  local job, data, warn, stat, gone, idx =
-    KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
+for k = 1, #KEYS, 7 do
+  local job, data, warn, stat, gone, idx, uidx =
+    KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]
   local member = ARGV[a]
   local ttl, life = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
   local last = a + 9 + tonumber(ARGV[a + 8])
   local prefix = string.sub(job, 1, -32)  -- PREFIX:{J}:job
+  local unique = ARGV[a + 3] ~= ''  -- listed in the unique index
   local f = {}
   local now = redis.call('HMGET', job, 'attempt', 'started_at')
-  local created = not now[1]
-  local new_index = false
+  local exists = now[1] ~= false
+  local created = false
+  local touched = false  -- an event other than 'submitted' applied
+  local new_index, new_uindex = false, false
   local started = now[2] ~= false
-  local attempts = 0
-  local pushed = not created  -- the lists may hold something (a new attempt empties them)
-  local lists = not created  -- the lists may exist (their TTLs follow the hash's)
-  if created then
-    f['server'] = ARGV[a + 1]
-    f['handle'] = ARGV[a + 2]
-    f['unique'] = ARGV[a + 3]
-    f['function'] = ''
-    f['state'] = 'running'
-    f['worker'] = ''
-    local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
-    if top[2] then
-      redis.call('ZADD', idx, tonumber(top[2]) + 1, member)
-      prune(prefix, idx, member)
-    else
-      redis.call('ZADD', idx, 1, member)
-      new_index = true
-    end
-  end
+  local attempt = tonumber(now[1]) or 0
+  local pushed = exists  -- the lists may hold something (a new attempt empties them)
+  local lists = exists  -- the lists may exist (their TTLs follow the hash's)
   local i = a + 9
   while i < last do
     local op = ARGV[i]
-    if op == 'D' or op == 'W' or op == 'T' then
+    if not exists and op ~= 'B' then
+      exists = true
+      created = true
+      f['server'] = ARGV[a + 1]
+      f['handle'] = ARGV[a + 2]
+      f['unique'] = ARGV[a + 3]
+      f['function'] = ''
+      f['state'] = 'running'
+      f['worker'] = ''
+      attempt = 1
+      f['attempt'] = '1'
+      new_index = enlist(prefix, idx, member)
+      if unique then new_uindex = enlist(prefix, uidx, member) end
+      if op == 'Q' then
+        f['state'] = 'queued'
+        f['function'] = ARGV[i + 2]
+        f['updated_at'] = ARGV[i + 1]
+        attempt = 0
+        f['attempt'] = '0'
+      end
+    end
+    if op ~= 'Q' and exists then touched = true end
+    if op == 'Q' then
+      i = i + 3
+    elseif op == 'B' or op == 'L' then
+      if exists and ARGV[i + 1] ~= '' then f['lease_until'] = ARGV[i + 1] end
+      i = i + 2
+    elseif op == 'D' or op == 'W' or op == 'T' then
       local n = tonumber(ARGV[i + 1])
       local list = data
       if op == 'W' then list = warn elseif op == 'T' then list = stat end
@@ -81,7 +126,8 @@ for k = 1, #KEYS, 6 do
       lists = true
       i = i + 2 + n
     elseif op == 'S' then
-      if started then attempts = attempts + 1 end
+      if started then attempt = attempt + 1 else attempt = 1 end
+      f['attempt'] = tostring(attempt)
       started = true
       if ARGV[i + 2] ~= '' then f['function'] = ARGV[i + 2] end
       f['worker'] = ARGV[i + 3]
@@ -111,54 +157,48 @@ for k = 1, #KEYS, 6 do
       i = i + 5
     end
   end
-  if created then
-    f['attempt'] = tostring(1 + attempts)
-  elseif attempts > 0 then
-    redis.call('HINCRBY', job, 'attempt', attempts)
-  end
-  f['updated_at'] = ARGV[a + 6]
-  local expires = ARGV[a + 7]
-  f['expires_at'] = ttl > 0 and expires
-  local hset, hdel = {}, {}
-  for name, value in pairs(f) do
-    if value then
-      hset[#hset + 1] = name
-      hset[#hset + 1] = value
+  if created or touched then  -- else nothing changed: write nothing
+    if touched then f['updated_at'] = ARGV[a + 6] end
+    local expires = ARGV[a + 7]
+    f['expires_at'] = ttl > 0 and expires
+    local hset, hdel = {}, {}
+    for name, value in pairs(f) do
+      if value then
+        hset[#hset + 1] = name
+        hset[#hset + 1] = value
+      else
+        hdel[#hdel + 1] = name
+      end
+    end
+    if #hdel > 0 and not created then redis.call('HDEL', job, unpack(hdel)) end
+    redis.call('HSET', job, unpack(hset))
+    if ttl > 0 then
+      redis.call('PEXPIRE', job, ttl)
+      if lists then
+        redis.call('PEXPIRE', data, ttl)
+        redis.call('PEXPIRE', warn, ttl)
+        redis.call('PEXPIRE', stat, ttl)
+      end
+      redis.call('SET', gone, expires, 'PX', life)
+      keep(idx, life, new_index)
+      if unique then keep(uidx, life, new_uindex) end
     else
-      hdel[#hdel + 1] = name
+      redis.call('PERSIST', job)
+      if lists then
+        redis.call('PERSIST', data)
+        redis.call('PERSIST', warn)
+        redis.call('PERSIST', stat)
+      end
+      redis.call('DEL', gone)
+      redis.call('PERSIST', idx)
+      if unique then redis.call('PERSIST', uidx) end
     end
+    -- PREFIX:ev:{H} gets J
+    redis.call('PUBLISH', prefix .. ':ev:' .. string.sub(idx, #prefix + 4), string.sub(job, -29, -6))
   end
-  if #hdel > 0 and not created then redis.call('HDEL', job, unpack(hdel)) end
-  redis.call('HSET', job, unpack(hset))
-  if ttl > 0 then
-    redis.call('PEXPIRE', job, ttl)
-    if lists then
-      redis.call('PEXPIRE', data, ttl)
-      redis.call('PEXPIRE', warn, ttl)
-      redis.call('PEXPIRE', stat, ttl)
-    end
-    redis.call('SET', gone, expires, 'PX', life)
-    if new_index then
-      redis.call('PEXPIRE', idx, life)
-    else
-      local left = redis.call('PTTL', idx)
-      if left >= 0 and left < life then redis.call('PEXPIRE', idx, life) end
-    end
-  else
-    redis.call('PERSIST', job)
-    if lists then
-      redis.call('PERSIST', data)
-      redis.call('PERSIST', warn)
-      redis.call('PERSIST', stat)
-    end
-    redis.call('DEL', gone)
-    redis.call('PERSIST', idx)
-  end
-  -- PREFIX:ev:{H} gets J
-  redis.call('PUBLISH', prefix .. ':ev:' .. string.sub(idx, #prefix + 4), string.sub(job, -29, -6))
   a = last
 end
-return #KEYS / 6
+return #KEYS / 7
 """
 
 # The record fields a read returns, in this order (HMGET), then the data (from ARGV[2] on), the
@@ -179,6 +219,7 @@ READ_FIELDS = (
     b"error_kind",
     b"error_message",
     b"traceback",
+    b"lease_until",
 )
 
 # Reads a batch of references in one call (atomic: every job as of the same moment).
@@ -186,28 +227,30 @@ READ_FIELDS = (
 #   else the handle index PREFIX:h:{H}.
 # ARGV: prefix, index of the first data chunk to return; then per reference a mode and its args:
 #   'f' (complete) | 'h' handle (newest job of the handle) | 's' handle server | 'u' handle unique
+#   | 'a' handle server unique (an empty handle: the index, not K, as for the others) |
+#   'q' unique (newest job with that unique; KEYS: the unique index PREFIX:u:{U}) | 'r' unique server
 # Returns one entry per reference:
 #   live job: {server, handle, unique, function, state, attempt, worker, started_at, finished_at,
-#              updated_at, expires_at, result, error_kind, error_message, traceback,
+#              updated_at, expires_at, result, error_kind, error_message, traceback, lease_until,
 #              data, warnings, status} (a field not set: nil);
 #   gone job: {tombstone} for 'f', {tombstone, K} otherwise (the newest matching job);
 #   nil: no such job (or vanished without a trace).
-# A reference by handle follows the index (newest first) to the first matching job that has not
-# vanished; it reads keys it does not declare (like the write script's pruning).
+# A reference by handle (or by unique) follows its index (newest first) to the first matching job
+# that has not vanished; it reads keys it does not declare (like the write script's pruning).
 READ_MANY = r"""
 local prefix, after = ARGV[1], ARGV[2]
 local FIELDS = {'server', 'handle', 'unique', 'function', 'state', 'attempt', 'worker',
                 'started_at', 'finished_at', 'updated_at', 'expires_at', 'result', 'error_kind',
-                'error_message', 'traceback'}
+                'error_message', 'traceback', 'lease_until'}
 
 local call = redis.call
 
 local function live(base)
   local f = call('HMGET', base .. 'job', unpack(FIELDS))
   if not f[1] then return false end
-  f[16] = call('LRANGE', base .. 'data', after, '-1')  -- string arguments: a little cheaper
-  f[17] = call('LRANGE', base .. 'warnings', '0', '-1')
-  f[18] = call('LRANGE', base .. 'status', '0', '-1')
+  f[17] = call('LRANGE', base .. 'data', after, '-1')  -- string arguments: a little cheaper
+  f[18] = call('LRANGE', base .. 'warnings', '0', '-1')
+  f[19] = call('LRANGE', base .. 'status', '0', '-1')
   return f
 end
 
@@ -223,7 +266,7 @@ local function newest(idx, handle, server, unique)
       parts[p] = string.sub(m, colon + 1, colon + size)
       pos = colon + size + 2
     end
-    if parts[3] and parts[2] == handle and (not server or parts[1] == server)
+    if parts[3] and (not handle or parts[2] == handle) and (not server or parts[1] == server)
         and (not unique or parts[3] == unique) then
       local base = prefix .. ':{' .. string.sub(redis.sha1hex(m), 1, 24) .. '}:'
       local f = live(base)
@@ -254,8 +297,17 @@ for k = 1, #KEYS do
   elseif mode == 's' then
     out[k] = newest(KEYS[k], ARGV[a + 1], ARGV[a + 2], false)
     a = a + 3
-  else -- 'u'
+  elseif mode == 'u' then
     out[k] = newest(KEYS[k], ARGV[a + 1], false, ARGV[a + 2])
+    a = a + 3
+  elseif mode == 'a' then
+    out[k] = newest(KEYS[k], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+    a = a + 4
+  elseif mode == 'q' then
+    out[k] = newest(KEYS[k], false, false, ARGV[a + 1])
+    a = a + 2
+  else -- 'r'
+    out[k] = newest(KEYS[k], false, ARGV[a + 2], ARGV[a + 1])
     a = a + 3
   end
 end
@@ -271,11 +323,11 @@ def sha1(source: str) -> bytes:
 # Redis >= 7: one call keeps the index's TTL at the longest of its jobs' (GT never shortens it,
 # and leaves an index kept for ever alone).
 _INDEX_TTL = """
-      local left = redis.call('PTTL', idx)
-      if left >= 0 and left < life then redis.call('PEXPIRE', idx, life) end
+    local left = redis.call('PTTL', idx)
+    if left >= 0 and left < life then redis.call('PEXPIRE', idx, life) end
 """
-assert _INDEX_TTL in WRITE
-WRITE_GT = WRITE.replace(_INDEX_TTL, "\n      redis.call('PEXPIRE', idx, life, 'GT')\n")
+assert WRITE.count(_INDEX_TTL) == 1
+WRITE_GT = WRITE.replace(_INDEX_TTL, "\n    redis.call('PEXPIRE', idx, life, 'GT')\n")
 
 WRITE_SHA = sha1(WRITE)
 WRITE_GT_SHA = sha1(WRITE_GT)

@@ -125,10 +125,11 @@ class RedisStore:
             commands += [
                 (b"DEL", names.job, names.data, names.warnings, names.status, names.gone),
                 (b"ZREM", names.handle_index, names.member),
+                (b"ZREM", names.unique_index, names.member),
                 (b"PUBLISH", names.channel, names.job_digest),
             ]
         replies = self._checked(self._roundtrip(commands, "delete", retry=True), "delete")
-        return sum(1 for reply in replies[::3] if reply)
+        return sum(1 for reply in replies[::4] if reply)
 
     def purge(self) -> int:
         """Redis expires keys by itself: nothing to do."""
@@ -197,25 +198,35 @@ class RedisStore:
 
     def _candidates(self, refs: Sequence[JobRef]) -> list[list[JobKey]]:
         """Per reference, the jobs it may name, newest first (one index round trip at most)."""
-        partial = list({ref.handle for ref in refs if ref.server is None or ref.unique is None})
+        # the handle index of a partial reference, the unique index of one by unique
+        wanted: dict[bytes, None] = {}
+        for ref in refs:
+            if not ref.handle and ref.unique:
+                wanted[self.layout.unique_index(ref.unique)] = None
+            elif not ref.handle or ref.server is None or ref.unique is None:
+                # an empty unique is never listed: an empty handle looks among empty handles
+                wanted[self.layout.index(ref.handle)] = None
         indexed: dict[bytes, list[JobKey]] = {}
-        if partial:
-            index = self.layout.index
-            commands: list[Command] = [(b"ZRANGE", index(h), 0, -1) for h in partial]
+        if wanted:
+            commands: list[Command] = [(b"ZRANGE", name, 0, -1) for name in wanted]
             replies = self._checked(self._roundtrip(commands, "read", retry=True), "read")
-            for handle, members in zip(partial, replies, strict=True):
+            for name, members in zip(wanted, replies, strict=True):
                 found = []
                 for member in reversed(members):  # ascending creation order: newest last
                     key = decode_key(member)
-                    if key is not None and key.handle == handle:
+                    if key is not None:
                         found.append(key)
-                indexed[handle] = found
+                indexed[name] = found
         out: list[list[JobKey]] = []
         for ref in refs:
-            if ref.server is not None and ref.unique is not None:
+            if not ref.handle and ref.unique:
+                name = self.layout.unique_index(ref.unique)
+                out.append([key for key in indexed[name] if ref.matches(key)])
+            elif ref.handle and ref.server is not None and ref.unique is not None:
                 out.append([JobKey(ref.server, ref.handle, ref.unique)])
             else:
-                out.append([key for key in indexed[ref.handle] if ref.matches(key)])
+                name = self.layout.index(ref.handle)
+                out.append([key for key in indexed[name] if ref.matches(key)])
         return out
 
     def _read(self, refs: Sequence[JobRef], after: int) -> list[JobRecord | None]:

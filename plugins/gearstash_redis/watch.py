@@ -26,9 +26,14 @@ _NOT_WATCHED = object()
 
 
 def watched_channels(layout: Layout, refs: Sequence[JobRef]) -> dict[bytes, set[bytes] | None]:
-    """Channel -> the job digests wanted on it (None: any job with that handle)."""
+    """Channel -> the job digests wanted on it (None: any job with that handle).
+
+    A reference by unique (no handle) has no channel: its waiter polls (the watch times out).
+    """
     channels: dict[bytes, set[bytes] | None] = {}
     for ref in refs:
+        if not ref.handle:
+            continue
         channel = layout.channel(ref.handle)
         if ref.server is None or ref.unique is None:
             channels[channel] = None  # any job with this handle

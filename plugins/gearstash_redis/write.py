@@ -1,6 +1,6 @@
 """What one ``write()`` sends: the write script's KEYS and ARGV for a batch of events. No I/O.
 
-The events are grouped by job (order kept within each job); each job adds its six keys and its
+The events are grouped by job (order kept within each job); each job adds its seven keys and its
 arguments, with its events as the script's ops (runs of chunks of one kind become one RPUSH). The
 layout of KEYS and ARGV is described next to the script, in :mod:`gearstash_redis.scripts`.
 """
@@ -19,8 +19,11 @@ from .scripts import (
     OP_COMPLETED,
     OP_DATA,
     OP_FAILED,
+    OP_HEARTBEAT,
+    OP_LEASE,
     OP_STARTED,
     OP_STATUS,
+    OP_SUBMITTED,
     OP_WARNING,
 )
 
@@ -30,6 +33,8 @@ _STATUS = EventKind.STATUS
 _STARTED = EventKind.STARTED
 _COMPLETED = EventKind.COMPLETED
 _EXCEPTION = EventKind.EXCEPTION
+_SUBMITTED = EventKind.SUBMITTED
+_HEARTBEAT = EventKind.HEARTBEAT
 
 
 def script_args(
@@ -57,9 +62,12 @@ def script_args(
     now = time.time()
     for key, group in groups:
         names: JobKeys = keys_of(key)
-        keys += names[2:8]  # job, data, warnings, status, gone, index
+        keys += names[2:9]  # job, data, warnings, status, gone, handle index, unique index
         ops = _ops(group)
         last = group[-1]
+        updated = last
+        if updated.kind is _SUBMITTED:  # it changes nothing in a record (it only makes one)
+            updated = next((e for e in reversed(group) if e.kind is not _SUBMITTED), updated)
         ttl = default_ttl if last.ttl is None else last.ttl
         ttl_ms = _ms(ttl)
         life_ms = ttl_ms + _ms(min(ttl, grace)) if ttl_ms else 0
@@ -70,7 +78,7 @@ def script_args(
             key.unique,
             ttl_ms,
             life_ms,
-            repr(last.at),
+            b"" if updated.kind is _SUBMITTED else repr(updated.at),
             f"{now + ttl:.3f}",
             len(ops),
         )
@@ -105,6 +113,13 @@ def _ops(events: Sequence[Event]) -> list[Any]:
                 ops += (OP_STARTED, repr(event.at), event.function, _text(event.worker))
             elif kind is _COMPLETED:
                 ops += (OP_COMPLETED, repr(event.at), event.payload)
+            elif kind is _HEARTBEAT:
+                lease = event.lease
+                ops += (OP_HEARTBEAT, b"" if lease is None else repr(event.at + lease))
+                continue
+            elif kind is _SUBMITTED:
+                ops += (OP_SUBMITTED, repr(event.at), event.function)  # no lease: a no-op
+                continue
             else:
                 ops += (
                     OP_FAILED,
@@ -113,6 +128,8 @@ def _ops(events: Sequence[Event]) -> list[Any]:
                     _text(event.payload.decode("utf-8", "replace")),
                     _text(event.traceback),
                 )
+            if event.lease is not None:
+                ops += (OP_LEASE, repr(event.at + event.lease))
             continue
         if code is not run_code or len(run) >= MAX_RUN:
             if run:
@@ -120,6 +137,9 @@ def _ops(events: Sequence[Event]) -> list[Any]:
             run = []
             run_code = code
         run.append(item)
+        if event.lease is not None:  # rare: a chunk with a lease ends its run
+            ops += (run_code, len(run), *run, OP_LEASE, repr(event.at + event.lease))
+            run = []
     if run:
         ops += (run_code, len(run), *run)
     return ops

@@ -11,9 +11,12 @@ Two kinds of batch have statements here (:class:`~gearstash_sql.rows.Scan` says 
   ``INSERT ... ON CONFLICT DO NOTHING`` (PostgreSQL, SQLite) or a plain ``INSERT`` (MySQL/MariaDB:
   a duplicate key raises) creates it; a job that already has a row (a retried job) takes the
   general path, which also deletes the previous attempt's chunks.
-* ``bump``: no ``started`` in the batch (data, status, the final event of a running job): one
-  ``UPDATE ... SET next_seq = next_seq + n`` on the existing row (``RETURNING id, next_seq`` when
-  there are chunks to number). No row → the general path (which inserts one).
+* ``bump``: no ``started`` in the batch (data, status, heartbeats, the final event of a running
+  job): one ``UPDATE ... SET next_seq = next_seq + n`` on the existing row (``RETURNING id,
+  next_seq`` when there are chunks to number); one variant per set of columns the batch changes
+  (:data:`~gearstash_sql.rows.BUMP_COLUMNS`). No row → the general path (which inserts one, unless
+  the batch holds nothing but heartbeats). A batch with ``submitted`` always takes the general
+  path.
 
 A batch without chunks is one statement, run in autocommit. With chunks:
 

@@ -53,6 +53,11 @@ class Maintenance:
             f"SELECT id, server, handle, unique_key FROM {job_table} WHERE handle IN ({{marks}})"
             + lock
         )
+        #: {marks}: the uniques; rows (id, server, handle, unique_key)
+        self._find_unique = (
+            f"SELECT id, server, handle, unique_key FROM {job_table} "
+            f"WHERE unique_key IN ({{marks}})" + lock
+        )
         self.read_horizon = f"SELECT value FROM {meta_table} WHERE {key} = {mark}"
         if family == "mysql":
             self.write_horizon = (
@@ -74,6 +79,10 @@ class Maintenance:
     def find(self, count: int) -> str:
         """The jobs with any of ``count`` handles (locked on PostgreSQL and MariaDB)."""
         return self._find.format(marks=self.marks(count))
+
+    def find_unique(self, count: int) -> str:
+        """The jobs with any of ``count`` uniques (locked on PostgreSQL and MariaDB)."""
+        return self._find_unique.format(marks=self.marks(count))
 
     def delete_ids(self, cursor: Any, ids: Sequence[int]) -> int:
         """Delete the jobs ``ids`` and their chunks; returns how many job rows went."""

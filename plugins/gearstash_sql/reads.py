@@ -11,7 +11,9 @@ Reads run straight on the DBAPI cursor of the thread's read connection (see
   ``seq`` of the ``after``-th data chunk (once) and keeps data chunks from there on, every warning
   and status point, and no data when there is no such chunk.
 * Several references: per 500 handles a query for the candidate keys (the newest matching one is
-  chosen in Python, as a reference may leave out the server or the unique), then per 500 chosen ids
+  chosen in Python, as a reference may leave out the server or the unique), and per 500 uniques
+  one for the references by unique alone (an empty handle, see :class:`~gearstash.records.JobRef`;
+  on the ``(unique_key, server)`` index), then per 500 chosen ids
   one statement of the same shape as above. Each job's row and chunks come from one statement, so
   each record is consistent; the batch is a bounded number of statements.
 
@@ -86,29 +88,36 @@ class Reads:
             f"WHERE (j.expires_at IS NULL OR j.expires_at > {mark})"
         )
         self._chunk_table = chunk_table
-        self._one: dict[tuple[bool, bool, bool], str] = {}
-        self._mysql_one: dict[tuple[bool, bool, bool], tuple[str, str]] = {}
-        self._find: dict[int, str] = {}
+        self._one: dict[tuple[bool, bool, bool, bool], str] = {}
+        self._mysql_one: dict[tuple[bool, bool, bool, bool], tuple[str, str]] = {}
+        self._find: dict[tuple[str, int], str] = {}
         self._load: dict[int, str] = {}
 
     def marks(self, count: int) -> str:
         return ", ".join([self.mark] * count)
 
-    def one(self, server: bool, unique: bool, after: bool) -> str:
+    def _where(self, server: bool, unique: bool, by_unique: bool) -> str:
+        mark = self.mark
+        if by_unique:
+            return f"unique_key = {mark}" + (f" AND server = {mark}" if server else "")
+        where = f"handle = {mark}"
+        if server:
+            where += f" AND server = {mark}"
+        if unique:
+            where += f" AND unique_key = {mark}"
+        return where
+
+    def one(self, server: bool, unique: bool, after: bool, by_unique: bool = False) -> str:
         """The newest job with a handle (and ``server``, ``unique`` when given) with its chunks.
 
         Params: handle, [server], [unique], [after], now. ``after``: only the data chunks from
-        the ``after``-th on (and every other chunk).
+        the ``after``-th on (and every other chunk). ``by_unique``: the newest job with a unique
+        under any handle instead (params: unique, [server], [after], now).
         """
-        variant = (server, unique, after)
+        variant = (server, unique, after, by_unique)
         sql = self._one.get(variant)
         if sql is None:
-            mark = self.mark
-            where = f"handle = {mark}"
-            if server:
-                where += f" AND server = {mark}"
-            if unique:
-                where += f" AND unique_key = {mark}"
+            where = self._where(server, unique, by_unique)
             sql = (
                 f"WITH j AS ({self._select_jobs} WHERE {where} ORDER BY id DESC LIMIT 1)"
                 + (self._cut if after else "")
@@ -119,19 +128,17 @@ class Reads:
             self._one[variant] = sql
         return sql
 
-    def mysql_one(self, server: bool, unique: bool, after: bool) -> tuple[str, str]:
+    def mysql_one(
+        self, server: bool, unique: bool, after: bool, by_unique: bool = False
+    ) -> tuple[str, str]:
         """:meth:`one` as two statements: the job row (params: handle, [server], [unique]) and its
         chunks (params: [after], handle, [server], [unique], now; rows (job_id, seq, kind,
-        payload, numerator, denominator, at))."""
-        variant = (server, unique, after)
+        payload, numerator, denominator, at)). ``by_unique``: as for :meth:`one`."""
+        variant = (server, unique, after, by_unique)
         sql = self._mysql_one.get(variant)
         if sql is None:
             mark = self.mark
-            where = f"handle = {mark}"
-            if server:
-                where += f" AND server = {mark}"
-            if unique:
-                where += f" AND unique_key = {mark}"
+            where = self._where(server, unique, by_unique)
             cut = (
                 f", (SELECT seq FROM {self._chunk_table} WHERE job_id = {self._jobs}.id "
                 f"AND kind = 'data' ORDER BY seq LIMIT 1 OFFSET {mark}) AS cut"
@@ -164,11 +171,18 @@ class Reads:
 
     def find(self, count: int) -> str:
         """The keys of the jobs with any of ``count`` handles: rows (id, server, handle, unique)."""
-        sql = self._find.get(count)
+        return self._find_by("handle", count)
+
+    def find_unique(self, count: int) -> str:
+        """The keys of the jobs with any of ``count`` uniques: rows (id, server, handle, unique)."""
+        return self._find_by("unique_key", count)
+
+    def _find_by(self, column: str, count: int) -> str:
+        sql = self._find.get((column, count))
         if sql is None:
-            sql = self._find[count] = (
+            sql = self._find[(column, count)] = (
                 f"SELECT id, server, handle, unique_key FROM {self._jobs} "
-                f"WHERE handle IN ({self.marks(count)})"
+                f"WHERE {column} IN ({self.marks(count)})"
             )
         return sql
 

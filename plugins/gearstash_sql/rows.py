@@ -2,7 +2,12 @@
 
 :class:`RowChange` reproduces :meth:`JobRecord.apply <gearstash.records.JobRecord.apply>` on what a
 job row needs to know (``attempt``, ``started_at``, ``function``, ``next_seq``) and collects the
-columns to write and the chunks to append. Keep the two in step: the contract tests compare them.
+columns to write and the chunks to append; :class:`Scan` does the same in one pass for the batches
+of the direct statements. Keep the three in step: the contract tests compare them.
+
+Beyond ``apply``: the SQL store also sets ``expires_at`` (see :func:`expiry`), from ``started``,
+the final events and ``heartbeat`` (a running job's heartbeats keep it from expiring), and from
+whatever write creates a job's row; data, warning and status leave it alone.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ _DATA = EventKind.DATA
 _WARNING = EventKind.WARNING
 _STATUS = EventKind.STATUS
 _STARTED = EventKind.STARTED
+_HEARTBEAT = EventKind.HEARTBEAT
+_SUBMITTED = EventKind.SUBMITTED
 _COMPLETED = EventKind.COMPLETED
 _EXCEPTION = EventKind.EXCEPTION
 _RUNNING = State.RUNNING.value
@@ -48,6 +55,7 @@ FRESH_COLUMNS: dict[str, Any] = {
     "updated_at": None,
     "expires_at": None,
     "next_seq": 0,
+    "lease_until": None,
 }
 
 # every column a new job row is inserted with, and every column of a chunk row
@@ -60,9 +68,15 @@ class RowChange:
 
     ``changes`` maps column → new value (only columns the events set). ``chunks`` are the rows to
     append to ``gearstash_chunks``. ``cleared`` is True when a ``started`` event means the job's
-    existing chunks must be deleted first. ``expires_at`` is set by ``started`` and the final
-    events (their ``ttl``, else the store's ``ttl``; see :func:`expiry`), not by data or status;
-    :meth:`fresh_row` gives a new row the expiry of the run's last event when none of those set it.
+    existing chunks must be deleted first. ``expires_at`` is set by ``started``, ``heartbeat``
+    and the final events (their ``ttl``, else the store's ``ttl``; see :func:`expiry`), not by
+    data or status; :meth:`fresh_row` gives a new row the expiry of the run's last event when
+    none of those set it.
+
+    ``exists=False`` (no row yet): events before the first one that creates a record
+    (:meth:`JobRecord.create <gearstash.records.JobRecord.create>`; ``heartbeat`` creates none)
+    are skipped, and ``created`` tells whether there is a row to insert at all. A ``submitted``
+    event creates a ``queued`` row and otherwise changes nothing.
     """
 
     __slots__ = (
@@ -70,6 +84,8 @@ class RowChange:
         "changes",
         "chunks",
         "cleared",
+        "created",
+        "exists",
         "function",
         "last_expiry",
         "next_seq",
@@ -83,11 +99,14 @@ class RowChange:
         started_at: float | None = None,
         function: bytes = b"",
         next_seq: int = 0,
+        exists: bool = False,
     ) -> None:
         self.attempt = attempt
         self.started_at = started_at
         self.function = function
         self.next_seq = next_seq
+        self.exists = exists
+        self.created = False
         self.changes: dict[str, Any] = {}
         self.chunks: list[Chunk] = []
         self.cleared = False
@@ -97,11 +116,33 @@ class RowChange:
         """Apply ``events`` in order (``ttl``: the store's default TTL); returns self."""
         changes = self.changes
         chunks = self.chunks
-        event: Event | None = None
+        last: Event | None = None
         for event in events:
             kind = event.kind
+            if not self.exists:
+                record = JobRecord.create(event)
+                if record is None:
+                    continue  # a heartbeat of a job with no row
+                self.exists = self.created = True
+                if kind is _SUBMITTED:
+                    self.attempt = record.attempt
+                    self.function = record.function
+                    changes.update(
+                        function=record.function,
+                        state=record.state.value,
+                        attempt=record.attempt,
+                        updated_at=record.updated_at,
+                        lease_until=record.lease_until,
+                    )
+                    last = event
+                    continue
+            elif kind is _SUBMITTED:
+                continue  # changes nothing in an existing row
+            last = event
             at = event.at
             changes["updated_at"] = at
+            if event.lease is not None:
+                changes["lease_until"] = at + event.lease
             if kind is _DATA or kind is _WARNING:
                 chunks.append((self.next_seq, kind.value, event.payload, None, None, at))
                 self.next_seq += 1
@@ -110,9 +151,10 @@ class RowChange:
                     (self.next_seq, "status", None, event.numerator, event.denominator, at)
                 )
                 self.next_seq += 1
+            elif kind is _HEARTBEAT:
+                changes["expires_at"] = expiry(event, ttl)
             elif kind is _STARTED:
-                if self.started_at is not None:
-                    self.attempt += 1
+                self.attempt = self.attempt + 1 if self.started_at is not None else 1
                 self.function = event.function or self.function
                 self.started_at = at
                 self.cleared = True
@@ -147,9 +189,10 @@ class RowChange:
                     traceback=event.traceback,
                     finished_at=at,
                 )
-        changes["next_seq"] = self.next_seq
-        if event is not None:
-            self.last_expiry = expiry(event, ttl)
+        if changes:
+            changes["next_seq"] = self.next_seq
+        if last is not None:
+            self.last_expiry = expiry(last, ttl)
         return self
 
     def fresh_row(self, key: JobKey) -> dict[str, Any]:
@@ -181,14 +224,17 @@ class Scan:
 
     ``row`` is the new row in :data:`JOB_COLUMNS` order, ``chunks`` its chunks (seq from 0).
     ``starts`` counts the ``started`` events and ``finals`` has bit 1 set when a ``completed``
-    event occurred and bit 2 when a ``failed``/``exception`` one did. For a run without ``started``
+    event occurred, bit 2 when a ``failed``/``exception`` one did, bit 4 when an event set a
+    lease and bit 8 when a ``heartbeat`` renewed the expiry. For a run without ``started``
     the same values are what the run changes on an *existing* row too (plus ``next_seq`` grows by
-    ``len(chunks)``): see :data:`BUMP_COLUMNS`. ``expires_at`` comes from the last ``started`` or
-    final event (``ttl`` is the store's default), else, for a row the run creates, from its last
-    event: a run of data and status alone leaves an existing row's expiry as it was.
+    ``len(chunks)``): see :data:`BUMP_COLUMNS`. ``expires_at`` comes from the last ``started``,
+    ``heartbeat`` or final event (``ttl`` is the store's default), else, for a row the run
+    creates, from its last event: a run of data and status alone leaves an existing row's expiry
+    as it was. ``submitted`` is True when the run holds a ``submitted`` event, which only the
+    general path (:class:`RowChange`) handles: the values here ignore it.
     """
 
-    __slots__ = ("chunks", "finals", "row", "starts")
+    __slots__ = ("chunks", "finals", "row", "starts", "submitted")
 
     def __init__(self, key: JobKey, events: Iterable[Event], ttl: float = 0.0) -> None:
         function = b""
@@ -203,15 +249,23 @@ class Scan:
         finished_at: float | None = None
         updated_at: float | None = None
         expires_at: float | None = None
+        lease_until: float | None = None
         seq = 0
         starts = 0
         finals = 0
+        submitted = False
         chunks: list[Chunk] = []
         event: Event | None = None
-        marked = False  # a started or final event set expires_at
+        marked = False  # a started, heartbeat or final event set expires_at
         for event in events:
             kind = event.kind
+            if kind is _SUBMITTED:
+                submitted = True
+                continue
             at = updated_at = event.at
+            if event.lease is not None:
+                lease_until = at + event.lease
+                finals |= 4
             if kind is _DATA:
                 chunks.append((seq, "data", event.payload, None, None, at))
                 seq += 1
@@ -221,9 +275,13 @@ class Scan:
             elif kind is _WARNING:
                 chunks.append((seq, "warning", event.payload, None, None, at))
                 seq += 1
+            elif kind is _HEARTBEAT:
+                finals |= 8
+                event_ttl = ttl if event.ttl is None else event.ttl
+                expires_at = at + event_ttl if event_ttl > 0 else None
+                marked = True
             elif kind is _STARTED:
-                if started_at is not None:
-                    attempt += 1
+                attempt = attempt + 1 if started_at is not None else 1
                 starts += 1
                 function = event.function or function
                 worker = event.worker
@@ -272,10 +330,12 @@ class Scan:
             updated_at,
             expires_at,
             seq,
+            lease_until,
         )
         self.chunks = chunks
         self.starts = starts
         self.finals = finals
+        self.submitted = submitted
 
 
 def expiry(event: Event, ttl: float) -> float | None:
@@ -284,32 +344,27 @@ def expiry(event: Event, ttl: float) -> float | None:
     return event.at + event_ttl if event_ttl > 0 else None
 
 
-# finals bits → the columns a run without ``started`` sets on an existing row (besides next_seq).
-# Data and status leave expires_at alone: the column is indexed, and rewriting it on every chunk
-# would cost an index update per write; a final event sets it.
-BUMP_COLUMNS: dict[int, tuple[str, ...]] = {
-    0: ("updated_at",),
-    1: ("updated_at", "state", "result", "finished_at", "expires_at"),
-    2: (
-        "updated_at",
-        "state",
-        "error_kind",
-        "error_message",
-        "traceback",
-        "finished_at",
-        "expires_at",
-    ),
-    3: (
-        "updated_at",
-        "state",
-        "result",
-        "error_kind",
-        "error_message",
-        "traceback",
-        "finished_at",
-        "expires_at",
-    ),
-}
+def _bump_columns(finals: int) -> tuple[str, ...]:
+    names = ["updated_at"]
+    if finals & 3:
+        names.append("state")
+    if finals & 1:
+        names.append("result")
+    if finals & 2:
+        names += ["error_kind", "error_message", "traceback"]
+    if finals & 3:
+        names.append("finished_at")
+    if finals & 11:
+        names.append("expires_at")
+    if finals & 4:
+        names.append("lease_until")
+    return tuple(names)
+
+
+# finals bits (see Scan) → the columns a run without ``started`` sets on an existing row (besides
+# next_seq). Data and status leave expires_at alone: the column is indexed, and rewriting it on
+# every chunk would cost an index update per write; a final event or a heartbeat sets it.
+BUMP_COLUMNS: dict[int, tuple[str, ...]] = {finals: _bump_columns(finals) for finals in range(16)}
 
 
 def group_by_key(events: Sequence[Event]) -> list[tuple[JobKey, list[Event]]]:
@@ -344,6 +399,7 @@ RECORD_COLUMNS = (
     "updated_at",
     "expires_at",
     "next_seq",
+    "lease_until",
 )
 EXPIRES_AT = RECORD_COLUMNS.index("expires_at")
 NEXT_SEQ = RECORD_COLUMNS.index("next_seq")
@@ -399,6 +455,7 @@ def build_record(row: Sequence[Any], chunk_rows: Iterable[Sequence[Any]]) -> Job
         updated_at,
         expires_at,
         _next_seq,
+        lease_until,
     ) = row
     return JobRecord(
         key=JobKey(server, bytes(handle), bytes(unique_key)),
@@ -417,4 +474,5 @@ def build_record(row: Sequence[Any], chunk_rows: Iterable[Sequence[Any]]) -> Job
         finished_at=finished_at,
         updated_at=updated_at,
         expires_at=expires_at,
+        lease_until=lease_until,
     )

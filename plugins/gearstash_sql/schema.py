@@ -1,4 +1,4 @@
-"""The SQL schema of the ``sql`` store (schema version 1), the same on SQLite, PostgreSQL and MariaDB.
+"""The SQL schema of the ``sql`` store (schema version 2), the same on SQLite, PostgreSQL and MariaDB.
 
 Other programs (PHP, reports, a DBA's shell) may read these tables directly, so they are kept plain:
 no pickles, bytes as BLOB/BYTEA, times as float Unix seconds in DOUBLE columns, states as short text.
@@ -13,9 +13,11 @@ server          VARCHAR(255) (utf8mb4_bin)   ``host:port`` of the job server tha
 handle          BYTEA / VARBINARY(255)       job handle (bytes, at most 255)
 unique_key      BYTEA / VARBINARY(255)       the job's unique (bytes, at most 255; ``''`` if none)
 function        BYTEA / LONGBLOB             function name (bytes)
-state           VARCHAR(16)                  ``running``, ``complete`` or ``failed`` (as stored:
+state           VARCHAR(16)                  ``queued`` (submitted, no worker started it yet),
+                                             ``running``, ``complete`` or ``failed`` (as stored:
                                              a row past ``expires_at`` reads as ``expired``)
-attempt         INTEGER                      how many times a worker started this job (>= 1)
+attempt         INTEGER                      how many times a worker started this job (0 while
+                                             queued)
 result          BYTEA / LONGBLOB, null       the result of WORK_COMPLETE; NULL until completed
 error_kind      VARCHAR(16), null            ``fail`` or ``exception``; NULL when no error
 error_message   TEXT / LONGTEXT, null        the error text (UTF-8)
@@ -26,10 +28,15 @@ finished_at     DOUBLE, null                 Unix time the job completed or fail
 updated_at      DOUBLE, null                 Unix time of the last event
 expires_at      DOUBLE, null                 Unix time the job expires (TTL); NULL: never
 next_seq        INTEGER                      the ``seq`` the next chunk of this job gets
+lease_until     DOUBLE, null                 Unix time until which the running job's worker
+                                             promised to renew its lease (``heartbeat``); NULL:
+                                             no lease (schema version 2)
 =============== ============================ ====================================================
 
 Unique constraint ``uq_gearstash_jobs_key`` on (handle, server, unique_key), which is also the index
-for finding jobs by handle alone (take the row with the highest ``id``); an index on ``expires_at``
+for finding jobs by handle alone (take the row with the highest ``id``); an index on (unique_key,
+server) (``ix_gearstash_jobs_unique_key``, schema version 2) for finding jobs by unique alone (a
+job a persistent-queue server replayed under a new handle); an index on ``expires_at``
 (``ix_gearstash_jobs_expires_at``; partial, ``WHERE expires_at IS NOT NULL``, on SQLite and
 PostgreSQL; a full index, as tables made by earlier 0.1 development builds have, works the same).
 
@@ -47,10 +54,17 @@ at              DOUBLE                       Unix time the worker said it
 =============== ============================ ====================================================
 
 ``gearstash_meta``: ``key`` VARCHAR(64) primary key, ``value`` VARCHAR(255). Holds ``schema_version``
-(``"1"``) and, once a purge has cleaned something, ``purged_until`` (the expiry up to which expired
+(``"2"``) and, once a purge has cleaned something, ``purged_until`` (the expiry up to which expired
 jobs have been cleaned; see :mod:`gearstash_sql.maintenance`). ``key`` is a reserved word in
 MySQL/MariaDB: quote it (```key```) in hand-written SQL. A store refuses to open tables whose
 schema_version is newer than it knows.
+
+Schema version 1 → 2 (:func:`ensure_schema` migrates on open, once, under a lock: SQLite's ``BEGIN
+IMMEDIATE``, a ``FOR UPDATE`` of the version row on PostgreSQL, ``GET_LOCK`` on MariaDB): adds the
+column ``lease_until`` and the index ``ix_gearstash_jobs_unique_key``, then sets schema_version to
+``"2"``. Every step is skipped when already done, so an interrupted migration is finished by the
+next opener. Rows keep their values (``lease_until`` NULL). Building the index blocks writes to
+``gearstash_jobs`` while it runs (a second or so per million jobs).
 """
 
 from __future__ import annotations
@@ -62,7 +76,8 @@ from sqlalchemy.dialects import mysql
 
 from gearstash.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MIGRATABLE = frozenset({1})  # older versions ensure_schema upgrades
 MAX_KEY_BYTES = 255  # handle and unique_key; server is at most 255 characters
 
 _MYSQL = ("mysql", "mariadb")
@@ -104,6 +119,7 @@ jobs = sa.Table(
     sa.Column("updated_at", sa.Double(), nullable=True),
     sa.Column("expires_at", sa.Double(), nullable=True),
     sa.Column("next_seq", sa.Integer(), nullable=False),
+    sa.Column("lease_until", sa.Double(), nullable=True),  # schema version 2
     # handle first: the same constraint also serves lookups by handle alone (no second index to
     # write on every insert, which on SQLite costs ~20% of the write rate)
     sa.UniqueConstraint("handle", "server", "unique_key", name="key"),
@@ -116,6 +132,10 @@ jobs = sa.Table(
 # NULL``, so it still uses the index.
 _HAS_TTL = jobs.c.expires_at.is_not(None)
 sa.Index(None, jobs.c.expires_at, sqlite_where=_HAS_TTL, postgresql_where=_HAS_TTL)
+# lookups by unique alone (schema version 2): unique_key = ? [AND server = ?] ORDER BY id DESC
+# (SQLite and InnoDB index entries end in the row id, so the newest is found in the index).
+# A second index on every new job's insert: the price of finding a replayed job.
+unique_index = sa.Index(None, jobs.c.unique_key, jobs.c.server)
 
 chunks = sa.Table(
     "gearstash_chunks",
@@ -168,11 +188,13 @@ def read_schema_version(conn: sa.Connection) -> int | None:
 
 
 def ensure_schema(engine: sa.Engine, name: str) -> int:
-    """Create the tables if missing and check ``schema_version``; return the version in use.
+    """Create the tables if missing, migrate older ones, check ``schema_version``; return the
+    version in use.
 
     Safe to run from several processes at once: losing a ``CREATE TABLE`` or version-row race is
-    retried. Raises :class:`~gearstash.errors.StoreError` for a schema newer than this release
-    (``name`` names the store in the message) and lets database errors through for the caller to map.
+    retried, and a migration runs under a lock (see the module doc). Raises
+    :class:`~gearstash.errors.StoreError` for a schema newer than this release (``name`` names the
+    store in the message) and lets database errors through for the caller to map.
     """
     with engine.begin() as conn:
         _check_version(read_schema_version(conn), name)
@@ -183,21 +205,28 @@ def ensure_schema(engine: sa.Engine, name: str) -> int:
             with engine.begin() as conn:
                 version = read_schema_version(conn)
                 if version is None:
-                    conn.execute(
-                        meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
-                    )
-                    version = SCHEMA_VERSION
+                    # tables made just now; or version 1 tables whose version row an old
+                    # build never wrote (it stopped between the two): migrated below
+                    columns = {c["name"] for c in sa.inspect(conn).get_columns(jobs.name)}
+                    version = SCHEMA_VERSION if "lease_until" in columns else 1
+                    conn.execute(meta.insert().values(key="schema_version", value=str(version)))
+            if version in MIGRATABLE:
+                _migrate(engine)
+                with engine.begin() as conn:
+                    version = read_schema_version(conn)
             break
         except sa.exc.DBAPIError as exc:  # another process created the same table or row first
             if exc.connection_invalidated or attempt == 4:
                 raise
             time.sleep(0.02 * (attempt + 1))
     _check_version(version, name)
+    if version in MIGRATABLE:  # pragma: no cover - _migrate sets the version or raises
+        raise StoreError(f"{name}: migrating the tables to schema_version {SCHEMA_VERSION} failed")
     return SCHEMA_VERSION
 
 
 def _check_version(version: int | None, name: str) -> None:
-    if version is None or version == SCHEMA_VERSION:
+    if version is None or version == SCHEMA_VERSION or version in MIGRATABLE:
         return
     if version > SCHEMA_VERSION:
         raise StoreError(
@@ -207,3 +236,84 @@ def _check_version(version: int | None, name: str) -> None:
     raise StoreError(
         f"{name}: gearstash_meta holds a bad schema_version ({version}); expected {SCHEMA_VERSION}"
     )
+
+
+# MySQL/MariaDB: a column or index that already exists (another opener added it)
+_MYSQL_ALREADY = frozenset({1060, 1061})
+_MIGRATION_LOCK = "gearstash_schema"  # MySQL/MariaDB GET_LOCK name (server-wide)
+_MIGRATION_WAIT_S = 120
+
+
+def _migrate(engine: sa.Engine) -> None:
+    """Bring version 1 tables to :data:`SCHEMA_VERSION`, once, under a lock; idempotent.
+
+    SQLite: one ``BEGIN IMMEDIATE`` transaction (its DDL is transactional). PostgreSQL: one
+    transaction that first locks the version row (``FOR UPDATE``), so concurrent openers wait and
+    then find the work done. MariaDB/MySQL (whose DDL commits at once): under ``GET_LOCK``, each
+    step checked first (and a column or index that appeared meanwhile tolerated); the version row
+    is written last, so an interrupted migration is finished by the next opener.
+    """
+    family = engine.dialect.name
+    if family == "sqlite":
+        with engine.begin() as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if read_schema_version(conn) in MIGRATABLE:
+                _upgrade(conn)
+        return
+    if family == "postgresql":
+        with engine.begin() as conn:
+            version = conn.execute(
+                sa.select(meta.c.value).where(meta.c.key == "schema_version").with_for_update()
+            ).scalar_one_or_none()
+            if version is not None and _int(version) in MIGRATABLE:
+                _upgrade(conn)
+        return
+    with engine.connect() as conn:
+        conn.execute(sa.select(sa.func.get_lock(_MIGRATION_LOCK, _MIGRATION_WAIT_S)))
+        conn.commit()
+        try:
+            if read_schema_version(conn) in MIGRATABLE:
+                conn.commit()  # a fresh snapshot for the checks below
+                _upgrade(conn)
+            conn.commit()
+        finally:
+            conn.rollback()
+            conn.execute(sa.select(sa.func.release_lock(_MIGRATION_LOCK)))
+            conn.commit()
+
+
+def _upgrade(conn: sa.Connection) -> None:
+    """Version 1 → 2 on ``conn`` (the caller holds the migration lock): each step if not done."""
+    dialect = conn.dialect
+    prepare = dialect.identifier_preparer
+    inspector = sa.inspect(conn)
+    columns = {column["name"] for column in inspector.get_columns(jobs.name)}
+    indexes = {index["name"] for index in inspector.get_indexes(jobs.name)}
+    steps: list[str] = []
+    if "lease_until" not in columns:
+        kind = jobs.c.lease_until.type.compile(dialect=dialect)
+        steps.append(
+            f"ALTER TABLE {prepare.format_table(jobs)} ADD COLUMN "
+            f"{prepare.quote('lease_until')} {kind} NULL"
+        )
+    if unique_index.name not in indexes:
+        steps.append(str(sa.schema.CreateIndex(unique_index).compile(dialect=dialect)))
+    for statement in steps:
+        try:
+            conn.exec_driver_sql(statement)
+        except sa.exc.DBAPIError as exc:
+            code = getattr(exc.orig, "args", (None,))[:1]
+            if dialect.name not in ("mysql", "mariadb") or not set(code) & _MYSQL_ALREADY:
+                raise
+    conn.execute(
+        meta.update()
+        .where(meta.c.key == "schema_version", meta.c.value.in_(sorted(map(str, MIGRATABLE))))
+        .values(value=str(SCHEMA_VERSION))
+    )
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return -1

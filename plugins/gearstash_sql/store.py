@@ -9,31 +9,37 @@ chunks outside PostgreSQL), run straight on the DBAPI cursor (:mod:`gearstash_sq
 * no ``started`` in the batch (data, status, the final event of a running job): ``UPDATE ... SET
   next_seq = next_seq + n`` (``RETURNING id, next_seq``), then the chunks.
 
-A single statement runs in autocommit; several run between ``BEGIN`` (SQLite: ``BEGIN
-IMMEDIATE``) and ``COMMIT``. Anything else (a job run again, so its row exists; events of a job with
-no row yet; one call with several jobs' events) takes the general path in a transaction: lock the
-job row (``SELECT ... FOR UPDATE`` on PostgreSQL and MariaDB; SQLite's ``BEGIN IMMEDIATE`` already
-holds the database), apply the events in Python (:class:`~gearstash_sql.rows.RowChange`), update
-it. Jobs of one call are locked in a fixed order, and a transaction that loses a race or a deadlock
-to another writer is run again, so concurrent writers never lose an update.
+A ``heartbeat`` (``lease_until``, ``updated_at`` and the expiry) is such an ``UPDATE`` too; for a
+job with no row it writes nothing. A single statement runs in autocommit; several run between
+``BEGIN`` (SQLite: ``BEGIN IMMEDIATE``) and ``COMMIT``. Anything else (a job run again, so its row
+exists; events of a job with no row yet; a ``submitted`` marker, which creates a ``queued`` row
+only when there is none; one call with several jobs' events) takes the general path in a
+transaction: lock the job row (``SELECT ... FOR UPDATE`` on PostgreSQL and MariaDB; SQLite's
+``BEGIN IMMEDIATE`` already holds the database), apply the events in Python
+(:class:`~gearstash_sql.rows.RowChange`), update it. Jobs of one call are locked in a fixed
+order, and a transaction that loses a race or a deadlock to another writer is run again, so
+concurrent writers never lose an update.
 
 Reads run on a connection per thread (SQLite too: WAL readers take no lock and never wait for the
 writer), in autocommit, straight on the DBAPI cursor (:mod:`gearstash_sql.reads`). One reference
 (``get_many([ref])``, :meth:`SqlStore.get_after`) is one statement: the newest matching job row and
 its chunks (a cursor read: only the data chunks from the ``after``-th on), so one round trip and
-one snapshot. More references: per 500 handles a query for the candidate keys, then per 500
-chosen jobs one statement for their rows and chunks. MySQL over PyMySQL sends the job and chunk
+one snapshot. More references: per 500 handles a query for the candidate keys (and per 500
+uniques one for the references by unique alone, whose handle is empty: the newest job with that
+unique under any handle, on the ``(unique_key, server)`` index), then per 500 chosen jobs one
+statement for their rows and chunks. MySQL over PyMySQL sends the job and chunk
 SELECTs as one ``START TRANSACTION READ ONLY; ...; COMMIT`` query (MariaDB's UNION is slow).
 A read that finds its connection dead runs once more on a new one.
 
 Expiry. ``?ttl=SECONDS`` in the URL sets the store's default TTL (one day; ``0`` keeps jobs for
 ever), ``Event.ttl`` overrides it per event. ``expires_at`` (= the event's time + TTL) is set by
-``started`` and by the final events (completed, failed, exception), and by whatever write creates a
-job's row; data, warning and status writes leave it alone (it is indexed: rewriting it on every
-chunk would add an index update to each). So a running job keeps the expiry its ``started`` gave it
-and its final event sets the one it ends with; a job that runs longer than its TTL reads as
-expired until it ends. A row whose ``expires_at`` has passed reads as state ``expired`` (key,
-function, attempt, expiry; no data, result or error).
+``started``, ``heartbeat`` and by the final events (completed, failed, exception), and by whatever
+write creates a job's row; data, warning and status writes leave it alone (it is indexed:
+rewriting it on every chunk would add an index update to each). So a running job keeps the expiry
+its ``started`` (or its last heartbeat) gave it and its final event sets the one it ends with; a
+job without heartbeats that runs longer than its TTL reads as expired until it ends. A row whose
+``expires_at`` has passed reads as state ``expired`` (key, function, attempt, expiry; no data,
+result or error).
 
 Purge, without a scheduler: every ``?purge_every=N`` writes (default 1,000; the first after a
 random number up to N, so short-lived processes take their share) a store object runs one purge
@@ -65,7 +71,7 @@ from urllib.parse import parse_qs, urlsplit
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gearstash.errors import ConfigError, StoreError
+from gearstash.errors import ConfigError, StoreError, StoreRejected
 from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef
 from gearstash.store import PollWatch, Watch, redact_url, ttl_from_query
 
@@ -101,6 +107,7 @@ _STARTED = EventKind.STARTED
 _SEQ = itemgetter(0)  # a chunk row's seq (see gearstash_sql.reads)
 # how write() takes a job's batch (see the module docstring)
 _GENERAL, _NEW, _BUMP = 0, 1, 2
+_ESCAPED_BYTES = (b"\0", b"\\", b"\n", b"\r", b"\x1a", b'"', b"'")  # PyMySQL's escapes
 
 _KEY_WHERE = sa.and_(
     jobs.c.server == sa.bindparam("k_server"),
@@ -170,6 +177,7 @@ class SqlStore:
         # PostgreSQL puts a job's chunks in the same statement as its row; MySQL over PyMySQL
         # sends the row, the chunks and BEGIN/COMMIT in one query (see direct.py)
         self._chunks_inline = self.family == "postgresql"
+        self._max_packet: int | None = None  # MySQL/MariaDB @@max_allowed_packet, read when needed
         self._multi = multi_statements(target)
         self._one_trip = self._chunks_inline or self._multi
         self._writers = Writers(self._connect_writer, shared=self.family == "sqlite")
@@ -256,10 +264,11 @@ class SqlStore:
                 self._write_jobs(group_by_key(events))
                 return
         self._check_key(key)
+        self._check_size(events)
         if self._closed:
             raise self._closed_error()
         scan = Scan(key, events, self.ttl)
-        mode = _NEW if events[0].kind is _STARTED else _GENERAL if scan.starts else _BUMP
+        mode = _mode(events[0], scan)
         sign = note(key.handle) if self._notify else ()
         with self._write_guard:
             # one statement (or one MySQL query) runs alone, in autocommit; False: the row was not
@@ -295,10 +304,19 @@ class SqlStore:
         now = time.time()
         if len(refs) == 1:
             return [self._get_one(refs[0], 0, now)]
-        handles = list({ref.handle for ref in refs if len(ref.handle) <= MAX_KEY_BYTES})
+        handles = list(
+            {ref.handle for ref in refs if len(ref.handle) <= MAX_KEY_BYTES and not ref.by_unique}
+        )
+        uniques = list(
+            {
+                _unique_of(ref)
+                for ref in refs
+                if ref.by_unique and len(_unique_of(ref)) <= MAX_KEY_BYTES
+            }
+        )
         with self._guard:
             candidates, rows, chunk_rows = self._reading(
-                lambda cursor: self._read_many(cursor, refs, handles, now)
+                lambda cursor: self._read_many(cursor, refs, handles, uniques, now)
             )
         records: dict[int, JobRecord] = {}
         out: list[JobRecord | None] = []
@@ -325,14 +343,22 @@ class SqlStore:
         """One reference's record in one statement (``after``: a cursor read)."""
         if self._closed:
             raise self._closed_error()
-        if len(ref.handle) > MAX_KEY_BYTES:
-            return None
+        by_unique = ref.by_unique
         server, unique = ref.server, ref.unique
-        params: list[Any] = [ref.handle]
-        if server is not None:
-            params.append(server)
-        if unique is not None:
-            params.append(unique)
+        params: list[Any]
+        if by_unique:
+            unique = _unique_of(ref)
+            params = [unique]
+            if server is not None:
+                params.append(server)
+        else:
+            params = [ref.handle]
+            if server is not None:
+                params.append(server)
+            if unique is not None:
+                params.append(unique)
+        if len(params[0]) > MAX_KEY_BYTES:
+            return None
         if after:
             params.append(after)
         params.append(now)
@@ -341,7 +367,7 @@ class SqlStore:
         chunk_rows: list[Any] = []
         if reads.multi:
             job_sql, chunk_sql = reads.mysql_one(
-                server is not None, unique is not None, bool(after)
+                server is not None, unique is not None, bool(after), by_unique
             )
             key = params[: len(params) - 1 - bool(after)]
             found_jobs, found_chunks = self._reading(
@@ -352,7 +378,7 @@ class SqlStore:
             row = found_jobs[0] if found_jobs else None
             chunk_rows = [item[1:] for item in found_chunks]
         else:
-            sql = reads.one(server is not None, unique is not None, bool(after))
+            sql = reads.one(server is not None, unique is not None, bool(after), by_unique)
             with self._guard:
                 found = self._reading(lambda cursor: _fetch(cursor, sql, params))
             for item in found:
@@ -382,7 +408,8 @@ class SqlStore:
         if self._listeners is None:
             return PollWatch()
         try:
-            return PgWatch(self._listeners, {ref.handle for ref in refs})
+            # a reference by unique alone has no handle to listen for: its waiter polls
+            return PgWatch(self._listeners, {ref.handle for ref in refs if not ref.by_unique})
         except Exception as exc:
             raise self._error(exc, "watch") from exc
 
@@ -394,24 +421,36 @@ class SqlStore:
         if self._closed:
             raise self._closed_error()
         wanted: dict[bytes, list[JobRef]] = {}
+        wanted_unique: dict[bytes, list[JobRef]] = {}  # references by unique alone
         for ref in refs:
-            if len(ref.handle) <= MAX_KEY_BYTES:
+            if ref.by_unique:
+                if len(_unique_of(ref)) <= MAX_KEY_BYTES:
+                    wanted_unique.setdefault(_unique_of(ref), []).append(ref)
+            elif len(ref.handle) <= MAX_KEY_BYTES:
                 wanted.setdefault(ref.handle, []).append(ref)
-        if not wanted:
+        if not wanted and not wanted_unique:
             return 0
         handles = sorted(wanted)
+        uniques = sorted(wanted_unique)
         maintenance = self._maintenance
         removed = [0]
 
         def body(cursor: Any, _first: bool) -> None:
-            ids: list[int] = []
+            ids: set[int] = set()
             gone: set[bytes] = set()
             for part in slices(handles, IN_CHUNK):
                 cursor.execute(maintenance.find(len(part)), list(part))
                 for job_id, server, handle, unique in cursor.fetchall():
                     key = JobKey(server, bytes(handle), bytes(unique))
                     if any(ref.matches(key) for ref in wanted[key.handle]):
-                        ids.append(job_id)
+                        ids.add(job_id)
+                        gone.add(key.handle)
+            for part in slices(uniques, IN_CHUNK):
+                cursor.execute(maintenance.find_unique(len(part)), list(part))
+                for job_id, server, handle, unique in cursor.fetchall():
+                    key = JobKey(server, bytes(handle), bytes(unique))
+                    if any(ref.matches(key) for ref in wanted_unique[key.unique]):
+                        ids.add(job_id)
                         gone.add(key.handle)
             count = 0
             for part in slices(sorted(ids), IN_CHUNK):
@@ -667,12 +706,42 @@ class SqlStore:
 
     def _check_key(self, key: JobKey) -> None:
         if len(key.handle) > MAX_KEY_BYTES or len(key.unique) > MAX_KEY_BYTES:
-            raise StoreError(
+            raise StoreRejected(
                 f"{self.url}: job handle or unique longer than {MAX_KEY_BYTES} bytes "
                 f"(handle {len(key.handle)}, unique {len(key.unique)}): not stored"
             )
         if len(key.server) > 255:
-            raise StoreError(f"{self.url}: job-server name longer than 255 characters: not stored")
+            raise StoreRejected(f"{self.url}: job-server name longer than 255 characters: not stored")
+
+    def _check_size(self, events: Sequence[Event]) -> None:
+        """MySQL/MariaDB: refuse a batch that cannot fit the server's ``max_allowed_packet`` before
+        sending anything (the server would drop the connection mid-write: "server has gone away").
+
+        The bytes travel escaped in the query text (the 7 bytes PyMySQL escapes take two), so a
+        batch is measured as its payloads, their escapes and 64 KiB for the rest of the query.
+        """
+        if self.family != "mysql":
+            return
+        size = sum(len(e.payload) + len(e.function) + len(e.traceback) for e in events)
+        if size < 256 * 1024:
+            return
+        if self._max_packet is None:
+            try:
+                with self._engine.connect() as conn:
+                    value = conn.execute(sa.text("SELECT @@max_allowed_packet")).scalar()
+            except Exception as exc:
+                raise self._error(exc, "write") from exc
+            self._max_packet = int(value or 0)
+        limit = self._max_packet - 64 * 1024
+        sent = size
+        if size <= limit < 2 * size:  # only then do the escapes decide
+            sent += sum(e.payload.count(c) for e in events for c in _ESCAPED_BYTES)
+        if sent > limit:
+            raise StoreRejected(
+                f"{self.url}: a write of {size} bytes of payload does not fit the server's "
+                f"max_allowed_packet limit of {self._max_packet} bytes (raise it on the server): "
+                f"not stored"
+            )
 
     # ------------------------------------------------------------------ writing
 
@@ -680,12 +749,13 @@ class SqlStore:
         """Several jobs' events: one transaction, the jobs in lock order."""
         for key, _ in groups:
             self._check_key(key)
+        self._check_size([e for _, events in groups for e in events])
         if self._closed:
             raise self._closed_error()
         plans = []
         for key, events in groups:
             scan = Scan(key, events, self.ttl)
-            mode = _NEW if events[0].kind is _STARTED else _GENERAL if scan.starts else _BUMP
+            mode = _mode(events[0], scan)
             plans.append((key, events, scan, mode, note(key.handle) if self._notify else ()))
         mysql = self.family == "mysql"
 
@@ -824,7 +894,10 @@ class SqlStore:
         cursor.execute(lock.sql, params)
         row = cursor.fetchone()
         if row is None:
-            if self._insert(cursor, RowChange().apply_all(events, self.ttl), key):
+            fresh = RowChange().apply_all(events, self.ttl)
+            if not fresh.created:  # heartbeats alone never create a record
+                return
+            if self._insert(cursor, fresh, key):
                 return
             cursor.execute(lock.sql, params)  # the row a concurrent writer has just created
             row = cursor.fetchone()
@@ -832,8 +905,14 @@ class SqlStore:
                 raise StoreError(f"{self.url}: job row vanished while writing")
         job_id, attempt, started_at, function, next_seq = row
         change = RowChange(
-            attempt=attempt, started_at=started_at, function=bytes(function), next_seq=next_seq
+            attempt=attempt,
+            started_at=started_at,
+            function=bytes(function),
+            next_seq=next_seq,
+            exists=True,
         ).apply_all(events, self.ttl)
+        if not change.changes:  # submitted events of a job that has a row: nothing to do
+            return
         update = self._update_job.get(list(change.changes))
         cursor.execute(update.sql, update.params({**change.changes, "b_id": job_id}))
         if change.cleared:
@@ -864,10 +943,16 @@ class SqlStore:
     # ------------------------------------------------------------------ reading
 
     def _read_many(
-        self, cursor: Any, refs: Sequence[JobRef], handles: list[bytes], now: float
+        self,
+        cursor: Any,
+        refs: Sequence[JobRef],
+        handles: list[bytes],
+        uniques: list[bytes],
+        now: float,
     ) -> tuple[list[int | None], dict[int, Any], dict[int, list[Any]]]:
         """Chosen job id per ref, the chosen job rows by id, their chunk rows by job id (in seq
-        order). Expired jobs' chunks are not read."""
+        order). Expired jobs' chunks are not read. ``uniques``: those of the references by unique
+        alone."""
         reads = self._reads
         found: dict[bytes, list[tuple[int, JobKey]]] = {}
         for part in _slices(handles):
@@ -875,10 +960,21 @@ class SqlStore:
             for job_id, server, handle, unique in cursor.fetchall():
                 handle = bytes(handle)
                 found.setdefault(handle, []).append((job_id, JobKey(server, handle, bytes(unique))))
+        by_unique: dict[bytes, list[tuple[int, JobKey]]] = {}
+        for part in _slices(uniques):
+            cursor.execute(reads.find_unique(len(part)), part)
+            for job_id, server, handle, unique in cursor.fetchall():
+                unique = bytes(unique)
+                by_unique.setdefault(unique, []).append(
+                    (job_id, JobKey(server, bytes(handle), unique))
+                )
         chosen: list[int | None] = []
         for ref in refs:
             best: int | None = None
-            for job_id, key in found.get(ref.handle, ()):
+            candidates = (
+                by_unique.get(_unique_of(ref), ()) if ref.by_unique else found.get(ref.handle, ())
+            )
+            for job_id, key in candidates:
                 if (best is None or job_id > best) and ref.matches(key):
                     best = job_id
             chosen.append(best)
@@ -905,6 +1001,21 @@ class SqlStore:
         for job_chunks in chunk_rows.values():
             job_chunks.sort(key=_SEQ)
         return chosen, rows, chunk_rows
+
+
+def _unique_of(ref: JobRef) -> bytes:
+    """The unique a reference by unique alone names (as ``JobRef.matches`` reads one without)."""
+    return ref.unique or b""
+
+
+def _mode(first: Event, scan: Scan) -> int:
+    """How write() takes one job's batch: ``new`` when it starts with ``started``, ``bump`` when
+    it has none; anything else (a later ``started``, a ``submitted``) the general path."""
+    if scan.submitted:
+        return _GENERAL
+    if first.kind is _STARTED:
+        return _NEW
+    return _GENERAL if scan.starts else _BUMP
 
 
 def _fetch(cursor: Any, sql: str, params: Sequence[Any]) -> list[Any]:

@@ -18,19 +18,22 @@ from pathlib import Path
 
 import gearstash
 from gearstash.errors import StoreError
-from gearstash.records import Event, JobKey, JobRecord, JobRef, State
+from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef, State
 from gearstash.store import ttl_from_query
+
+
+def _short(value: bytes) -> str:
+    return hashlib.sha256(value).hexdigest()[:16]
 
 
 def _name(key: JobKey) -> str:
     digest = hashlib.sha256(b"\0".join([key.server.encode(), key.handle, key.unique])).hexdigest()
-    handle = hashlib.sha256(key.handle).hexdigest()[:16]
-    return f"{handle}-{digest[:32]}.json"
+    return f"{_short(key.handle)}-{_short(key.unique)}-{digest[:32]}.json"
 
 
 class JsonDirStore:
-    """Records as JSON files ``<sha256(handle)[:16]>-<sha256(server, handle, unique)[:32]>.json``
-    holding ``{"created": <ns>, "record": <gearstash.job/1 record>}``."""
+    """Records as JSON files ``<sha256(handle)[:16]>-<sha256(unique)[:16]>-<sha256(server, handle,
+    unique)[:32]>.json`` holding ``{"created": <ns>, "record": <gearstash.job/1 record>}``."""
 
     capabilities = frozenset({"shared", "persistent", "expires", "delete"})
 
@@ -79,16 +82,28 @@ class JsonDirStore:
         """Apply the events to each job's file under the directory lock."""
         try:
             with self._locked():
-                records: dict[JobKey, tuple[int, JobRecord]] = {}
+                records: dict[JobKey, tuple[int, JobRecord] | None] = {}
+                changed: set[JobKey] = set()
                 for event in events:
                     if event.key not in records:
-                        found = self._read(self.root / _name(event.key))
-                        records[event.key] = found or (time.time_ns(), JobRecord(event.key))
-                    record = records[event.key][1]
+                        records[event.key] = self._read(self.root / _name(event.key))
+                    found = records[event.key]
+                    if found is None:  # the first event of a new job (a heartbeat makes none)
+                        new = JobRecord.create(event)
+                        if new is None:
+                            continue
+                        found = records[event.key] = (time.time_ns(), new)
+                    elif event.kind is EventKind.SUBMITTED:
+                        continue  # only creates a record: changes nothing in one that exists
+                    record = found[1]
                     record.apply(event)
+                    changed.add(event.key)
                     ttl = self.ttl if event.ttl is None else event.ttl
                     record.expires_at = event.at + ttl if ttl > 0 else None
-                for key, (created, record) in records.items():
+                for key in changed:
+                    written = records[key]
+                    assert written is not None
+                    created, record = written
                     path = self.root / _name(key)
                     tmp = path.with_suffix(".tmp")
                     body = {"created": created, "record": record.to_json()}
@@ -97,19 +112,20 @@ class JsonDirStore:
         except OSError as exc:
             raise StoreError(f"store {self.url}: {exc}") from exc
 
-    def _candidates(self, handle: bytes) -> list[JobRecord]:
-        """Every job with this handle, oldest first."""
-        prefix = hashlib.sha256(handle).hexdigest()[:16]
-        found = [(p, self._read(p)) for p in self.root.glob(f"{prefix}-*.json")]
+    def _candidates(self, ref: JobRef) -> list[JobRecord]:
+        """Every job with the reference's handle (or, by unique, its unique), oldest first."""
+        own = f"*-{_short(ref.unique or b'')}-*" if ref.by_unique else f"{_short(ref.handle)}-*"
+        pattern = own + ".json"
+        found = [(p, self._read(p)) for p in self.root.glob(pattern)]
         ordered = sorted((f[0], str(p)) for p, f in found if f is not None)
         loaded = [self._load(Path(p)) for _, p in ordered]
-        return [r for r in loaded if r is not None and r.key.handle == handle]
+        return [r for r in loaded if r is not None and ref.matches(r.key)]
 
     def get_many(self, refs: Sequence[JobRef]) -> list[JobRecord | None]:
         """The newest (last written) matching record per reference."""
         out: list[JobRecord | None] = []
         for ref in refs:
-            matching = [r for r in self._candidates(ref.handle) if ref.matches(r.key)]
+            matching = self._candidates(ref)
             out.append(matching[-1] if matching else None)
         return out
 
@@ -118,10 +134,9 @@ class JsonDirStore:
         removed = 0
         with self._locked():
             for ref in refs:
-                for record in self._candidates(ref.handle):
-                    if ref.matches(record.key):
-                        (self.root / _name(record.key)).unlink(missing_ok=True)
-                        removed += 1
+                for record in self._candidates(ref):
+                    (self.root / _name(record.key)).unlink(missing_ok=True)
+                    removed += 1
         return removed
 
     def close(self) -> None:
