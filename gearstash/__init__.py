@@ -16,6 +16,7 @@ _EXPORTS = {
     "Client": "gearstash.client",
     "JobView": "gearstash.client",
     "Status": "gearstash.client",
+    "BadToken": "gearstash.errors",
     "ConfigError": "gearstash.errors",
     "GearstashError": "gearstash.errors",
     "JobFailed": "gearstash.errors",
@@ -24,6 +25,7 @@ _EXPORTS = {
     "ServerError": "gearstash.errors",
     "ServerUnavailable": "gearstash.errors",
     "StoreError": "gearstash.errors",
+    "StoreRejected": "gearstash.errors",
     "WaitTimeout": "gearstash.errors",
     "hookimpl": "gearstash.plugins",
     "open_store": "gearstash.plugins",
@@ -40,6 +42,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "BadToken",
     "Client",
     "ConfigError",
     "Event",
@@ -60,6 +63,7 @@ __all__ = [
     "Status",
     "Store",
     "StoreError",
+    "StoreRejected",
     "WaitTimeout",
     "Worker",
     "__version__",
@@ -70,6 +74,7 @@ __all__ = [
 if TYPE_CHECKING:
     from gearstash.client import Client, JobView, Status
     from gearstash.errors import (
+        BadToken,
         ConfigError,
         GearstashError,
         JobFailed,
@@ -78,6 +83,7 @@ if TYPE_CHECKING:
         ServerError,
         ServerUnavailable,
         StoreError,
+        StoreRejected,
         WaitTimeout,
     )
     from gearstash.plugins import hookimpl, open_store

@@ -3,7 +3,7 @@
 Every command takes ``--server`` (repeatable; default ``$GEARSTASH_SERVERS`` or ``127.0.0.1:4730``)
 and ``--store`` (default ``$GEARSTASH_STORE`` or the SQLite default store), so no secret has to go on
 the command line. Exit codes: 0 success, 1 gearstash error (unreachable server or store, bad input),
-2 usage, 3 the job failed, 4 wait timed out or the job is unknown.
+2 usage, 3 the job failed, expired or was lost, 4 wait timed out or the job is unknown.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from typing import Any
 
 import click
 
+from gearstash import config
 from gearstash.client import Client, JobView
 from gearstash.errors import ConfigError, GearstashError, JobNotFound, WaitTimeout
 from gearstash.records import JobRef, State
 from gearstash.store import redact_url
+from gearstash.tokens import TokenSigner
 
 EXIT_ERROR, EXIT_FAILED, EXIT_WAIT = 1, 3, 4
 
@@ -52,12 +54,25 @@ def _server_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def _warn_secret_on_argv(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """Warn (still work) when the --store URL holds a password: argv is public on a host."""
+    if value and config.url_has_secret(value):
+        click.echo(
+            "gearstash: warning: the --store URL holds a password, and every user of this host "
+            "can read a process's command line (ps, /proc/PID/cmdline); set $GEARSTASH_STORE, "
+            "$GEARSTASH_STORE_FILE or `store` in the config file instead",
+            err=True,
+        )
+    return value
+
+
 def _store_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--store",
         metavar="URL",
-        help="Store URL (default $GEARSTASH_STORE or the SQLite default store). "
-        "Prefer the environment variable for URLs with passwords.",
+        callback=_warn_secret_on_argv,
+        help="Store URL (default $GEARSTASH_STORE, $GEARSTASH_STORE_FILE, the config file, or the "
+        "SQLite default store). Never put a password here: use the environment or config file.",
     )(f)
 
 
@@ -65,15 +80,34 @@ def _servers(values: Sequence[str]) -> list[str] | None:
     return list(values) or None
 
 
+def _settings(servers: Sequence[str] = (), store: str | None = None) -> config.Settings:
+    """Options > environment > config file (``--config`` of the group) > defaults."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    path = obj.get("config") if isinstance(obj, dict) else None
+    return config.resolve(store=store, servers=_servers(servers), config=path)
+
+
 def _client(servers: Sequence[str], store: str | None, timeout: float = 30.0) -> Client:
-    return Client(_servers(servers), store=store, timeout=timeout)
+    settings = _settings(servers, store)
+    return Client(settings.servers, store=settings.store_url, timeout=timeout)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gearstash")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    default=None,
+    help="TOML config file (default $GEARSTASH_CONFIG or "
+    "$XDG_CONFIG_HOME/gearstash/config.toml): store, servers, token_secret, spool.",
+)
+@click.pass_context
+def main(ctx: click.Context, verbose: int, config_file: str | None) -> None:
     """Keep what Gearman background jobs say, and fetch it back by job handle."""
+    ctx.obj = {"config": config_file}
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -115,6 +149,36 @@ def load_function(spec: str) -> tuple[str, Callable[..., Any]]:
     help="Serve the Python function FUNCTION under the Gearman name NAME (repeatable).",
 )
 @click.option("--max-jobs", type=int, default=None, help="Stop after this many jobs.")
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds a running job's lease lasts (renewed every third of it); a job whose worker "
+    "died reads 'lost' once it ran out. 0: no lease.",
+)
+@click.option(
+    "--spool",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder where events wait while the store is down (default $GEARSTASH_SPOOL, the "
+    "config file's spool, else spool/<hash of the store URL> in the gearstash home).",
+)
+@click.option(
+    "--spool-max-bytes",
+    type=click.IntRange(min=1),
+    default=1 << 30,
+    show_default=True,
+    help="Bound of the spool; beyond it new events are lost (logged).",
+)
+@click.option(
+    "--on-store-down",
+    type=click.Choice(["spool", "fail"]),
+    default="spool",
+    show_default=True,
+    help="spool: jobs go on, events wait on disk and are replayed in order; "
+    "fail: jobs fail (WORK_FAIL) while the store is down.",
+)
 @click.argument("functions", nargs=-1, required=True, metavar="MODULE:FUNCTION...")
 def worker(
     servers: tuple[str, ...],
@@ -122,6 +186,10 @@ def worker(
     concurrency: int,
     names: tuple[str, ...],
     max_jobs: int | None,
+    lease: float,
+    spool: str | None,
+    spool_max_bytes: int,
+    on_store_down: str,
     functions: tuple[str, ...],
 ) -> None:
     """Serve MODULE:FUNCTION... and capture every job event into the store.
@@ -138,14 +206,25 @@ def worker(
         if not sep or not old or not new:
             raise click.BadParameter(f"expected FUNCTION=NAME, got {item!r}", param_hint="--name")
         renames[old] = new
-    w = Worker(_servers(servers), store=store, concurrency=concurrency)
+    settings = _settings(servers, store)
+    w = Worker(
+        settings.servers,
+        store=settings.store_url,
+        concurrency=concurrency,
+        lease=lease,
+        spool=spool or settings.spool,
+        spool_max_bytes=spool_max_bytes,
+        on_store_down=on_store_down,
+    )
     for spec in functions:
         name, fn = load_function(spec)
         gearman_name = renames.get(spec, renames.get(name, name))
         w.register(gearman_name, fn)
     click.echo(
         f"gearstash worker: serving {', '.join(w.functions)} on {', '.join(w.servers)}; "
-        f"store {w.store.url}",
+        f"store {w.store.url}"
+        + (f"; spool {w.store.spool_dir}" if hasattr(w.store, "spool_dir") else "")
+        + ("; jobs fail while the store is down" if on_store_down == "fail" else ""),
         err=True,
     )
     try:
@@ -232,7 +311,7 @@ def status(servers: tuple[str, ...], as_json: bool, handles: tuple[str, ...]) ->
 
     gearmand forgets a job when it ends: use ``fetch`` for the stored outcome.
     """
-    with Client(_servers(servers), store="null://") as client:
+    with Client(_settings(servers).servers, store="null://") as client:
         for text in handles:
             ref = JobRef.parse(text)
             st = client.status(ref)
@@ -376,7 +455,7 @@ def follow(
 @click.argument("handles", nargs=-1, required=True)
 def forget(store: str | None, handles: tuple[str, ...]) -> None:
     """Delete the stored records of each HANDLE (every record a bare handle matches)."""
-    with Client(["127.0.0.1"], store=store) as client:
+    with Client(["127.0.0.1"], store=_settings(store=store).store_url) as client:
         removed = client.forget([JobRef.parse(h) for h in handles])
     click.echo(f"forgot {removed} record(s)")
 
@@ -387,7 +466,7 @@ def purge(store: str | None) -> None:
     """Remove expired records from the store now (stores also purge by themselves)."""
     from gearstash.store import purge as purge_store
 
-    with Client(["127.0.0.1"], store=store) as client:
+    with Client(["127.0.0.1"], store=_settings(store=store).store_url) as client:
         removed = purge_store(client.store)
     click.echo(f"purged {removed} expired record(s) from {client.store.url}")
 
@@ -436,9 +515,57 @@ def plugins(as_json: bool) -> None:
         click.echo("failed to load:")
         for name, error in failed:
             click.echo(f"  {name}: {error}")
-    default = os.environ.get("GEARSTASH_STORE")
-    if default:
-        click.echo(f"store from $GEARSTASH_STORE: {redact_url(default)}")
+    try:
+        settings = _settings()
+    except ConfigError as exc:  # a diagnostic command: say what is wrong, list the rest
+        click.echo(f"configuration: error: {exc}")
+        return
+    if settings.store:
+        click.echo(f"store from {settings.sources['store']}: {redact_url(settings.store)}")
+    if settings.config_file is not None:
+        click.echo(f"config file: {settings.config_file}")
+
+
+@main.group()
+def token() -> None:
+    """Signed job tokens for browsers (the secret comes from $GEARSTASH_TOKEN_SECRET,
+    $GEARSTASH_TOKEN_SECRET_FILE or token_secret in the config file — never from an option)."""
+
+
+def _signer() -> TokenSigner:
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return TokenSigner.from_config(config=obj.get("config") if isinstance(obj, dict) else None)
+
+
+@token.command("sign")
+@click.option(
+    "--ttl", type=click.FloatRange(min=0, min_open=True), default=3600.0, show_default=True,
+    help="Seconds the token stays valid.",
+)  # fmt: skip
+@click.argument("ref")
+def token_sign(ttl: float, ref: str) -> None:
+    """Print a token for the job REF (a job reference, as `submit --background` prints it)."""
+    click.echo(_signer().sign(JobRef.parse(ref), ttl=ttl))
+
+
+@token.command("fetch")
+@_server_option
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the job as one JSON object.")
+@click.argument("token_text", metavar="TOKEN")
+def token_fetch(
+    servers: tuple[str, ...], store: str | None, as_json: bool, token_text: str
+) -> None:
+    """Verify TOKEN, then show its job like `fetch` (exit 1 if the token is refused)."""
+    signer = _signer()
+    ref = signer.verify(token_text)  # before any server or store is asked anything
+    with _client(servers, store) as client:
+        view = client.fetch(ref)
+    if as_json:
+        click.echo(json.dumps(view.to_json(), ensure_ascii=False))
+    else:
+        click.echo(describe(view))
 
 
 @main.command()

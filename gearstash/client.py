@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pluggy
 
+from gearstash import config
 from gearstash.connection import DEFAULT_CONNECT_TIMEOUT, Connection, servers_from
 from gearstash.errors import (
     ConfigError,
@@ -37,6 +36,7 @@ from gearstash.errors import (
 )
 from gearstash.plugins import open_store
 from gearstash.protocol import (
+    MAX_UNIQUE,
     ErrorReply,
     Packet,
     PacketType,
@@ -53,9 +53,10 @@ from gearstash.records import (
     JobRecord,
     JobRef,
     State,
-    bytes_to_json,
 )
-from gearstash.store import Store, default_store_url, delete, get_after, watch
+from gearstash.store import Store, delete, get_after, watch
+from gearstash.tokens import TokenSigner
+from gearstash.views import JobView, Status, merge_state, successor
 
 log = logging.getLogger("gearstash.client")
 
@@ -87,135 +88,19 @@ def as_ref(ref: RefLike) -> JobRef:
     return ref if isinstance(ref, JobRef) else JobRef.parse(ref)
 
 
-@dataclass(frozen=True, slots=True)
-class Status:
-    """A job server's live answer for one job (gearmand forgets it when the job ends)."""
-
-    known: bool
-    running: bool
-    numerator: int
-    denominator: int
-    server: str | None = None
-    waiting_clients: int | None = None
-
-    @property
-    def percent(self) -> float | None:
-        """``numerator/denominator`` as a percentage, or None when the denominator is 0."""
-        if self.denominator <= 0:
-            return None
-        return 100.0 * self.numerator / self.denominator
-
-
-@dataclass(slots=True)
-class JobView:
-    """One job as the client sees it: the merged ``state``, the live ``status`` (None when no
-    server could be asked) and the stored ``record`` (None when the store has none)."""
-
-    ref: JobRef
-    state: State
-    status: Status | None
-    record: JobRecord | None
-
-    @property
-    def data(self) -> list[bytes]:
-        """The WORK_DATA chunks in order (empty without a record)."""
-        return self.record.data if self.record else []
-
-    @property
-    def result(self) -> bytes | None:
-        """The WORK_COMPLETE payload, when the job completed."""
-        return self.record.result if self.record else None
-
-    @property
-    def numerator(self) -> int:
-        """Live numerator, else the last stored one, else 0."""
-        if self.status is not None and self.status.known:
-            return self.status.numerator
-        if self.record and self.record.status:
-            return self.record.status[-1].numerator
-        return 0
-
-    @property
-    def denominator(self) -> int:
-        """Live denominator, else the last stored one, else 0."""
-        if self.status is not None and self.status.known:
-            return self.status.denominator
-        if self.record and self.record.status:
-            return self.record.status[-1].denominator
-        return 0
-
-    def to_json(self) -> dict[str, Any]:
-        """The stored record's JSON form (README, "Record format") plus the live status.
-
-        Always has ``handle``, ``server``, ``function``, ``unique``, ``state``, ``known``,
-        ``running``, ``numerator``, ``denominator``, ``data``, ``warnings``, ``result``, ``error``.
-        """
-        record = self.record
-        out: dict[str, Any] = (
-            record.to_json()
-            if record is not None
-            else {
-                "format": "gearstash.job/1",
-                "server": self.ref.server,
-                "handle": bytes_to_json(self.ref.handle),
-                "unique": None if self.ref.unique is None else bytes_to_json(self.ref.unique),
-                "function": None,
-                "attempt": 0,
-                "data": [],
-                "warnings": [],
-                "status": [],
-                "result": None,
-                "error": None,
-                "worker": None,
-                "started_at": None,
-                "finished_at": None,
-                "updated_at": None,
-            }
-        )
-        if out.get("server") is None and self.status is not None:
-            out["server"] = self.status.server
-        out["ref"] = str(self.ref)
-        out["state"] = self.state.value
-        out["known"] = bool(self.status and self.status.known)
-        out["running"] = bool(self.status and self.status.running)
-        out["numerator"] = self.numerator
-        out["denominator"] = self.denominator
-        out["server_reachable"] = self.status is not None
-        return out
-
-
-def merge_state(ref: JobRef, status: Status | None, record: JobRecord | None) -> JobView:
-    """Merge a live status and a stored record into one definite state.
-
-    * a final record (complete/failed) wins — unless the reference has no unique and the server
-      says the handle is alive: then the handle was reused by a newer job and the record is not
-      this job's;
-    * else the server's word: running, or queued;
-    * else the record's stored state;
-    * else ``unknown``.
-    """
-    live = status is not None and status.known
-    if record is not None and record.state.final:
-        if live and ref.unique is None:
-            record = None
-        else:
-            return JobView(ref, record.state, status, record)
-    if live:
-        assert status is not None
-        return JobView(ref, State.RUNNING if status.running else State.QUEUED, status, record)
-    if record is not None:
-        return JobView(ref, record.state, status, record)
-    return JobView(ref, State.UNKNOWN, status, None)
-
-
 class Client:
     """Submit jobs and read them back by handle.
 
     :param servers: ``host[:port]`` addresses (default ``$GEARSTASH_SERVERS`` or ``127.0.0.1:4730``).
-    :param store: a store object or URL (default ``$GEARSTASH_STORE`` or the SQLite default store);
+    :param store: a store object or URL (default ``$GEARSTASH_STORE``, the config file's ``store``
+        or the SQLite default store, see :mod:`gearstash.config`);
         opened on first use.
     :param connect_timeout: seconds to wait for a TCP connection.
     :param timeout: seconds to wait for any one answer from a server.
+    :param mark_submissions: write a ``submitted`` event to the store for every background job
+        submitted (the job then reads ``queued`` from the store alone, ``lost`` when the server
+        forgot it, and is found again after a persistent-queue server replays it under a new
+        handle). A failed marker write is logged, never raised: the job is submitted.
 
     Thread-safe: each server connection is used under its own lock.
     """
@@ -228,8 +113,10 @@ class Client:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         timeout: float = 30.0,
         plugin_manager: pluggy.PluginManager | None = None,
+        mark_submissions: bool = True,
     ) -> None:
-        self.servers = servers_from(servers)
+        self.mark_submissions = mark_submissions
+        self.servers = servers_from(servers if servers is not None else config.servers())
         self._conns = {
             s: Connection(s, connect_timeout=connect_timeout, read_timeout=timeout)
             for s in self.servers
@@ -259,7 +146,7 @@ class Client:
     def store(self) -> Store:
         """The store, opened on first use."""
         if self._store is None:
-            url = self._store_url or os.environ.get("GEARSTASH_STORE") or default_store_url()
+            url = self._store_url or config.store_url()
             self._store = open_store(url, self._pm)
         return self._store
 
@@ -350,8 +237,19 @@ class Client:
                 except ServerUnavailable as exc:
                     errors.append(str(exc))
                     continue
-            return JobRef(created.args[0], server, uniq)
+            ref = JobRef(created.args[0], server, uniq)
+            if self.mark_submissions:
+                self._mark(ref, fn)
+            return ref
         raise ServerUnavailable("no job server accepted the job: " + "; ".join(errors))
+
+    def _mark(self, ref: JobRef, function: bytes) -> None:
+        """Write the ``submitted`` marker of a background job (failures are only logged)."""
+        key = JobKey(ref.server or "", ref.handle, ref.unique or b"")
+        try:
+            self.store.write([Event(EventKind.SUBMITTED, key, time.time(), function=function)])
+        except GearstashError as exc:
+            log.warning("job %s submitted, but its submission was not recorded: %s", ref, exc)
 
     def submit(
         self,
@@ -462,9 +360,68 @@ class Client:
                 raise
         return out
 
+    def _unique_status_batch(self, server: str, uniques: Sequence[bytes]) -> dict[bytes, Status]:
+        """GET_STATUS_UNIQUE for many uniques on one server, pipelined. Raises ServerUnavailable."""
+        out: dict[bytes, Status] = {}
+        with self._locks[server]:
+            conn = self._conn(server)
+            try:
+                for start in range(0, len(uniques), STATUS_BATCH):
+                    batch = uniques[start : start + STATUS_BATCH]
+                    conn.send(
+                        b"".join(encode_request(PacketType.GET_STATUS_UNIQUE, u) for u in batch)
+                    )
+                    for _ in batch:
+                        r = UniqueStatusReply.from_packet(
+                            self._expect(conn, PacketType.STATUS_RES_UNIQUE)
+                        )
+                        out[r.unique] = Status(
+                            r.known,
+                            r.running,
+                            r.numerator,
+                            r.denominator,
+                            server,
+                            r.waiting_clients,
+                        )
+            except BaseException:
+                conn.close()
+                raise
+        return out
+
+    def _unique_statuses(self, refs: Sequence[JobRef]) -> dict[JobRef, Status]:
+        """Live status by unique for each reference (on its server, else the first that knows
+        it); references no server answered for are left out."""
+        wanted: dict[str, list[bytes]] = {}
+        for ref in refs:
+            if ref.unique is None or len(ref.unique) > MAX_UNIQUE:
+                continue
+            for server in [ref.server] if ref.server else self.servers:
+                if server in self._conns:
+                    wanted.setdefault(server, []).append(ref.unique)
+        answers: dict[tuple[str, bytes], Status] = {}
+        for server, uniques in wanted.items():
+            try:
+                batch = self._unique_status_batch(server, list(dict.fromkeys(uniques)))
+            except ServerUnavailable:
+                continue
+            for unique, status in batch.items():
+                answers[(server, unique)] = status
+        out: dict[JobRef, Status] = {}
+        for ref in refs:
+            got = [
+                answers[(s, ref.unique or b"")]
+                for s in ([ref.server] if ref.server else self.servers)
+                if (s, ref.unique or b"") in answers
+            ]
+            if got:
+                out[ref] = next((a for a in got if a.known), got[0])
+        return out
+
     def _statuses(self, refs: Sequence[JobRef]) -> tuple[dict[tuple[str, bytes], Status], set[str]]:
         wanted: dict[str, list[bytes]] = {s: [] for s in self.servers}
         for ref in refs:
+            if ref.by_unique:
+                continue
             for server in [ref.server] if ref.server else self.servers:
                 if server not in wanted:
                     raise ConfigError(
@@ -493,6 +450,8 @@ class Client:
         unreachable.
         """
         job = as_ref(ref)
+        if job.by_unique:
+            return self.status_unique(job.unique or b"")
         found, down = self._statuses([job])
         servers = [job.server] if job.server else self.servers
         answers = [found[(s, job.handle)] for s in servers if (s, job.handle) in found]
@@ -547,10 +506,44 @@ class Client:
         if not jobs:
             return []
         found, _down = self._statuses(jobs)
+        by_unique = self._unique_statuses([j for j in jobs if j.by_unique])
         records = self.store.get_many(jobs)
+        now = time.time()
         views: list[JobView] = []
         for job, record in zip(jobs, records, strict=True):
-            views.append(merge_state(job, self._pick_status(job, record, found), record))
+            status = by_unique.get(job) if job.by_unique else self._pick_status(job, record, found)
+            views.append(merge_state(job, status, record, now))
+        return self._find_replayed(views, now)
+
+    def _find_replayed(self, views: list[JobView], now: float) -> list[JobView]:
+        """Second look at jobs that read ``lost``: the server may have replayed them under new
+        handles (persistent queue) — ask the servers by unique and the store for the newest record
+        with the unique (:func:`~gearstash.views.successor`). Costs nothing when none is lost."""
+        lost = [
+            i
+            for i, v in enumerate(views)
+            if v.state is State.LOST and v.record is not None and v.ref.unique is not None
+        ]
+        if not lost:
+            return views
+        probes: list[JobRef] = []
+        for i in lost:
+            record = views[i].record
+            assert record is not None
+            probes.append(JobRef(b"", record.key.server, record.key.unique))
+        statuses = self._unique_statuses(probes)
+        candidates = self.store.get_many(probes)
+        for i, probe, candidate in zip(lost, probes, candidates, strict=True):
+            view = views[i]
+            record = view.record
+            assert record is not None
+            status = statuses.get(probe)
+            if candidate is not None and successor(record, candidate):
+                merged = merge_state(probe, status, candidate, now)
+                views[i] = JobView(view.ref, merged.state, merged.status, candidate)
+            elif status is not None and status.known:
+                state = State.RUNNING if status.running else State.QUEUED
+                views[i] = JobView(view.ref, state, status, record)
         return views
 
     def wait(
@@ -609,7 +602,11 @@ class Client:
         with contextlib.closing(watch(self.store, [job])) as watcher:
             while True:
                 found, _down = self._statuses([job])
-                status = self._pick_status(job, None, found)
+                status = (
+                    self._unique_statuses([job]).get(job)
+                    if job.by_unique
+                    else self._pick_status(job, None, found)
+                )
                 record = get_after(self.store, job, cursor if data else 1 << 62)
                 restarted = False
                 if record is not None and attempt is not None and record.attempt != attempt:
@@ -617,9 +614,17 @@ class Client:
                     record = get_after(self.store, job, 0 if data else 1 << 62)
                 if record is not None:
                     attempt = record.attempt
-                    if status is None or job.server is None:
+                    if not job.by_unique and (status is None or job.server is None):
                         status = self._pick_status(job, record, found)
                 view = merge_state(job, status, record)
+                if view.state is State.LOST and job.unique is not None and not job.by_unique:
+                    again = self.fetch(job)
+                    if again.record is not None and again.record.key.handle != job.handle:
+                        # replayed under a new handle: follow that one from its first chunk
+                        job = JobRef(again.record.key.handle, again.record.key.server, job.unique)
+                        cursor, attempt = 0, None
+                        continue
+                    view = again
                 chunks = list(record.data) if data and view.record is not None and record else []
                 offset = cursor
                 cursor += len(chunks)
@@ -662,6 +667,15 @@ class Client:
         """
         items = [refs] if isinstance(refs, JobRef | str | bytes) else list(refs)
         return delete(self.store, [as_ref(r) for r in items])
+
+    def fetch_token(self, token: str, signer: TokenSigner) -> JobView:
+        """:meth:`fetch` the job a signed token names (see :mod:`gearstash.tokens`).
+
+        The token is verified first; a refused one raises :class:`~gearstash.errors.BadToken`
+        (reason ``malformed``, ``bad signature`` or ``expired``) before any server or store is
+        asked anything.
+        """
+        return self.fetch(signer.verify(token))
 
 
 @dataclass(frozen=True, slots=True)

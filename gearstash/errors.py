@@ -50,6 +50,11 @@ class StoreError(GearstashError):
     """
 
 
+class StoreRejected(StoreError):
+    """The store is up but refuses this write for good (a value over its size limit, say):
+    retrying or spooling it cannot help. Nothing of the refused batch was written."""
+
+
 class ConfigError(GearstashError):
     """Bad configuration: an unknown store scheme, a malformed server address or URL."""
 
@@ -71,3 +76,15 @@ class JobFailed(GearstashError):
 
 class WaitTimeout(GearstashError):
     """``Client.wait`` gave up before the job reached a final state."""
+
+
+class BadToken(GearstashError):
+    """A job token was refused (see :mod:`gearstash.tokens`).
+
+    ``reason`` is short and safe to show to whoever sent the token: ``"malformed"``,
+    ``"bad signature"`` or ``"expired"``. It never carries the expected signature or the secret.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"job token refused: {reason}")
+        self.reason = reason

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from gearstash import hookspecs
-from gearstash.errors import ConfigError, GearstashError
-from gearstash.store import Store, StoreFactory, StoreType, redact_url, url_scheme
+from gearstash.errors import ConfigError, GearstashError, StoreError
+from gearstash.store import Store, StoreFactory, StoreType, redact_url, scrub, url_scheme
 
 if TYPE_CHECKING:
     from gearstash.records import JobError
@@ -171,7 +171,20 @@ def open_store(url: str, pm: pluggy.PluginManager | None = None) -> Store:
             f"no store for scheme {scheme!r} in {redact_url(url)!r}; known schemes: {known} "
             "(see `gearstash plugins`)"
         )
-    return kind.factory(url)
+    try:
+        return kind.factory(url)
+    except GearstashError as exc:  # stores redact already; make sure, for third-party ones too
+        text = str(exc)
+        if scrub(text, url) == text:
+            raise
+        cls = type(exc) if type(exc) in (StoreError, ConfigError) else StoreError
+        raise cls(scrub(text, url)) from None
+    except Exception as exc:  # a driver error a store let through: never show its password
+        cls = ConfigError if isinstance(exc, ValueError) else StoreError
+        raise cls(
+            f"{redact_url(url)}: opening the store failed: {type(exc).__name__}: "
+            f"{scrub(str(exc), url)}"
+        ) from None
 
 
 # ---------------------------------------------------------------- worker events

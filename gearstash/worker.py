@@ -22,7 +22,9 @@ in batches: an event waits at most ``flush_interval`` seconds (default 0.05; a f
 the events of a job that went quiet), so a job that only returns costs one store write.
 
 A store failure is logged and reported through the ``store_failed`` hook; the job still runs and the
-worker keeps serving. Lost job-server connections are re-made with backoff.
+worker keeps serving. By default (``on_store_down="spool"``) what the store cannot take is spooled
+on disk and replayed in order when it is back (:mod:`gearstash.spool`); with ``"fail"`` jobs fail
+instead while the store is down. Lost job-server connections are re-made with backoff.
 """
 
 from __future__ import annotations
@@ -45,10 +47,16 @@ from typing import Any
 import pluggy
 
 from gearstash.connection import DEFAULT_CONNECT_TIMEOUT, Connection, servers_from
-from gearstash.errors import ConfigError, JobFailed, ProtocolError, ServerUnavailable
+from gearstash.errors import (
+    ConfigError,
+    JobFailed,
+    ProtocolError,
+    ServerUnavailable,
+    StoreRejected,
+)
 from gearstash.plugins import EventHooks, open_store
 from gearstash.protocol import Packet, PacketType, encode_request, encode_work
-from gearstash.records import Event, EventKind, JobError, JobKey, JobRef
+from gearstash.records import FINAL_EVENTS, Event, EventKind, JobError, JobKey, JobRef
 from gearstash.store import Store, default_store_url
 
 log = logging.getLogger("gearstash.worker")
@@ -59,6 +67,8 @@ _GRAB = encode_request(PacketType.GRAB_JOB_UNIQ)
 _PRE_SLEEP = encode_request(PacketType.PRE_SLEEP)
 _ASSIGN = frozenset({PacketType.JOB_ASSIGN_UNIQ, PacketType.JOB_ASSIGN, PacketType.JOB_ASSIGN_ALL})
 _MAX_BACKOFF = 5.0
+_SMALL_EVENTS = frozenset({EventKind.STARTED, EventKind.STATUS, EventKind.HEARTBEAT})
+DEFAULT_SPOOL_MAX_BYTES = 1 << 30  # gearstash.spool.DEFAULT_MAX_BYTES, without importing it
 
 
 def to_bytes(value: Any) -> bytes:
@@ -108,6 +118,7 @@ class Job:
     __slots__ = (
         "_conn",
         "_hooks",
+        "_leased",
         "_pending",
         "_since",
         "_slot",
@@ -140,6 +151,7 @@ class Job:
         self._hooks = slot.hooks
         self._pending: list[Event] = []
         self._since = 0.0
+        self._leased = 0.0
         self._ttl: float | None = None
 
     def __repr__(self) -> str:
@@ -208,6 +220,18 @@ class Worker:
     :param flush_interval: longest time, in seconds, an event of a running job waits before it is
         written to the store (events that come quicker are written together; 0 writes each event
         at once). A job's final events are always written before the server hears it ended.
+    :param lease: seconds a running job's record promises the worker is alive. The worker renews
+        it (a ``heartbeat`` event) every ``lease / 3`` seconds while the job runs; when a worker
+        dies mid-job and no worker takes the job over, clients read the job as ``lost`` once the
+        lease ran out. 0 disables leases (a dead worker's job then reads ``running`` for ever).
+    :param on_store_down: ``"spool"`` (default): what the store cannot take is kept in an on-disk
+        spool and replayed in order when the store is back (:mod:`gearstash.spool`); jobs go on.
+        ``"fail"``: no spool; a job whose start cannot be stored is not run (WORK_FAIL), and a job
+        whose events could not all be stored ends with WORK_FAIL (after a WORK_WARNING saying why).
+    :param spool: the spool folder (default ``$GEARSTASH_SPOOL``, else ``spool/<hash of the store
+        URL>`` under the gearstash home). Stores that declare neither ``shared`` nor ``persistent``
+        (``memory://``, ``null://``) are spooled only when this is given.
+    :param spool_max_bytes: the spool's bound (default 1 GiB); beyond it new events are lost (logged).
     """
 
     def __init__(
@@ -220,24 +244,52 @@ class Worker:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = 30.0,
         flush_interval: float = 0.05,
+        lease: float = 60.0,
+        spool: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+        on_store_down: str = "spool",
         plugin_manager: pluggy.PluginManager | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
-        self.servers = servers_from(servers)
+        if on_store_down not in ("spool", "fail"):
+            raise ConfigError(f"on_store_down must be 'spool' or 'fail', not {on_store_down!r}")
+        if lease < 0:
+            raise ConfigError("lease must not be negative")
+        from gearstash import config  # option > environment > config file > default
+
+        settings = config.resolve() if servers is None or not store else None
+        self.servers = servers_from(settings.servers if servers is None and settings else servers)
         if store is None or isinstance(store, str):
-            url = store or os.environ.get("GEARSTASH_STORE") or default_store_url()
+            url = store or (settings.store if settings else None) or default_store_url()
             self.store: Store = open_store(url, plugin_manager)
             self._owns_store = True
         else:
             self.store = store
             self._owns_store = False
+        self.on_store_down = on_store_down
+        if not spool:  # option > environment > config file
+            spool = os.environ.get("GEARSTASH_SPOOL") or (settings.spool if settings else None)
+        if on_store_down == "spool" and (
+            spool is not None or self.store.capabilities & {"shared", "persistent"}
+        ):
+            from gearstash.spool import SpoolingStore, default_spool_dir
+
+            self.store = SpoolingStore(
+                self.store,
+                spool if spool is not None else default_spool_dir(self.store.url),
+                max_bytes=spool_max_bytes,
+                close_inner=self._owns_store,
+                on_failure=lambda url, exc, n: self.hooks.store_failed(url, exc, n),
+            )
+            self._owns_store = True
         self.concurrency = concurrency
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.client_id = client_id or f"gearstash-{socket.gethostname()}-{os.getpid()}"
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.flush_interval = max(flush_interval, 0.0)
+        self.lease: float | None = lease or None
         self.hooks = EventHooks(plugin_manager)
         self.functions: dict[str, Registration] = {}
         self.jobs_done = 0
@@ -291,7 +343,7 @@ class Worker:
         restore = self._install_signals() if handle_signals else None
         flusher_done = threading.Event()
         flusher = None
-        if self.flush_interval > 0:
+        if self.flush_interval > 0 or self.lease:
             flusher = threading.Thread(
                 target=self._flush_loop, args=(flusher_done,), name="gearstash-flush", daemon=True
             )
@@ -340,12 +392,18 @@ class Worker:
             self.stop()
 
     def _flush_loop(self, done: threading.Event) -> None:
-        """Write events of running jobs that waited ``flush_interval`` (e.g. a silent job's start)."""
-        interval = self.flush_interval
+        """Write events of running jobs that waited ``flush_interval`` (e.g. a silent job's start),
+        and renew the lease of jobs that have run for ``lease / 3`` since the last renewal."""
+        flush = self.flush_interval
+        renew = self.lease / 3 if self.lease else 0.0
+        interval = min(x for x in (flush, renew / 4) if x > 0)
         while not done.wait(interval):
             now = time.time()
             for slot in self._slots:
-                slot.flush_due(now)
+                if flush:
+                    slot.flush_due(now)
+                if renew:
+                    slot.renew_due(now, renew)
 
     def _install_signals(self) -> Callable[[], None] | None:
         if threading.current_thread() is not threading.main_thread():
@@ -394,6 +452,8 @@ class _Slot:
         self.interval = worker.flush_interval
         self.lock = threading.Lock()
         self.job: Job | None = None
+        self.fail = worker.on_store_down == "fail"
+        self.failed_job: Job | None = None  # under "fail": the job a store write failed for
         self.links = [
             _Link(
                 Connection(
@@ -556,6 +616,23 @@ class _Slot:
             if job._pending:
                 self._write(job)
 
+    def renew_due(self, now: float, every: float) -> None:
+        """Called by the flush thread: renew the current job's lease when ``every`` seconds passed.
+
+        The heartbeat is written at once, with whatever events were queued before it.
+        """
+        job = self.job
+        lease = self.worker.lease
+        if job is None or lease is None or now - job._leased < every:
+            return
+        with self.lock:
+            if self.job is job:
+                job._leased = now
+                job._pending.append(
+                    Event(EventKind.HEARTBEAT, job.key, now, ttl=job._ttl, lease=lease)
+                )
+                self._write(job)
+
     def finish(self, job: Job, event: Event) -> None:
         """Queue the job's final event and write everything queued, before the server is told."""
         with self.lock:
@@ -569,15 +646,65 @@ class _Slot:
         job._pending = []
         try:
             self.store.write(events)
+        except StoreRejected as exc:
+            self._rejected(job, events, exc)
         except Exception as exc:
-            log.error(
-                "store %s failed (%d events of job %r lost): %s",
-                self.store.url,
-                len(events),
-                job.handle,
-                exc,
-            )
+            if self.fail:
+                self.failed_job = job
+                log.error(
+                    "store down: %s failed (%d events of job %r not stored): %s",
+                    self.store.url,
+                    len(events),
+                    job.handle,
+                    exc,
+                )
+            else:
+                log.error(
+                    "store %s failed (%d events of job %r lost): %s",
+                    self.store.url,
+                    len(events),
+                    job.handle,
+                    exc,
+                )
             self.hooks.store_failed(self.store.url, exc, len(events))
+
+    def _rejected(self, job: Job, events: list[Event], exc: StoreRejected) -> None:
+        """The store refused a batch for good (a value over its limit): nothing of it was written.
+        Keep the record honest instead: its small events, a warning with the reason, and when
+        the batch ended the job, a ``failed`` end saying the outcome could not be stored."""
+        log.error(
+            "store %s refused %d events of job %r: %s", self.store.url, len(events), job.handle, exc
+        )
+        self.hooks.store_failed(self.store.url, exc, len(events))
+        now = time.time()
+        keep = [e for e in events if e.kind in _SMALL_EVENTS]
+        note = f"gearstash: the store refused {len(events)} events: {exc}"
+        keep.append(Event(EventKind.WARNING, job.key, now, note.encode(), ttl=job._ttl))
+        if events[-1].kind in FINAL_EVENTS:
+            why = f"gearstash: the job ended but its outcome could not be stored: {exc}"
+            keep.append(Event(EventKind.FAILED, job.key, now, why.encode(), ttl=job._ttl))
+        try:
+            self.store.write(keep)
+        except Exception as again:
+            log.error("store %s: cannot record the refusal either: %s", self.store.url, again)
+
+    def _final(self, job: Job, packet: bytes) -> bytes:
+        """``packet``, or under ``on_store_down="fail"`` WORK_WARNING + WORK_FAIL when a store
+        write of ``job`` failed (its record is incomplete)."""
+        if self.failed_job is not job:
+            return packet
+        self.failed_job = None
+        return self._refuse(job, "not all of its events could be stored")
+
+    def _refuse(self, job: Job, why: str) -> bytes:
+        message = (
+            f"store down: failing job {job.handle!r} ({job.function}): {why} in {self.store.url}"
+        )
+        log.error("%s", message)
+        text = ("gearstash: " + message).encode("utf-8", "replace")
+        return encode_work(PacketType.WORK_WARNING, job.handle, text) + encode_request(
+            PacketType.WORK_FAIL, job.handle
+        )
 
     def _run(self, conn: Connection, packet: Packet) -> bytes:
         """Run one job; return the final packet for the server (its events already stored)."""
@@ -593,7 +720,7 @@ class _Slot:
         job = Job(self, conn, handle, function, unique, workload)
         registration = self.worker.functions.get(job.function)
         ttl = job._ttl = registration.ttl if registration is not None else None
-        job._since = now = time.time()
+        job._since = job._leased = now = time.time()
         job._pending.append(
             Event(
                 EventKind.STARTED,
@@ -602,8 +729,15 @@ class _Slot:
                 function=function,
                 worker=self.worker.identity,
                 ttl=ttl,
+                lease=self.worker.lease,
             )
         )
+        if self.fail:  # the start must be stored before the function runs
+            with self.lock:
+                self._write(job)
+            if self.failed_job is job:
+                self.failed_job = None
+                return self._refuse(job, "its start could not be stored; not run")
         self.job = job
         self.hooks.started(job)
         try:
@@ -617,7 +751,7 @@ class _Slot:
                 Event(EventKind.FAILED, job.key, time.time(), error.message.encode(), ttl=ttl),
             )
             self.hooks.failed(job, error)
-            return encode_request(PacketType.WORK_FAIL, handle)
+            return self._final(job, encode_request(PacketType.WORK_FAIL, handle))
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             error = JobError("exception", message, traceback.format_exc())
@@ -635,7 +769,7 @@ class _Slot:
             )
             self.hooks.failed(job, error)
             log.info("job %r (%s) raised %s", handle, job.function, message)
-            return encode_work(PacketType.WORK_EXCEPTION, handle, text)
+            return self._final(job, encode_work(PacketType.WORK_EXCEPTION, handle, text))
         self.finish(job, Event(EventKind.COMPLETED, job.key, time.time(), result, ttl=ttl))
         self.hooks.completed(job, result)
-        return encode_work(PacketType.WORK_COMPLETE, handle, result)
+        return self._final(job, encode_work(PacketType.WORK_COMPLETE, handle, result))

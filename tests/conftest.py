@@ -7,6 +7,7 @@ A missing binary or server skips the test with the reason, except under GEARSTAS
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,39 @@ from servers import (
 )
 
 from gearstash.gearmand import Gearmand, find_gearmand
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep the developer's own config file, default store and spools out of the tests: the
+    suite gets its own $XDG_CONFIG_HOME and $GEARSTASH_HOME (tests that need others set them)."""
+    home = tmp_path_factory.mktemp("home")
+    saved = {k: os.environ.get(k) for k in _ISOLATED}
+    for name in _ISOLATED:
+        os.environ.pop(name, None)
+    os.environ["XDG_CONFIG_HOME"] = str(home / "config")
+    os.environ["GEARSTASH_HOME"] = str(home / "gearstash")
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+_ISOLATED = (
+    "XDG_CONFIG_HOME",
+    "GEARSTASH_HOME",
+    "GEARSTASH_CONFIG",
+    "GEARSTASH_STORE",
+    "GEARSTASH_STORE_FILE",
+    "GEARSTASH_SERVERS",
+    "GEARSTASH_SPOOL",
+    "GEARSTASH_TOKEN_SECRET",
+    "GEARSTASH_TOKEN_SECRET_FILE",
+)
 
 
 def _need_gearmand(request: pytest.FixtureRequest) -> None:

@@ -1,0 +1,192 @@
+"""Signed, opaque job tokens a web app can hand to a browser instead of a raw job reference.
+
+A token names one job (its :class:`~gearstash.records.JobRef`) until it expires, and cannot be
+altered or forged without the secret::
+
+    gs1.<base64url(payload)>.<base64url(HMAC-SHA256(secret, "gs1." + purpose + "." + payload_b64))>
+
+* base64url is RFC 4648 §5 (``-`` and ``_``) without ``=`` padding;
+* ``payload`` is a JSON object ``{"r": "<job reference>", "x": <expiry, unix seconds, integer>}``
+  (its UTF-8 bytes); other keys are ignored;
+* ``purpose`` (default ``fetch``) is signed but not sent: a token minted for one purpose is refused
+  for another;
+* the token is valid while ``now < x`` and expired from the second ``x`` on.
+
+:meth:`TokenSigner.verify` checks, in this order: the length (at most :data:`MAX_TOKEN_LENGTH`
+characters, before anything is decoded), the ``gs1`` prefix and the base64url alphabet, the
+signature (constant-time, against the current and any previous secret), then the payload and the
+expiry. A refused token raises :class:`~gearstash.errors.BadToken` whose ``reason`` is
+``"malformed"``, ``"bad signature"`` or ``"expired"`` — nothing else is said about it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import math
+import re
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from gearstash.errors import BadToken, ConfigError
+from gearstash.records import JobRef
+
+if TYPE_CHECKING:
+    from gearstash.client import Client
+    from gearstash.views import JobView
+
+VERSION = "gs1"
+MAX_TOKEN_LENGTH = 4096
+"""Longer tokens are refused before they are decoded."""
+MIN_SECRET_BYTES = 16
+DEFAULT_TTL = 3600.0
+DEFAULT_PURPOSE = "fetch"
+
+_B64 = re.compile(r"[A-Za-z0-9_-]+")
+_PURPOSE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SIGNATURE_LENGTH = 43  # 32 bytes of HMAC-SHA256 in unpadded base64url
+
+
+def b64encode(data: bytes) -> str:
+    """Unpadded base64url text of ``data``."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64decode(text: str) -> bytes:
+    """Bytes of unpadded base64url ``text``; ValueError for anything else."""
+    if not _B64.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except binascii.Error as exc:
+        raise ValueError("not unpadded base64url") from exc
+
+
+def _key(secret: bytes | str) -> bytes:
+    key = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+    if len(key) < MIN_SECRET_BYTES:
+        raise ConfigError(f"a token secret must be at least {MIN_SECRET_BYTES} bytes long")
+    return key
+
+
+class TokenSigner:
+    """Mints and checks job tokens with an HMAC secret.
+
+    :param secret: the signing secret (``str`` is used as its UTF-8 bytes); at least 16 bytes —
+        use 32 random bytes, e.g. ``python -c "import secrets; print(secrets.token_urlsafe(32))"``.
+    :param previous: older secrets still accepted by :meth:`verify` (key rotation: sign with the
+        new secret, keep the old one here until its tokens have expired).
+    :param purpose: what the tokens are for (letters, digits, ``-``, ``_``); signed, so a token
+        for one purpose is refused by a signer for another.
+    """
+
+    def __init__(
+        self,
+        secret: bytes | str,
+        *,
+        previous: Sequence[bytes | str] = (),
+        purpose: str = DEFAULT_PURPOSE,
+    ) -> None:
+        if isinstance(previous, str | bytes):
+            raise ConfigError("previous must be a sequence of secrets, not one secret")
+        if not _PURPOSE.fullmatch(purpose):
+            raise ConfigError("a token purpose is 1 to 64 letters, digits, '-' or '_'")
+        self._keys = [_key(secret)] + [_key(p) for p in previous]
+        self.purpose = purpose
+
+    def __repr__(self) -> str:
+        return f"TokenSigner(purpose={self.purpose!r}, secrets={len(self._keys)})"
+
+    @classmethod
+    def from_config(
+        cls, *, purpose: str = DEFAULT_PURPOSE, config: str | None = None
+    ) -> TokenSigner:
+        """A signer with the configured secret: ``$GEARSTASH_TOKEN_SECRET``, the file named by
+        ``$GEARSTASH_TOKEN_SECRET_FILE``, or the config file's ``token_secret(_file)``.
+
+        Raises ConfigError when no secret is configured.
+        """
+        from gearstash.config import token_secret
+
+        secret = token_secret(config=config)
+        if not secret:
+            raise ConfigError(
+                "no token secret configured: set $GEARSTASH_TOKEN_SECRET, "
+                "$GEARSTASH_TOKEN_SECRET_FILE or token_secret in the config file"
+            )
+        return cls(secret, purpose=purpose)
+
+    def _mac(self, key: bytes, payload: str) -> str:
+        message = f"{VERSION}.{self.purpose}.{payload}".encode("ascii")
+        return b64encode(hmac.new(key, message, hashlib.sha256).digest())
+
+    def sign(self, ref: JobRef | str, *, ttl: float = DEFAULT_TTL, now: float | None = None) -> str:
+        """A token for ``ref`` (a :class:`JobRef` or its string form) valid for ``ttl`` seconds.
+
+        The expiry is rounded up to a whole second, so the token lives at least ``ttl`` seconds.
+        """
+        if not (isinstance(ttl, int | float) and math.isfinite(ttl) and ttl > 0):
+            raise ConfigError("a token ttl must be a positive number of seconds")
+        job = ref if isinstance(ref, JobRef) else JobRef.parse(ref)
+        expires = math.ceil((time.time() if now is None else now) + ttl)
+        body = json.dumps({"r": str(job), "x": expires}, separators=(",", ":"), ensure_ascii=False)
+        payload = b64encode(body.encode("utf-8"))
+        token = f"{VERSION}.{payload}.{self._mac(self._keys[0], payload)}"
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise ConfigError(f"the job reference is too long for a token ({len(token)} chars)")
+        return token
+
+    def verify(self, token: str, *, now: float | None = None) -> JobRef:
+        """The job reference ``token`` names. Raises :class:`BadToken` when it is refused."""
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+            raise BadToken("malformed")
+        parts = token.split(".")
+        if len(parts) != 3 or parts[0] != VERSION:
+            raise BadToken("malformed")
+        _, payload, signature = parts
+        if (
+            len(signature) != _SIGNATURE_LENGTH
+            or not _B64.fullmatch(signature)
+            or not _B64.fullmatch(payload)
+        ):
+            raise BadToken("malformed")
+        good = False
+        for key in self._keys:  # every key, always: the time taken does not tell which matched
+            good |= hmac.compare_digest(self._mac(key, payload), signature)
+        if not good:
+            raise BadToken("bad signature")
+        try:
+            body = json.loads(b64decode(payload).decode("utf-8"))
+        except ValueError:  # bad base64, UTF-8 or JSON (all ValueError subclasses)
+            raise BadToken("malformed") from None
+        if not isinstance(body, dict):
+            raise BadToken("malformed")
+        ref, expires = body.get("r"), body.get("x")
+        if not isinstance(ref, str) or not isinstance(expires, int) or isinstance(expires, bool):
+            raise BadToken("malformed")
+        if (time.time() if now is None else now) >= expires:
+            raise BadToken("expired")
+        try:
+            return JobRef.parse(ref)
+        except (ConfigError, ValueError):
+            raise BadToken("malformed") from None
+
+
+def fetch_token(client: Client, token: str, signer: TokenSigner) -> JobView:
+    """Verify ``token`` and only then fetch its job with ``client`` (see ``Client.fetch_token``)."""
+    return client.fetch(signer.verify(token))
+
+
+__all__ = [
+    "MAX_TOKEN_LENGTH",
+    "MIN_SECRET_BYTES",
+    "VERSION",
+    "TokenSigner",
+    "b64decode",
+    "b64encode",
+    "fetch_token",
+]
