@@ -129,8 +129,10 @@ class SpoolingStore:
             try:
                 self.inner.write(events)
                 return
-            except StoreRejected:
-                raise  # the store is up and refuses this batch for good: spooling cannot help
+            except (StoreRejected, ValueError, TypeError):
+                # the store is up and refuses this batch for good (or cannot encode it: a bug
+                # in the store): spooling and replaying it cannot help
+                raise
             except Exception as exc:
                 with self._lock:
                     if not self._spooling:
@@ -297,7 +299,7 @@ class SpoolingStore:
         if events:
             try:
                 self.inner.write(events)
-            except StoreRejected:
+            except (StoreRejected, ValueError, TypeError):
                 self._replay_one_by_one(source, frames)
                 return
         self._advanced(source, frames, len(events))
@@ -313,7 +315,7 @@ class SpoolingStore:
             try:
                 if events:
                     self.inner.write(events)
-            except StoreRejected as exc:
+            except (StoreRejected, ValueError, TypeError) as exc:
                 log.error(
                     "spool: store %s refused a spooled batch of %d events (job %r) for good: "
                     "%s; dropped",

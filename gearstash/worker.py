@@ -88,6 +88,18 @@ def to_bytes(value: Any) -> bytes:
     return json.dumps(value).encode("utf-8")
 
 
+def _text(message: str) -> str:
+    """Error text as stored: valid UTF-8 without NUL (which PostgreSQL text cannot hold), with
+    NUL written ``\\x00`` and lone surrogates ``\\udcff``."""
+    if "\0" in message:
+        message = message.replace("\0", "\\x00")
+    try:
+        message.encode("utf-8")
+    except UnicodeEncodeError:
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return message
+
+
 def _text_bytes(value: bytes | str) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
@@ -646,7 +658,7 @@ class _Slot:
         job._pending = []
         try:
             self.store.write(events)
-        except StoreRejected as exc:
+        except (StoreRejected, ValueError, TypeError) as exc:  # refused for good: see _rejected
             self._rejected(job, events, exc)
         except Exception as exc:
             if self.fail:
@@ -668,7 +680,7 @@ class _Slot:
                 )
             self.hooks.store_failed(self.store.url, exc, len(events))
 
-    def _rejected(self, job: Job, events: list[Event], exc: StoreRejected) -> None:
+    def _rejected(self, job: Job, events: list[Event], exc: Exception) -> None:
         """The store refused a batch for good (a value over its limit): nothing of it was written.
         Keep the record honest instead: its small events, a warning with the reason, and when
         the batch ended the job, a ``failed`` end saying the outcome could not be stored."""
@@ -745,7 +757,7 @@ class _Slot:
                 raise JobFailed(f"this worker does not serve {job.function!r}")
             result = to_bytes(registration.function(job))
         except JobFailed as exc:
-            error = JobError("fail", str(exc))
+            error = JobError("fail", _text(str(exc)))
             self.finish(
                 job,
                 Event(EventKind.FAILED, job.key, time.time(), error.message.encode(), ttl=ttl),
@@ -753,8 +765,8 @@ class _Slot:
             self.hooks.failed(job, error)
             return self._final(job, encode_request(PacketType.WORK_FAIL, handle))
         except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            error = JobError("exception", message, traceback.format_exc())
+            message = _text(f"{type(exc).__name__}: {exc}")
+            error = JobError("exception", message, _text(traceback.format_exc()))
             text = message.encode("utf-8", "replace")
             self.finish(
                 job,

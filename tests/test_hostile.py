@@ -287,3 +287,30 @@ def test_a_cursor_past_the_last_chunk_reads_no_data(kind, store):
         record = get_after(store, JobRef(key.handle, key.server, key.unique), after)
         assert record is not None and record.key == key and record.data == []
         assert record.data_offset == after and record.result == b"result:0"
+
+
+@pytest.mark.gearmand
+@pytest.mark.parametrize("kind", ALL_STORES)
+def test_error_text_with_nul_and_invalid_utf8_is_stored_on_every_store(
+    gearmand, kind: str, request: pytest.FixtureRequest
+) -> None:
+    url, cleanup = open_kind(request, kind)
+
+    def nasty(job):
+        raise ValueError("bad\0byte \udcff end")
+
+    try:
+        with (
+            running_worker([gearmand.address], url, {"nasty": nasty, "echo": echo}),
+            Client([gearmand.address], store=url) as client,
+        ):
+            view = client.wait(client.submit_background("nasty", b""), timeout=30)
+            after = client.wait(client.submit_background("echo", b"next"), timeout=30)
+        assert view.state is State.FAILED
+        assert view.record is not None and view.record.error is not None
+        assert view.record.error.kind == "exception"
+        assert view.record.error.message.startswith("ValueError: bad\\x00byte")
+        assert "\0" not in view.record.error.traceback
+        assert after.result == b"next"
+    finally:
+        cleanup()

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from gearstash.errors import GearstashError, StoreError
+from gearstash.errors import GearstashError, StoreError, StoreRejected
 
 MAX_DETAIL = 400
 
@@ -67,4 +67,15 @@ def to_store_error(exc: BaseException, name: str, doing: str, password: str = ""
         detail = detail.replace(password, "***")
     if len(detail) > MAX_DETAIL:
         detail = detail[: MAX_DETAIL - 3] + "..."
+    if _is_data_error(exc):  # the database refuses these values: retrying cannot help
+        return StoreRejected(f"{name}: {doing} refused: {detail}")
     return StoreError(f"{name}: {doing} failed: {detail}")
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """True for a DBAPI ``DataError`` (bad value: NUL in PostgreSQL text, out of range...),
+    raw or wrapped by SQLAlchemy; every DBAPI driver names the class so (PEP 249)."""
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    if isinstance(orig, UnicodeError):  # text that cannot be encoded (a lone surrogate)
+        return True
+    return any(cls.__name__ == "DataError" for cls in type(orig).__mro__)
