@@ -7,6 +7,11 @@ their own failures to :class:`StoreError`. Nothing here shadows a builtin name.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gearstash.records import JobRef
+
 
 class GearstashError(Exception):
     """Root of every gearstash error."""
@@ -34,13 +39,18 @@ class ServerUnavailable(GearstashError):
 
 
 class ServerError(GearstashError):
-    """The job server answered with an ERROR packet (``code`` is its string code, e.g. ``JOB_NOT_FOUND``)."""
+    """The job server answered with an ERROR packet (``code`` is its string code, e.g. ``JOB_NOT_FOUND``).
+
+    ``submitted``: raised by ``Client.submit_background_many``, the references of the jobs that
+    were submitted before the refusal (empty elsewhere).
+    """
 
     def __init__(self, code: str, text: str, *, server: str = "") -> None:
         super().__init__(f"{server or 'job server'} answered ERROR {code}: {text}")
         self.code = code
         self.text = text
         self.server = server
+        self.submitted: list[JobRef] = []
 
 
 class StoreError(GearstashError):
