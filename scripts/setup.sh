@@ -3,7 +3,8 @@
 # Debian 12 (sudo is used when not root). From any directory:  bash scripts/setup.sh
 #
 #   1. Debian packages: gearmand, the C gearman tools, memcached, redis-server (tests start their
-#      own for restarts, AUTH and TLS), openssl, php-cli + the gearman, redis, memcached, pgsql,
+#      own for restarts, AUTH and TLS), postgresql (initdb for the tests' private server), openssl,
+#      php-cli + the gearman, redis, memcached, pgsql,
 #      sqlite3 and mysql extensions
 #      (apt is skipped when all of them are already there, unless GEARSTASH_SETUP_FORCE=1);
 #   2. .venv with python3 (>= 3.11), created when missing or broken;
@@ -17,7 +18,7 @@ ROOT=$(pwd)
 say() { printf 'setup: %s\n' "$*"; }
 
 # -- 1. system packages -------------------------------------------------------------------------
-APT_PACKAGES=(gearman-job-server gearman-tools memcached redis-server openssl
+APT_PACKAGES=(gearman-job-server gearman-tools memcached redis-server postgresql openssl
               php-cli php-gearman php-redis php-memcached php-pgsql php-sqlite3 php-mysql)
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
@@ -25,6 +26,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/
 system_ready() {
     have gearmand && have gearman && have gearadmin && have memcached && have redis-server &&
         have openssl && have php || return 1
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || return 1  # private servers in tests
     php -r 'foreach (["gearman", "redis", "memcached", "pgsql", "pdo_sqlite", "pdo_mysql"] as $e)
                 if (!extension_loaded($e)) exit(1);' >/dev/null 2>&1
 }

@@ -1,0 +1,64 @@
+"""A PostgreSQL outage: the worker spools what the SQL store cannot take and replays it later.
+
+Like the Redis and memcached outage tests in test_outage.py (whose job module and helpers this
+reuses), with a PostgreSQL of the test's own (tests/pgserver.py; never the shared server on
+127.0.0.1:5432), stopped with ``pg_ctl stop -m fast`` for ``OUTAGE`` seconds while a real
+``gearstash worker`` keeps completing jobs. PostgreSQL keeps its data across the stop, so the jobs
+from before the outage are checked too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import test_outage
+from pgserver import OwnPostgres
+from test_outage import WorkerProcess, _assert_complete, _run_outage, _submit, _until
+
+from gearstash import Client
+from gearstash.gearmand import Gearmand
+from gearstash.spoolfile import spool_files
+
+worker_process = test_outage.worker_process  # the fixture: `gearstash worker` processes
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    with OwnPostgres() as server:
+        yield server
+
+
+@pytest.mark.gearmand
+def test_postgresql_outage_jobs_go_on_and_every_event_lands_in_order(
+    gearmand: Gearmand,
+    own_postgres: OwnPostgres,
+    worker_process: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    url = own_postgres.url
+    spool = tmp_path / "spool"
+    worker = worker_process(gearmand.address, url, "-c", "2", "--spool", str(spool))
+    with Client([gearmand.address], store=url) as client:
+        early = _submit(client, [f"early{i}" for i in range(3)])
+        _assert_complete(client, early)
+        # Slow jobs whose start reaches PostgreSQL and whose data does not.
+        crossing = _submit(client, ["crossing0", "crossing1"], delay=0.5)
+        _until(
+            lambda: all(v.record is not None for v in client.fetch_many(list(crossing.values()))),
+            10,
+            "the slow jobs' start to be stored",
+        )
+        during = _run_outage(client, own_postgres.stop, own_postgres.start, crossing)
+        after = _submit(client, [f"after{i}" for i in range(3)])
+        # The early jobs were stored before the stop: they come back with the data directory.
+        _assert_complete(client, {**early, **crossing, **during, **after})
+    assert len(during) >= 10
+    assert worker.stop() == 0
+    log = worker.text()
+    assert f"store {url} unreachable" in log, log
+    assert f"spooling captured events to {spool}" in log, log
+    assert f"store {url} back: replayed" in log, log
+    assert "events of job" not in log, log  # nothing lost
+    assert not spool_files(spool), "the drained spool file was removed"
