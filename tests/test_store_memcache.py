@@ -147,7 +147,9 @@ def test_open_through_both_schemes_and_capabilities(memcached: str) -> None:
             assert store.capabilities == {"shared", "expires", "delete", "evicts"}
             assert "push" not in store.capabilities
             key = contract._key()
-            store.write(contract.full_job(key))
+            # now, not the suite's fixed T0: with ?ttl=60 a job written at T0 would already be
+            # expired once the session is a minute old
+            store.write(contract.full_job(key, time.time()))
             assert get(store, full_ref(key)) is not None
             assert _mc(store).keys.head(job_digest(key)).startswith(b"x1:")
         finally:
