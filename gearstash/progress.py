@@ -19,16 +19,18 @@ class ProgressDisplay:
 
     def __init__(self, *, enabled: bool = True, console: Console | None = None) -> None:
         self.enabled = enabled
-        self.console = console or Console(stderr=True)
+        # handles, uniques and server names are shown as they are: no rich markup, no emoji codes
+        # (``H:x:1`` must not become a cross mark, nor ``[/b]`` in a unique a markup error)
+        self.console = console or Console(stderr=True, markup=False, emoji=False)
         self.live = enabled and self.console.is_terminal
         self._progress: Progress | None = None
         self._labels: dict[int, str] = {}
         self._last: dict[int, str] = {}
         if self.live:
             self._progress = Progress(
-                TextColumn("{task.description}"),
+                TextColumn("{task.description}", markup=False),
                 BarColumn(),
-                TextColumn("{task.fields[info]}"),
+                TextColumn("{task.fields[info]}", markup=False),
                 TimeElapsedColumn(),
                 console=self.console,
             )
@@ -68,4 +70,4 @@ class ProgressDisplay:
         line = f"{self._labels[task]}: {info}" + (f" ({num}/{den})" if den else "")
         if self._last.get(task) != line:
             self._last[task] = line
-            self.console.print(line, highlight=False)
+            self.console.print(line, highlight=False, markup=False, emoji=False)

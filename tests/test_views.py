@@ -70,3 +70,23 @@ def test_successor_is_the_same_job_replayed_later_under_a_new_handle(key, at, ex
     candidate = JobRecord.from_events(key, [started(at, key=key)])
     assert successor(marker, candidate) is expected
     assert successor(marker, None) is False
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_shows_handles_literally(terminal):
+    import io
+
+    from rich.console import Console
+
+    from gearstash.progress import ProgressDisplay
+    from gearstash.views import JobView
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=terminal, width=200)  # markup, emoji: on
+    label = "H:x:1@[/bold]:smile:#u[red]"
+    with ProgressDisplay(console=console) as display:
+        task = display.add(label)
+        display.update(task, JobView(REF, State.LOST, UNKNOWN, None))
+    text = out.getvalue()
+    assert label in text and "lost" in text
+    assert "\u274c" not in text and "\U0001f604" not in text  # no emoji made of ":x:" / ":smile:"
