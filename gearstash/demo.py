@@ -14,6 +14,7 @@ import sys
 import time
 
 from rich.console import Console
+from rich.markup import escape
 
 from gearstash.client import Client
 from gearstash.gearmand import Gearmand
@@ -38,7 +39,7 @@ def reverse(job: Job) -> bytes:
 
 def run_demo(payloads: list[str], *, steps: int = 10, delay: float = 0.15) -> None:
     """Run the whole demo; raises GearstashError when a part cannot start."""
-    console = Console()
+    console = Console(emoji=False)  # a handle like H:x:1 must not turn into an emoji
     store = os.environ.get("GEARSTASH_STORE") or default_store_url()
     with Gearmand() as gearmand:
         console.print(f"[bold]gearmand[/] listening on {gearmand.address} (private, for this demo)")
@@ -64,7 +65,7 @@ def run_demo(payloads: list[str], *, steps: int = 10, delay: float = 0.15) -> No
                     refs.append(ref)
                     console.print(
                         f"submitted reverse({payload}) in the background: handle "
-                        f"[cyan]{ref.handle.decode()}[/]  (ref {ref})"
+                        f"[cyan]{escape(ref.handle.decode())}[/]  (ref {escape(str(ref))})"
                     )
                 _show_progress(client, refs, payloads)
             console.print(
@@ -77,17 +78,19 @@ def run_demo(payloads: list[str], *, steps: int = 10, delay: float = 0.15) -> No
                     record = view.record
                     live = reader.status(JobRef(ref.handle))
                     console.print(
-                        f"\n[cyan]{ref.handle.decode()}[/] reverse({payload}): "
+                        f"\n[cyan]{escape(ref.handle.decode())}[/] reverse({payload}): "
                         f"state [green]{view.state.value}[/]  (gearmand says known="
                         f"{int(live.known)} running={int(live.running)})"
                     )
                     if record is not None:
                         for chunk in record.data:
                             console.print(
-                                f"  data    {chunk.decode('utf-8', 'replace')}", highlight=False
+                                f"  data    {escape(chunk.decode('utf-8', 'replace'))}",
+                                highlight=False,
                             )
                         console.print(
-                            f"  result  [bold]{(record.result or b'').decode()}[/]", highlight=False
+                            f"  result  [bold]{escape((record.result or b'').decode())}[/]",
+                            highlight=False,
                         )
         finally:
             worker.send_signal(signal.SIGTERM)
