@@ -712,6 +712,12 @@ class SqlStore:
             )
         if len(key.server) > 255:
             raise StoreRejected(f"{self.url}: job-server name longer than 255 characters: not stored")
+        if self.family == "mysql" and key.server.endswith(" "):
+            # utf8mb4_bin is a PAD SPACE collation: 's ' would land in the row of 's'
+            raise StoreRejected(
+                f"{self.url}: MariaDB/MySQL cannot keep a job-server name ending in a space "
+                f"apart from the same name without it: not stored"
+            )
 
     def _check_size(self, events: Sequence[Event]) -> None:
         """MySQL/MariaDB: refuse a batch that cannot fit the server's ``max_allowed_packet`` before
