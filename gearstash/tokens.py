@@ -1,22 +1,36 @@
 """Signed, opaque job tokens a web app can hand to a browser instead of a raw job reference.
 
-A token names one job (its :class:`~gearstash.records.JobRef`) until it expires, and cannot be
-altered or forged without the secret::
+A token names one job (its :class:`~gearstash.records.JobRef`) until it expires. Its payload is
+encrypted, then authenticated (encrypt-then-MAC), so whoever holds the token learns nothing about
+the job (handle, job server, unique) and cannot alter or forge it without the secret::
 
-    gs1.<base64url(payload)>.<base64url(HMAC-SHA256(secret, "gs1." + purpose + "." + payload_b64))>
+    gs1.<body>.<mac>
+    body = base64url(iv || AES-256-CTR(enc_key, iv, payload))
+    mac  = base64url(HMAC-SHA256(mac_key, "gs1." + purpose + "." + body))
 
-* base64url is RFC 4648 §5 (``-`` and ``_``) without ``=`` padding;
+* two 32-byte keys are derived from the configured secret (its bytes; a ``str`` is UTF-8):
+  ``enc_key = HMAC-SHA256(secret, "gearstash token enc")`` and
+  ``mac_key = HMAC-SHA256(secret, "gearstash token mac")`` (the secret is the HMAC key, the
+  ASCII label the message);
+* ``iv`` is 16 random bytes, new for every token, used as AES-CTR's whole initial 128-bit counter
+  block (big-endian increment — OpenSSL's ``aes-256-ctr``); the ciphertext is as long as the
+  payload (no padding);
+* base64url is RFC 4648 §5 (``-`` and ``_``) without ``=`` padding; the MAC is over the ASCII text
+  ``gs1.<purpose>.<body as it appears in the token>``;
 * ``payload`` is a JSON object ``{"r": "<job reference>", "x": <expiry, unix seconds, integer>}``
   (its UTF-8 bytes); other keys are ignored;
-* ``purpose`` (default ``fetch``) is signed but not sent: a token minted for one purpose is refused
-  for another;
+* ``purpose`` (default ``fetch``) is authenticated but not sent: a token minted for one purpose is
+  refused for another;
 * the token is valid while ``now < x`` and expired from the second ``x`` on.
 
+The token's length does reveal the length of the job reference (AES-CTR does not pad).
+
 :meth:`TokenSigner.verify` checks, in this order: the length (at most :data:`MAX_TOKEN_LENGTH`
-characters, before anything is decoded), the ``gs1`` prefix and the base64url alphabet, the
-signature (constant-time, against the current and any previous secret), then the payload and the
-expiry. A refused token raises :class:`~gearstash.errors.BadToken` whose ``reason`` is
-``"malformed"``, ``"bad signature"`` or ``"expired"`` — nothing else is said about it.
+characters, before anything is decoded), the ``gs1`` prefix and the base64url alphabet, the MAC
+(constant-time, against the current and any previous secret) — nothing is decrypted before it
+matches — then it decrypts the payload and checks it and the expiry. A refused token raises
+:class:`~gearstash.errors.BadToken` whose ``reason`` is ``"malformed"``, ``"bad signature"`` or
+``"expired"`` — nothing else is said about it.
 """
 
 from __future__ import annotations
@@ -27,10 +41,13 @@ import hashlib
 import hmac
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from gearstash.errors import BadToken, ConfigError
 from gearstash.records import JobRef
@@ -49,6 +66,9 @@ DEFAULT_PURPOSE = "fetch"
 _B64 = re.compile(r"[A-Za-z0-9_-]+")
 _PURPOSE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SIGNATURE_LENGTH = 43  # 32 bytes of HMAC-SHA256 in unpadded base64url
+IV_BYTES = 16
+_ENC_LABEL = b"gearstash token enc"
+_MAC_LABEL = b"gearstash token mac"
 
 
 def b64encode(data: bytes) -> str:
@@ -66,11 +86,26 @@ def b64decode(text: str) -> bytes:
         raise ValueError("not unpadded base64url") from exc
 
 
-def _key(secret: bytes | str) -> bytes:
+class _Keys(NamedTuple):
+    enc: bytes
+    mac: bytes
+
+
+def _keys(secret: bytes | str) -> _Keys:
+    """The encryption and MAC keys derived from one secret."""
     key = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
     if len(key) < MIN_SECRET_BYTES:
         raise ConfigError(f"a token secret must be at least {MIN_SECRET_BYTES} bytes long")
-    return key
+    return _Keys(
+        enc=hmac.new(key, _ENC_LABEL, hashlib.sha256).digest(),
+        mac=hmac.new(key, _MAC_LABEL, hashlib.sha256).digest(),
+    )
+
+
+def _ctr(key: bytes, iv: bytes, data: bytes) -> bytes:
+    """AES-256-CTR of ``data`` (encryption and decryption are the same operation)."""
+    crypt = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    return crypt.update(data) + crypt.finalize()
 
 
 class TokenSigner:
@@ -95,7 +130,7 @@ class TokenSigner:
             raise ConfigError("previous must be a sequence of secrets, not one secret")
         if not _PURPOSE.fullmatch(purpose):
             raise ConfigError("a token purpose is 1 to 64 letters, digits, '-' or '_'")
-        self._keys = [_key(secret)] + [_key(p) for p in previous]
+        self._keys = [_keys(secret)] + [_keys(p) for p in previous]
         self.purpose = purpose
 
     def __repr__(self) -> str:
@@ -120,8 +155,8 @@ class TokenSigner:
             )
         return cls(secret, purpose=purpose)
 
-    def _mac(self, key: bytes, payload: str) -> str:
-        message = f"{VERSION}.{self.purpose}.{payload}".encode("ascii")
+    def _mac(self, key: bytes, body: str) -> str:
+        message = f"{VERSION}.{self.purpose}.{body}".encode("ascii")
         return b64encode(hmac.new(key, message, hashlib.sha256).digest())
 
     def sign(self, ref: JobRef | str, *, ttl: float = DEFAULT_TTL, now: float | None = None) -> str:
@@ -133,9 +168,12 @@ class TokenSigner:
             raise ConfigError("a token ttl must be a positive number of seconds")
         job = ref if isinstance(ref, JobRef) else JobRef.parse(ref)
         expires = math.ceil((time.time() if now is None else now) + ttl)
-        body = json.dumps({"r": str(job), "x": expires}, separators=(",", ":"), ensure_ascii=False)
-        payload = b64encode(body.encode("utf-8"))
-        token = f"{VERSION}.{payload}.{self._mac(self._keys[0], payload)}"
+        payload = json.dumps(
+            {"r": str(job), "x": expires}, separators=(",", ":"), ensure_ascii=False
+        )
+        keys, iv = self._keys[0], os.urandom(IV_BYTES)
+        body = b64encode(iv + _ctr(keys.enc, iv, payload.encode("utf-8")))
+        token = f"{VERSION}.{body}.{self._mac(keys.mac, body)}"
         if len(token) > MAX_TOKEN_LENGTH:
             raise ConfigError(f"the job reference is too long for a token ({len(token)} chars)")
         return token
@@ -147,25 +185,31 @@ class TokenSigner:
         parts = token.split(".")
         if len(parts) != 3 or parts[0] != VERSION:
             raise BadToken("malformed")
-        _, payload, signature = parts
+        _, body, signature = parts
         if (
             len(signature) != _SIGNATURE_LENGTH
             or not _B64.fullmatch(signature)
-            or not _B64.fullmatch(payload)
+            or not _B64.fullmatch(body)
         ):
             raise BadToken("malformed")
-        good = False
-        for key in self._keys:  # every key, always: the time taken does not tell which matched
-            good |= hmac.compare_digest(self._mac(key, payload), signature)
-        if not good:
+        matched: _Keys | None = None
+        for keys in self._keys:  # every key, always: the time taken does not tell which matched
+            if hmac.compare_digest(self._mac(keys.mac, body), signature) and matched is None:
+                matched = keys
+        if matched is None:
             raise BadToken("bad signature")
+        # authenticated: only now is anything decoded or decrypted
         try:
-            body = json.loads(b64decode(payload).decode("utf-8"))
-        except ValueError:  # bad base64, UTF-8 or JSON (all ValueError subclasses)
+            raw = b64decode(body)
+            if len(raw) <= IV_BYTES:
+                raise ValueError("no ciphertext")
+            plain = _ctr(matched.enc, raw[:IV_BYTES], raw[IV_BYTES:])
+            payload = json.loads(plain.decode("utf-8"))
+        except ValueError:  # bad base64, length, UTF-8 or JSON (all ValueError subclasses)
             raise BadToken("malformed") from None
-        if not isinstance(body, dict):
+        if not isinstance(payload, dict):
             raise BadToken("malformed")
-        ref, expires = body.get("r"), body.get("x")
+        ref, expires = payload.get("r"), payload.get("x")
         if not isinstance(ref, str) or not isinstance(expires, int) or isinstance(expires, bool):
             raise BadToken("malformed")
         if (time.time() if now is None else now) >= expires:
@@ -182,6 +226,7 @@ def fetch_token(client: Client, token: str, signer: TokenSigner) -> JobView:
 
 
 __all__ = [
+    "IV_BYTES",
     "MAX_TOKEN_LENGTH",
     "MIN_SECRET_BYTES",
     "VERSION",

@@ -1,5 +1,6 @@
-"""Signed job tokens (gearstash.tokens): the documented format, every way a token is refused, key
-rotation, the Client and CLI entry points, and a token minted by PHP from the README's recipe."""
+"""Signed, opaque job tokens (gearstash.tokens): the documented format (encrypt-then-MAC), that a
+token reveals nothing about its job, every way a token is refused, key rotation, the Client and CLI
+entry points, and tokens minted and checked by PHP from the README's recipe."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -16,11 +18,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import need
 from workers import running_worker
 
+import gearstash.tokens
 from gearstash import BadToken, Client, ConfigError
 from gearstash.cli import main
 from gearstash.records import JobKey, JobRecord, JobRef, State
@@ -37,11 +41,43 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def _mint(secret: str, payload: bytes, purpose: str = "fetch") -> str:
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _derived(secret: str) -> tuple[bytes, bytes]:
+    """(enc_key, mac_key) as the README derives them from a secret."""
+    enc = hmac.new(secret.encode(), b"gearstash token enc", hashlib.sha256).digest()
+    mac = hmac.new(secret.encode(), b"gearstash token mac", hashlib.sha256).digest()
+    return enc, mac
+
+
+def _aes_ctr(key: bytes, iv: bytes, data: bytes) -> bytes:
+    crypt = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    return crypt.update(data) + crypt.finalize()
+
+
+def _mac(secret: str, body: str, purpose: str = "fetch") -> str:
+    key = _derived(secret)[1]
+    return _b64(hmac.new(key, f"gs1.{purpose}.{body}".encode(), hashlib.sha256).digest())
+
+
+def _seal(secret: str, raw: bytes, purpose: str = "fetch") -> str:
+    """A token whose body is ``raw`` (IV and ciphertext) with a valid MAC."""
+    body = _b64(raw)
+    return f"gs1.{body}.{_mac(secret, body, purpose)}"
+
+
+def _mint(secret: str, payload: bytes, purpose: str = "fetch", iv: bytes | None = None) -> str:
     """A token made by hand from the documented format (independent of gearstash.tokens)."""
-    p = _b64(payload)
-    mac = hmac.new(secret.encode(), f"gs1.{purpose}.{p}".encode(), hashlib.sha256).digest()
-    return f"gs1.{p}.{_b64(mac)}"
+    iv = os.urandom(16) if iv is None else iv
+    return _seal(secret, iv + _aes_ctr(_derived(secret)[0], iv, payload), purpose)
+
+
+def _open(secret: str, token: str) -> bytes:
+    """The payload of a token, decrypted by hand from the documented format."""
+    raw = _unb64(token.split(".")[1])
+    return _aes_ctr(_derived(secret)[0], raw[:16], raw[16:])
 
 
 def _reason(signer: TokenSigner, token: Any, now: float | None = T0) -> str:
@@ -55,15 +91,34 @@ def _reason(signer: TokenSigner, token: Any, now: float | None = T0) -> str:
 
 def test_token_has_the_documented_format() -> None:
     token = TokenSigner(SECRET).sign(REF, ttl=60, now=T0 + 0.25)
-    prefix, payload, signature = token.split(".")
-    assert prefix == "gs1" and "=" not in token and set(payload + signature) <= set(B64URL)
-    body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    assert body == {"r": str(REF), "x": int(T0) + 61}  # rounded up: lives at least ttl seconds
-    expected = hmac.new(SECRET.encode(), f"gs1.fetch.{payload}".encode(), hashlib.sha256).digest()
-    assert signature == _b64(expected)
+    prefix, body, signature = token.split(".")
+    assert prefix == "gs1" and "=" not in token and set(body + signature) <= set(B64URL)
+    # the MAC: HMAC-SHA256 with the derived mac key over "gs1.<purpose>.<body>"
+    assert signature == _mac(SECRET, body) and len(signature) == 43
+    raw_mac = hmac.new(SECRET.encode(), f"gs1.fetch.{body}".encode(), hashlib.sha256).digest()
+    assert signature != _b64(raw_mac)  # not keyed with the secret itself
+    # the body: a 16-byte IV, then AES-256-CTR of the JSON payload under the derived enc key
+    plain = json.dumps({"r": str(REF), "x": int(T0) + 61}, separators=(",", ":")).encode()
+    raw = _unb64(body)
+    assert len(raw) == 16 + len(plain)
+    assert _open(SECRET, token) == plain  # expiry rounded up: lives at least ttl seconds
+    assert json.loads(_open(SECRET, token)) == {"r": str(REF), "x": int(T0) + 61}
     # a token minted by hand from the README's description verifies
     by_hand = _mint(SECRET, json.dumps({"r": str(REF), "x": int(T0) + 5}).encode())
     assert TokenSigner(SECRET).verify(by_hand, now=T0) == REF
+    # the CTR counter is the whole 16-byte IV, incremented as one 128-bit big-endian number
+    # (OpenSSL's aes-256-ctr): an IV that wraps around inside a long payload still verifies
+    long_ref = JobRef(b"H:long:1", "127.0.0.1:4730", b"u" * 200)
+    wrapping = _mint(
+        SECRET, json.dumps({"r": str(long_ref), "x": int(T0) + 5}).encode(), iv=b"\xff" * 16
+    )
+    assert TokenSigner(SECRET).verify(wrapping, now=T0) == long_ref
+    # the format before encryption (base64 JSON, MAC keyed with the secret) is refused
+    old_payload = _b64(json.dumps({"r": str(REF), "x": int(T0) + 5}).encode())
+    old_mac = hmac.new(SECRET.encode(), f"gs1.fetch.{old_payload}".encode(), hashlib.sha256)
+    assert _reason(TokenSigner(SECRET), f"gs1.{old_payload}.{_b64(old_mac.digest())}") == (
+        "bad signature"
+    )
     # str refs, bare handles and non-ASCII uniques round-trip
     odd = JobRef(b"H:x:1", None, "caf\u00e9#@%".encode())
     for ref in (odd, JobRef(b"H:bare:9"), str(REF)):
@@ -76,6 +131,68 @@ def test_base64url_helpers_are_strict() -> None:
     for bad in ("+/8", "-_8=", "a", "ab c", "ab\n", "é"):
         with pytest.raises(ValueError):
             b64decode(bad)
+
+
+def test_a_token_reveals_nothing_about_its_job() -> None:
+    signer = TokenSigner(SECRET)
+    odd = JobRef(b"H:gearman-box.internal:4242", "10.1.2.3:4730", "caf\u00e9-secret".encode())
+    for ref in (REF, odd, JobRef(b"H:bare:9")):
+        token = signer.sign(ref, now=T0)
+        body = token.split(".")[1]
+        secrets = [ref.handle, str(ref).encode(), b'"r"', b'"x"', str(int(T0) + 3600).encode()]
+        if ref.server:
+            secrets += [ref.server.encode(), ref.server.split(":")[0].encode()]
+        if ref.unique:
+            secrets += [ref.unique, str(ref).split("#")[1].encode()]
+        # decoded from every alignment of the body, and in the token text itself
+        decodings = [token.encode()]
+        for shift in range(4):
+            part = body[shift:]
+            part = part[: len(part) - (len(part) % 4 == 1)]
+            decodings.append(_unb64(part))
+        for secret in secrets:
+            for decoded in decodings:
+                assert secret not in decoded, (ref, secret)
+        # …yet it is all there, for whoever has the secret
+        assert json.loads(_open(SECRET, token))["r"] == str(ref)
+
+
+def test_two_tokens_for_the_same_job_differ() -> None:
+    signer = TokenSigner(SECRET)
+    tokens = {signer.sign(REF, ttl=60, now=T0) for _ in range(50)}
+    assert len(tokens) == 50  # a random IV each time
+    ivs = {_unb64(token.split(".")[1])[:16] for token in tokens}
+    assert len(ivs) == 50
+    lengths = {len(token) for token in tokens}
+    assert len(lengths) == 1  # the same ref: the same length, different bytes
+    for token in tokens:
+        assert signer.verify(token, now=T0) == REF
+        assert TokenSigner(OTHER, previous=[SECRET]).verify(token, now=T0) == REF
+
+
+def test_nothing_is_decrypted_before_the_mac_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    signer = TokenSigner(SECRET)
+    token = signer.sign(REF, now=T0)
+    calls: list[bytes] = []
+    real = gearstash.tokens._ctr
+
+    def counting(key: bytes, iv: bytes, data: bytes) -> bytes:
+        calls.append(data)
+        return real(key, iv, data)
+
+    body = token.split(".")[1]
+    flipped = body[:-1] + ("A" if body[-1] != "A" else "B")
+    refused = [
+        TokenSigner(OTHER).sign(REF, now=T0),
+        TokenSigner(SECRET, purpose="cancel").sign(REF, now=T0),
+        f"gs1.{flipped}.{token.split('.')[2]}",
+        f"gs1.{'A' * 40}.{'A' * 43}",
+    ]
+    monkeypatch.setattr(gearstash.tokens, "_ctr", counting)
+    for forged in refused:
+        assert _reason(signer, forged) == "bad signature"
+    assert calls == []  # the forged ciphertexts were never decrypted
+    assert signer.verify(token, now=T0) == REF and len(calls) == 1
 
 
 # ------------------------------------------------------------------------------ refusals
@@ -96,10 +213,16 @@ def test_every_altered_character_is_refused() -> None:
             assert reason == "malformed", (i, altered)  # the prefix, or the structure
         else:
             assert reason == "bad signature", (i, altered)  # payload or signature
-    # a valid signature moved onto another payload
-    forged_payload = _b64(json.dumps({"r": "H:web1:71", "x": int(T0) + 60}).encode())
-    _, _, signature = token.split(".")
-    assert _reason(signer, f"gs1.{forged_payload}.{signature}") == "bad signature"
+    # a valid MAC moved onto another body (encrypted with the right key), and back
+    other = signer.sign(JobRef(b"H:web1:71", "127.0.0.1:4730"), ttl=60, now=T0)
+    _, body, signature = token.split(".")
+    assert _reason(signer, f"gs1.{other.split('.')[1]}.{signature}") == "bad signature"
+    assert _reason(signer, f"gs1.{body}.{other.split('.')[2]}") == "bad signature"
+    # CTR is malleable: a bit flipped in the ciphertext would flip the same plaintext bit — the
+    # MAC is what refuses it
+    raw = bytearray(_unb64(body))
+    raw[16 + len('{"r":"H:web1:7')] ^= ord("0") ^ ord("1")  # 70 -> 71 once decrypted
+    assert _reason(signer, f"gs1.{_b64(bytes(raw))}.{signature}") == "bad signature"
     assert _reason(signer, token.replace("gs1.", "gs2.", 1)) == "malformed"
     assert _reason(signer, token + ".x") == "malformed"
 
@@ -190,10 +313,16 @@ def test_malformed_payloads_under_a_valid_signature_are_refused() -> None:
     ):
         token = _mint(SECRET, payload)
         assert _reason(signer, token) == "malformed", payload
-    # a payload that is not canonical base64url text: signed, but not decodable
+    # a body that is not canonical base64url text: authenticated, but not decodable
     p = "A"  # one base64 character is never valid
-    mac = hmac.new(SECRET.encode(), f"gs1.fetch.{p}".encode(), hashlib.sha256).digest()
-    assert _reason(signer, f"gs1.{p}.{_b64(mac)}") == "malformed"
+    assert _reason(signer, f"gs1.{p}.{_mac(SECRET, p)}") == "malformed"
+    # a body too short to hold an IV and any ciphertext
+    for raw in (b"", b"\x00", os.urandom(15), os.urandom(16)):
+        assert _reason(signer, _seal(SECRET, raw)) == "malformed", raw
+    # a good payload encrypted with another key (under a valid MAC) decrypts to garbage
+    iv = os.urandom(16)
+    wrong_key = _aes_ctr(_derived(OTHER)[0], iv, json.dumps({"r": "H:a:1", "x": x}).encode())
+    assert _reason(signer, _seal(SECRET, iv + wrong_key)) == "malformed"
     # unknown keys are ignored (room for later versions of the payload)
     extra = _mint(SECRET, json.dumps({"r": str(REF), "x": x, "v": 2}).encode())
     assert signer.verify(extra, now=T0) == REF
@@ -434,9 +563,21 @@ def test_a_token_minted_by_php_verifies_in_python(tmp_path: Path) -> None:
     assert token.startswith("gs1.")
     assert TokenSigner(SECRET).verify(token) == JobRef.parse(ref)
     assert _reason(TokenSigner(OTHER), token, now=None) == "bad signature"
+    # PHP's tokens are opaque too, and a new IV each time
+    again = run("mint", SECRET, ref)
+    assert again != token and TokenSigner(SECRET).verify(again) == JobRef.parse(ref)
+    assert b"H:web1:70" not in _unb64(token.split(".")[1]) and "H:web1" not in token
     # and the other way round: PHP verifies what Python signs, and refuses an altered one
     ours = TokenSigner(SECRET).sign(ref, ttl=60)
     assert run("verify", SECRET, ours) == f"'{ref}'"
     assert run("verify", OTHER, ours) == "NULL"
     stale = TokenSigner(SECRET).sign(ref, ttl=1, now=time.time() - 9)
     assert run("verify", SECRET, stale) == "NULL"
+    body, mac = ours.split(".")[1:]
+    flipped = bytearray(_unb64(body))
+    flipped[-3] ^= 1  # a ciphertext bit: the MAC refuses it
+    assert run("verify", SECRET, f"gs1.{_b64(bytes(flipped))}.{mac}") == "NULL"
+    # OpenSSL's counter is the whole 128-bit IV, like ours: the same across a wrap-around
+    long_ref = str(JobRef(b"H:long:1", "127.0.0.1:4730", b"u" * 200))
+    payload = json.dumps({"r": long_ref, "x": int(time.time()) + 60}).encode()
+    assert run("verify", SECRET, _mint(SECRET, payload, iv=b"\xff" * 16)) == f"'{long_ref}'"
