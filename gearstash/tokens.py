@@ -18,12 +18,12 @@ the job (handle, job server, unique) and cannot alter or forge it without the se
 * base64url is RFC 4648 §5 (``-`` and ``_``) without ``=`` padding; the MAC is over the ASCII text
   ``gs1.<purpose>.<body as it appears in the token>``;
 * ``payload`` is a JSON object ``{"r": "<job reference>", "x": <expiry, unix seconds, integer>}``
-  (its UTF-8 bytes); other keys are ignored;
+  (its UTF-8 bytes), padded with spaces to a multiple of 64 bytes; other keys are ignored;
 * ``purpose`` (default ``fetch``) is authenticated but not sent: a token minted for one purpose is
   refused for another;
 * the token is valid while ``now < x`` and expired from the second ``x`` on.
 
-The token's length does reveal the length of the job reference (AES-CTR does not pad).
+The padding hides the reference's length up to 64 bytes (AES-CTR itself does not pad).
 
 :meth:`TokenSigner.verify` checks, in this order: the length (at most :data:`MAX_TOKEN_LENGTH`
 characters, before anything is decoded), the ``gs1`` prefix and the base64url alphabet, the MAC
@@ -57,6 +57,8 @@ if TYPE_CHECKING:
     from gearstash.views import JobView
 
 VERSION = "gs1"
+PAD_BYTES = 64
+"""Plaintext payloads are padded with spaces to a multiple of this many bytes."""
 MAX_TOKEN_LENGTH = 4096
 """Longer tokens are refused before they are decoded."""
 MIN_SECRET_BYTES = 16
@@ -170,9 +172,12 @@ class TokenSigner:
         expires = math.ceil((time.time() if now is None else now) + ttl)
         payload = json.dumps(
             {"r": str(job), "x": expires}, separators=(",", ":"), ensure_ascii=False
-        )
+        ).encode("utf-8")
+        # padded with spaces (JSON ignores them) to a multiple of PAD_BYTES, so a token's length
+        # says little about the length of the reference it hides
+        payload += b" " * (-len(payload) % PAD_BYTES)
         keys, iv = self._keys[0], os.urandom(IV_BYTES)
-        body = b64encode(iv + _ctr(keys.enc, iv, payload.encode("utf-8")))
+        body = b64encode(iv + _ctr(keys.enc, iv, payload))
         token = f"{VERSION}.{body}.{self._mac(keys.mac, body)}"
         if len(token) > MAX_TOKEN_LENGTH:
             raise ConfigError(f"the job reference is too long for a token ({len(token)} chars)")

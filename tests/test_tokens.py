@@ -99,8 +99,9 @@ def test_token_has_the_documented_format() -> None:
     assert signature != _b64(raw_mac)  # not keyed with the secret itself
     # the body: a 16-byte IV, then AES-256-CTR of the JSON payload under the derived enc key
     plain = json.dumps({"r": str(REF), "x": int(T0) + 61}, separators=(",", ":")).encode()
+    plain += b" " * (-len(plain) % 64)  # padded with spaces to a multiple of 64 bytes
     raw = _unb64(body)
-    assert len(raw) == 16 + len(plain)
+    assert len(raw) == 16 + len(plain) and len(plain) % 64 == 0
     assert _open(SECRET, token) == plain  # expiry rounded up: lives at least ttl seconds
     assert json.loads(_open(SECRET, token)) == {"r": str(REF), "x": int(T0) + 61}
     # a token minted by hand from the README's description verifies
@@ -581,3 +582,13 @@ def test_a_token_minted_by_php_verifies_in_python(tmp_path: Path) -> None:
     long_ref = str(JobRef(b"H:long:1", "127.0.0.1:4730", b"u" * 200))
     payload = json.dumps({"r": long_ref, "x": int(time.time()) + 60}).encode()
     assert run("verify", SECRET, _mint(SECRET, payload, iv=b"\xff" * 16)) == f"'{long_ref}'"
+
+
+def test_token_length_hides_the_reference_length_up_to_the_padding():
+    signer = TokenSigner("p" * 32)
+    short = signer.sign(JobRef(b"H:a:1", "127.0.0.1:4730", b"u"), now=1_000_000_000)
+    longer = signer.sign(JobRef(b"H:a:12345", "127.0.0.1:4730", b"u1234567890"), now=1_000_000_000)
+    assert len(short) == len(longer)
+    assert signer.verify(longer, now=1_000_000_000) == JobRef(
+        b"H:a:12345", "127.0.0.1:4730", b"u1234567890"
+    )
