@@ -3,7 +3,8 @@
 Every command takes ``--server`` (repeatable; default ``$GEARSTASH_SERVERS`` or ``127.0.0.1:4730``)
 and ``--store`` (default ``$GEARSTASH_STORE`` or the SQLite default store), so no secret has to go on
 the command line. Exit codes: 0 success, 1 gearstash error (unreachable server or store, bad input),
-2 usage, 3 the job failed, expired or was lost, 4 wait timed out or the job is unknown, 5 spooled batches wait with no worker (spool status).
+2 usage, 3 the job failed, expired or was lost, 4 wait timed out or the job is unknown,
+5 spooled batches wait with no worker (``spool status``).
 """
 
 from __future__ import annotations
