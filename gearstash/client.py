@@ -215,7 +215,8 @@ class Client(Submitter):
                 )
                 record = get_after(self.store, job, cursor if data else 1 << 62)
                 restarted = False
-                if record is not None and attempt is not None and record.attempt != attempt:
+                # attempt 0 is the submission marker (no chunks): its first start is no restart
+                if record is not None and attempt and record.attempt != attempt:
                     cursor, restarted = 0, True
                     record = get_after(self.store, job, 0 if data else 1 << 62)
                 if record is not None:

@@ -146,3 +146,28 @@ def test_persistent_queue_restart_keeps_queued_jobs_records(gearmand_factory, st
         for ref in reused:
             assert client.fetch(ref).result != b"hserf"
         assert client.fetch(fresh).result == b"hserf"
+
+
+def test_follow_flags_the_new_attempt_and_restarts_its_chunks(gearmand, store_url, spawn, tmp_path):
+    marker = tmp_path / "attempted"
+    first = spawn(gearmand.address, store_url, "crashjobs:attempt")
+    second = None
+    with Client([gearmand.address], store=store_url) as client:
+        ref = client.submit_background("attempt", str(marker))
+        updates = []
+        for update in client.follow(ref, timeout=60):
+            updates.append(update)
+            seen = [c for u in updates for c in u.chunks]
+            if second is None and len(seen) >= 3:
+                first.send_signal(signal.SIGKILL)
+                first.wait(10)
+                second = spawn(gearmand.address, store_url, "crashjobs:attempt")
+    assert second is not None
+    restarts = [i for i, u in enumerate(updates) if u.restarted]
+    assert len(restarts) == 1, [(u.offset, u.chunks, u.restarted) for u in updates]
+    before = [c for u in updates[: restarts[0]] for c in u.chunks]
+    after = [c for u in updates[restarts[0] :] for c in u.chunks]
+    assert before == [f"{first.pid}:{i}".encode() for i in range(3)]
+    assert updates[restarts[0]].offset == 0
+    assert after == [f"{second.pid}:{i}".encode() for i in range(5)]
+    assert updates[-1].view.state is State.COMPLETE
