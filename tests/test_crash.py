@@ -171,3 +171,25 @@ def test_follow_flags_the_new_attempt_and_restarts_its_chunks(gearmand, store_ur
     assert updates[restarts[0]].offset == 0
     assert after == [f"{second.pid}:{i}".encode() for i in range(5)]
     assert updates[-1].view.state is State.COMPLETE
+
+
+def test_sigkill_of_a_concurrent_worker_restarts_every_job_it_held(
+    gearmand, store_url, spawn, tmp_path
+):
+    first = spawn(gearmand.address, store_url, "crashjobs:attempt", "-c", "3")
+    with Client([gearmand.address], store=store_url) as client:
+        refs = client.submit_background_many(
+            [("attempt", str(tmp_path / f"attempted-{i}")) for i in range(3)]
+        )
+        wait_until(
+            lambda: all(len(v.data) == 3 for v in client.fetch_many(refs)),
+            what="three chunks of every first attempt",
+        )
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        second = spawn(gearmand.address, store_url, "crashjobs:attempt", "-c", "3")
+        done = [client.wait(ref, timeout=30) for ref in refs]
+    for view in done:
+        assert view.state is State.COMPLETE and view.record is not None
+        assert view.record.attempt == 2
+        assert view.data == [f"{second.pid}:{i}".encode() for i in range(5)]
