@@ -111,17 +111,22 @@ class Client(Submitter):
         jobs = [as_ref(r) for r in refs]
         if not jobs:
             return []
-        found, _down = self._statuses(jobs)
-        by_unique = self._unique_statuses([j for j in jobs if j.by_unique])
+        found, down = self._statuses(jobs)
+        by_unique = self._unique_statuses([j for j in jobs if j.by_unique], down)
         records = self.store.get_many(jobs)
         now = time.time()
         views: list[JobView] = []
         for job, record in zip(jobs, records, strict=True):
             status = by_unique.get(job) if job.by_unique else self._pick_status(job, record, found)
             views.append(merge_state(job, status, record, now))
-        return self._find_replayed(views, now)
+        return self._find_replayed(views, now, down)
 
-    def _find_replayed(self, views: list[JobView], now: float) -> list[JobView]:
+    def _find_replayed(
+        self,
+        views: list[JobView],
+        now: float,
+        down: Iterable[str] = (),
+    ) -> list[JobView]:
         """Second look at jobs that read ``lost``: the server may have replayed them under new
         handles (persistent queue) — ask the servers by unique and the store for the newest record
         with the unique (:func:`~gearstash.views.successor`). Costs nothing when none is lost."""
@@ -137,7 +142,7 @@ class Client(Submitter):
             record = views[i].record
             assert record is not None
             probes.append(JobRef(b"", record.key.server, record.key.unique))
-        statuses = self._unique_statuses(probes)
+        statuses = self._unique_statuses(probes, down)
         candidates = self.store.get_many(probes)
         for i, probe, candidate in zip(lost, probes, candidates, strict=True):
             view = views[i]

@@ -162,15 +162,19 @@ class ServerLinks:
                 raise
         return out
 
-    def _unique_statuses(self, refs: Sequence[JobRef]) -> dict[JobRef, Status]:
+    def _unique_statuses(
+        self, refs: Sequence[JobRef], down: Iterable[str] = ()
+    ) -> dict[JobRef, Status]:
         """Live status by unique for each reference (on its server, else the first that knows
-        it); references no server answered for are left out."""
+        it); references no server answered for are left out. Servers in ``down`` (found
+        unreachable a moment ago) are not asked again."""
+        skip = set(down)
         wanted: dict[str, list[bytes]] = {}
         for ref in refs:
             if ref.unique is None or len(ref.unique) > MAX_UNIQUE:
                 continue
             for server in [ref.server] if ref.server else self.servers:
-                if server in self._conns:
+                if server in self._conns and server not in skip:
                     wanted.setdefault(server, []).append(ref.unique)
         answers: dict[tuple[str, bytes], Status] = {}
         for server, uniques in wanted.items():
