@@ -15,84 +15,26 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from gearstash import config
-from gearstash.client import Client, JobView
-from gearstash.errors import ConfigError, GearstashError, JobNotFound, WaitTimeout
+from gearstash.cli_common import (
+    EXIT_FAILED,
+    _client,
+    _Group,
+    _server_option,
+    _settings,
+    _store_option,
+    describe,
+)
+from gearstash.cli_spool import spool
+from gearstash.cli_token import token
+from gearstash.client import Client
+from gearstash.errors import ConfigError, GearstashError
 from gearstash.records import JobRef, State
 from gearstash.store import redact_url
-from gearstash.tokens import TokenSigner
-
-EXIT_ERROR, EXIT_FAILED, EXIT_WAIT, EXIT_SPOOLED = 1, 3, 4, 5
-
-
-class _Group(click.Group):
-    """Turns every GearstashError into a one-line message and exit code 1 (no traceback)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (JobNotFound, WaitTimeout) as exc:
-            click.echo(f"gearstash: {exc}", err=True)
-            ctx.exit(EXIT_WAIT)
-        except GearstashError as exc:
-            click.echo(f"gearstash: error: {exc}", err=True)
-            ctx.exit(EXIT_ERROR)
-
-
-def _server_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--server",
-        "-s",
-        "servers",
-        multiple=True,
-        metavar="HOST[:PORT]",
-        help="Job server (repeatable; default $GEARSTASH_SERVERS or 127.0.0.1:4730).",
-    )(f)
-
-
-def _warn_secret_on_argv(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    """Warn (still work) when the --store URL holds a password: argv is public on a host."""
-    if value and config.url_has_secret(value):
-        click.echo(
-            "gearstash: warning: the --store URL holds a password, and every user of this host "
-            "can read a process's command line (ps, /proc/PID/cmdline); set $GEARSTASH_STORE, "
-            "$GEARSTASH_STORE_FILE or `store` in the config file instead",
-            err=True,
-        )
-    return value
-
-
-def _store_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--store",
-        metavar="URL",
-        callback=_warn_secret_on_argv,
-        help="Store URL (default $GEARSTASH_STORE, $GEARSTASH_STORE_FILE, the config file, or the "
-        "SQLite default store). Never put a password here: use the environment or config file.",
-    )(f)
-
-
-def _servers(values: Sequence[str]) -> list[str] | None:
-    return list(values) or None
-
-
-def _settings(servers: Sequence[str] = (), store: str | None = None) -> config.Settings:
-    """Options > environment > config file (``--config`` of the group) > defaults."""
-    ctx = click.get_current_context(silent=True)
-    obj = ctx.find_root().obj if ctx is not None else None
-    path = obj.get("config") if isinstance(obj, dict) else None
-    return config.resolve(store=store, servers=_servers(servers), config=path)
-
-
-def _client(servers: Sequence[str], store: str | None, timeout: float = 30.0) -> Client:
-    settings = _settings(servers, store)
-    return Client(settings.servers, store=settings.store_url, timeout=timeout)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -338,33 +280,6 @@ def status(servers: tuple[str, ...], as_json: bool, handles: tuple[str, ...]) ->
                 )
 
 
-def _text(value: bytes | None) -> str:
-    if value is None:
-        return "-"
-    return value.decode("utf-8", "backslashreplace")
-
-
-def describe(view: JobView) -> str:
-    """A few human-readable lines about one job."""
-    lines = [f"{view.ref}  {view.state.value}"]
-    record = view.record
-    if view.denominator:
-        lines.append(f"  progress  {view.numerator}/{view.denominator}")
-    if record is not None:
-        lines.append(f"  function  {_text(record.function)}  attempt {record.attempt}")
-        if record.data:
-            lines.append("  data      " + " | ".join(_text(c) for c in record.data))
-        for warning in record.warnings:
-            lines.append(f"  warning   {_text(warning)}")
-        if record.result is not None:
-            lines.append(f"  result    {_text(record.result)}")
-        if record.error is not None:
-            lines.append(f"  error     {record.error.kind}: {record.error.message}")
-    if view.status is None:
-        lines.append("  (job server unreachable: state from the store only)")
-    return "\n".join(lines)
-
-
 @main.command()
 @_server_option
 @_store_option
@@ -473,110 +388,6 @@ def purge(store: str | None) -> None:
     click.echo(f"purged {removed} expired record(s) from {client.store.url}")
 
 
-# ---------------------------------------------------------------- spool
-
-
-def _spool_dir(store: str | None, spool: str | None) -> tuple[config.Settings, Path]:
-    from gearstash.spool import default_spool_dir
-
-    settings = _settings(store=store)
-    folder = spool or os.environ.get("GEARSTASH_SPOOL") or settings.spool
-    return settings, Path(folder) if folder else default_spool_dir(settings.store_url)
-
-
-def _spool_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--spool",
-        metavar="DIR",
-        help="Spool folder (default: as the worker finds it: $GEARSTASH_SPOOL, the config "
-        "file's spool, else spool/<hash of the store URL> in the gearstash home).",
-    )(f)
-
-
-@main.group()
-def spool() -> None:
-    """Look at or drain a worker spool (events kept on disk while the store was down)."""
-
-
-@spool.command("status")
-@_store_option
-@_spool_option
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def spool_status(store: str | None, spool: str | None, as_json: bool) -> None:
-    """List the spool files: batches waiting, bytes, and whether a running worker holds them.
-
-    Exits 5 when batches wait in files no running worker holds (start a worker on this spool,
-    or run ``gearstash spool replay``), else 0.
-    """
-    from gearstash.spoolfile import SpoolFile, spool_files
-
-    _, folder = _spool_dir(store, spool)
-    rows: list[dict[str, Any]] = []
-    for path in spool_files(folder) if folder.is_dir() else []:
-        held = SpoolFile.adopt(path)
-        if held is None:
-            rows.append({"file": str(path), "bytes": path.stat().st_size, "held_by_worker": True})
-            continue
-        rows.append(
-            {
-                "file": str(path),
-                "bytes": held.size,
-                "batches": held.pending,
-                "held_by_worker": False,
-            }
-        )
-        held.close()
-    orphaned = sum(r.get("batches", 0) for r in rows)
-    if as_json:
-        click.echo(json.dumps({"spool": str(folder), "files": rows, "orphaned_batches": orphaned}))
-    else:
-        click.echo(f"spool {folder}: {len(rows)} file(s)")
-        for row in rows:
-            if row["held_by_worker"]:
-                click.echo(f"  {row['file']}  {row['bytes']} bytes  (a running worker holds it)")
-            else:
-                click.echo(
-                    f"  {row['file']}  {row['bytes']} bytes  {row['batches']} batch(es) waiting"
-                )
-    if orphaned:
-        sys.exit(EXIT_SPOOLED)
-
-
-@spool.command("replay")
-@_store_option
-@_spool_option
-@click.option(
-    "--timeout", type=float, default=60.0, show_default=True, help="Seconds to keep trying."
-)
-def spool_replay(store: str | None, spool: str | None, timeout: float) -> None:
-    """Write the batches of spool files no running worker holds into the store, in order.
-
-    For a spool left behind by a worker that will not run again. Exits 0 when everything landed,
-    1 when some is still spooled after TIMEOUT seconds (it stays on disk).
-    """
-    import time
-
-    from gearstash.plugins import open_store
-    from gearstash.spool import SpoolingStore
-
-    settings, folder = _spool_dir(store, spool)
-    if not folder.is_dir():
-        click.echo(f"spool {folder}: nothing to replay")
-        return
-    spooling = SpoolingStore(open_store(settings.store_url), folder, close_timeout=1.0)
-    try:
-        waiting = spooling.spooled
-        deadline = time.monotonic() + timeout
-        while spooling.spooled and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = spooling.spooled
-    finally:
-        spooling.close()
-    click.echo(f"replayed {waiting - left} batch(es) into {spooling.url}; {left} left in {folder}")
-    if left:
-        sys.exit(EXIT_ERROR)
-
-
 # ---------------------------------------------------------------- plugins / demo
 
 
@@ -632,48 +443,6 @@ def plugins(as_json: bool) -> None:
         click.echo(f"config file: {settings.config_file}")
 
 
-@main.group()
-def token() -> None:
-    """Signed job tokens for browsers (the secret comes from $GEARSTASH_TOKEN_SECRET,
-    $GEARSTASH_TOKEN_SECRET_FILE or token_secret in the config file — never from an option)."""
-
-
-def _signer() -> TokenSigner:
-    ctx = click.get_current_context(silent=True)
-    obj = ctx.find_root().obj if ctx is not None else None
-    return TokenSigner.from_config(config=obj.get("config") if isinstance(obj, dict) else None)
-
-
-@token.command("sign")
-@click.option(
-    "--ttl", type=click.FloatRange(min=0, min_open=True), default=3600.0, show_default=True,
-    help="Seconds the token stays valid.",
-)  # fmt: skip
-@click.argument("ref")
-def token_sign(ttl: float, ref: str) -> None:
-    """Print a token for the job REF (a job reference, as `submit --background` prints it)."""
-    click.echo(_signer().sign(JobRef.parse(ref), ttl=ttl))
-
-
-@token.command("fetch")
-@_server_option
-@_store_option
-@click.option("--json", "as_json", is_flag=True, help="Print the job as one JSON object.")
-@click.argument("token_text", metavar="TOKEN")
-def token_fetch(
-    servers: tuple[str, ...], store: str | None, as_json: bool, token_text: str
-) -> None:
-    """Verify TOKEN, then show its job like `fetch` (exit 1 if the token is refused)."""
-    signer = _signer()
-    ref = signer.verify(token_text)  # before any server or store is asked anything
-    with _client(servers, store) as client:
-        view = client.fetch(ref)
-    if as_json:
-        click.echo(json.dumps(view.to_json(), ensure_ascii=False))
-    else:
-        click.echo(describe(view))
-
-
 @main.command()
 @click.option(
     "--jobs", "payloads", multiple=True, help="Payloads to reverse (default ABC123 DEF456)."
@@ -690,3 +459,7 @@ def demo(payloads: tuple[str, ...], steps: int, delay: float) -> None:
     from gearstash.demo import run_demo
 
     run_demo(list(payloads) or ["ABC123", "DEF456"], steps=steps, delay=delay)
+
+
+main.add_command(spool)
+main.add_command(token)
