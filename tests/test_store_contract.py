@@ -701,7 +701,7 @@ def test_sql_purge_cleans_expired_jobs_then_deletes_their_rows(
 ) -> None:
     """purge(): an expired job loses its chunks and result (and reads as expired); once it has
     been expired longer than ?tombstone=, its row goes too. Bounded steps, run until done."""
-    import gearstash_sql.store as sql_store
+    import gearstash_sql.removal as sql_removal
 
     url = _with(private_sql_url, tombstone=1000, purge_every=0)
     store = open_store(url)
@@ -725,7 +725,7 @@ def test_sql_purge_cleans_expired_jobs_then_deletes_their_rows(
         assert store.purge() == 0  # type: ignore[attr-defined]
 
         # many at once: steps of PURGE_LIMIT rows, until none is left
-        monkeypatch.setattr(sql_store, "PURGE_LIMIT", 3)
+        monkeypatch.setattr(sql_removal, "PURGE_LIMIT", 3)
         many = [_key() for _ in range(10)]
         for n, key in enumerate(many):
             _job_at(store, key, time.time(), 0.5 + n * 0.01)
@@ -797,7 +797,7 @@ def test_sql_delete_removes_rows_and_chunks(sql_url: str) -> None:
 def test_sql_get_after_reads_only_the_chunks_it_returns(
     sql_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gearstash_sql.store as sql_store
+    import gearstash_sql.reading as sql_reading
 
     store = open_store(sql_url)
     try:
@@ -810,13 +810,13 @@ def test_sql_get_after_reads_only_the_chunks_it_returns(
                 events.append(ev(EventKind.WARNING, key, T0 + i, payload=b"w%d" % i))
         store.write(events)
         fetched: list[int] = []
-        real = sql_store._record
+        real = sql_reading._record
 
         def counting(row: Any, chunk_rows: dict[int, list[Any]], now: float) -> JobRecord:
             fetched.append(len(chunk_rows.get(row[0], ())))
             return real(row, chunk_rows, now)
 
-        monkeypatch.setattr(sql_store, "_record", counting)
+        monkeypatch.setattr(sql_reading, "_record", counting)
         statements = _count_reads(store)
         whole = JobRecord.from_events(key, events)
         for after in (0, 1, 150, 298, 299, 300, 301, 10**6, 1 << 62):
