@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from gearstash.errors import (
     ConfigError,
@@ -97,8 +97,7 @@ class Submitter(ServerLinks):
                 raise ConfigError(f"priority must be normal, high or low, not {priority!r}")
             packet = encode_request(kind, fn, uniq, data)
         ref = self._submit_one(packet, uniq)
-        if self.mark_submissions:
-            self._mark(ref, fn)
+        self._mark([(ref, fn)])
         return ref
 
     def _submit_one(self, packet: bytes, uniq: bytes) -> JobRef:
@@ -155,13 +154,11 @@ class Submitter(ServerLinks):
                     fn, data, uniq = prepared[index]
                     refs[index] = self._submit_one(encode_request(kind, fn, uniq, data), uniq)
         except ServerError as exc:
-            done = [r for r in refs if r is not None]
-            self._mark_many(done, prepared, refs)
-            exc.submitted = done
+            exc.submitted = [r for r in refs if r is not None]
             raise
-        out = [r for r in refs if r is not None]
-        self._mark_many(out, prepared, refs)
-        return out
+        finally:  # mark what was submitted, also when a server refused a job midway
+            self._mark([(r, prepared[i][0]) for i, r in enumerate(refs) if r is not None])
+        return [r for r in refs if r is not None]
 
     def _pipeline_submit(self, server: str, packets: list[bytes], handles: list[bytes]) -> None:
         """Send ``packets`` to ``server`` at once and append their JOB_CREATED handles, in order,
@@ -183,39 +180,31 @@ class Submitter(ServerLinks):
                 self._conns[server].close()
                 raise
 
-    def _mark_many(
-        self,
-        done: list[JobRef],
-        prepared: list[tuple[bytes, bytes, bytes]],
-        refs: list[JobRef | None],
-    ) -> None:
-        if not self.mark_submissions or not done:
+    def _mark(self, submitted: Sequence[tuple[JobRef, bytes]]) -> None:
+        """Write the ``submitted`` markers of background jobs, given as ``(ref, function)``
+        pairs, in one store write (when ``mark_submissions``). Failures are only logged: the
+        jobs are submitted."""
+        if not self.mark_submissions or not submitted:
             return
         now = time.time()
         events = [
             Event(
                 EventKind.SUBMITTED,
-                JobKey(r.server or "", r.handle, r.unique or b""),
+                JobKey(ref.server or "", ref.handle, ref.unique or b""),
                 now,
-                function=prepared[i][0],
+                function=function,
             )
-            for i, r in enumerate(refs)
-            if r is not None
+            for ref, function in submitted
         ]
         try:
             self.store.write(events)
         except GearstashError as exc:
             log.warning(
-                "%d jobs submitted, but their submissions were not recorded: %s", len(events), exc
+                "%d job(s) submitted (the first %s), but not recorded as submitted: %s",
+                len(events),
+                submitted[0][0],
+                exc,
             )
-
-    def _mark(self, ref: JobRef, function: bytes) -> None:
-        """Write the ``submitted`` marker of a background job (failures are only logged)."""
-        key = JobKey(ref.server or "", ref.handle, ref.unique or b"")
-        try:
-            self.store.write([Event(EventKind.SUBMITTED, key, time.time(), function=function)])
-        except GearstashError as exc:
-            log.warning("job %s submitted, but its submission was not recorded: %s", ref, exc)
 
     def submit(
         self,
