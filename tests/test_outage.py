@@ -233,25 +233,36 @@ def _run_outage(
     return during
 
 
+def _jobs_before_across_during_and_after(
+    client: Client, stop: Callable[[], Any], start: Callable[[], Any]
+) -> None:
+    """Jobs stored before the outage, slow jobs whose start is stored before it and whose data
+    is not, at least 10 jobs while the store is down, jobs after: every one complete, each
+    event once and in order (the store keeps its data across the stop)."""
+    early = _submit(client, [f"early{i}" for i in range(3)])
+    _assert_complete(client, early)
+    crossing = _submit(client, ["crossing0", "crossing1"], delay=0.5)
+    _until(
+        lambda: all(
+            v.record is not None and v.record.started_at is not None
+            for v in client.fetch_many(list(crossing.values()))
+        ),
+        10,
+        "the slow jobs' start to be stored",
+    )
+    during = _run_outage(client, stop, start, crossing)
+    after = _submit(client, [f"after{i}" for i in range(3)])
+    _assert_complete(client, {**early, **crossing, **during, **after})
+    assert len(during) >= 10
+
+
 @pytest.mark.gearmand
 def test_redis_outage_jobs_go_on_and_every_event_lands_in_order(
     gearmand: Gearmand, own_redis: OwnRedis, worker_process: Callable[..., WorkerProcess]
 ) -> None:
     worker = worker_process(gearmand.address, own_redis.url, "-c", "2")
     with Client([gearmand.address], store=own_redis.url) as client:
-        early = _submit(client, [f"early{i}" for i in range(3)])
-        _assert_complete(client, early)
-        # Slow jobs whose start reaches Redis and whose data does not.
-        crossing = _submit(client, ["crossing0", "crossing1"], delay=0.5)
-        _until(
-            lambda: all(v.record is not None for v in client.fetch_many(list(crossing.values()))),
-            10,
-            "the slow jobs' start to be stored",
-        )
-        during = _run_outage(client, own_redis.stop, own_redis.start, crossing)
-        after = _submit(client, [f"after{i}" for i in range(3)])
-        _assert_complete(client, {**early, **crossing, **during, **after})
-    assert len(during) >= 10
+        _jobs_before_across_during_and_after(client, own_redis.stop, own_redis.start)
     assert worker.stop() == 0
     log = worker.text()
     assert f"store {own_redis.url} unreachable" in log, log

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import test_outage
 from pgserver import OwnPostgres
-from test_outage import WorkerProcess, _assert_complete, _run_outage, _submit, _until
+from test_outage import WorkerProcess, _jobs_before_across_during_and_after
 
 from gearstash import Client
 from gearstash.gearmand import Gearmand
@@ -41,20 +41,8 @@ def test_postgresql_outage_jobs_go_on_and_every_event_lands_in_order(
     spool = tmp_path / "spool"
     worker = worker_process(gearmand.address, url, "-c", "2", "--spool", str(spool))
     with Client([gearmand.address], store=url) as client:
-        early = _submit(client, [f"early{i}" for i in range(3)])
-        _assert_complete(client, early)
-        # Slow jobs whose start reaches PostgreSQL and whose data does not.
-        crossing = _submit(client, ["crossing0", "crossing1"], delay=0.5)
-        _until(
-            lambda: all(v.record is not None for v in client.fetch_many(list(crossing.values()))),
-            10,
-            "the slow jobs' start to be stored",
-        )
-        during = _run_outage(client, own_postgres.stop, own_postgres.start, crossing)
-        after = _submit(client, [f"after{i}" for i in range(3)])
         # The early jobs were stored before the stop: they come back with the data directory.
-        _assert_complete(client, {**early, **crossing, **during, **after})
-    assert len(during) >= 10
+        _jobs_before_across_during_and_after(client, own_postgres.stop, own_postgres.start)
     assert worker.stop() == 0
     log = worker.text()
     assert f"store {url} unreachable" in log, log
