@@ -65,6 +65,11 @@ class StoreRejected(StoreError):
     retrying or spooling it cannot help. Nothing of the refused batch was written."""
 
 
+REFUSED_FOR_GOOD: tuple[type[Exception], ...] = (StoreRejected, ValueError, TypeError)
+"""What a store write raises when retrying it cannot help: :class:`StoreRejected`, or a
+ValueError/TypeError escaping a store that could not encode the batch (a bug in that store)."""
+
+
 class ConfigError(GearstashError):
     """Bad configuration: an unknown store scheme, a malformed server address or URL."""
 

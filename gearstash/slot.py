@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 from gearstash.connection import Connection
 from gearstash.errors import (
+    REFUSED_FOR_GOOD,
     JobFailed,
     ProtocolError,
     ServerUnavailable,
-    StoreRejected,
 )
 from gearstash.protocol import Packet, PacketType, encode_request, encode_work
 from gearstash.records import FINAL_EVENTS, Event, EventKind, JobError
@@ -273,7 +273,7 @@ class _Slot:
         job._pending = []
         try:
             self.store.write(events)
-        except (StoreRejected, ValueError, TypeError) as exc:  # refused for good: see _rejected
+        except REFUSED_FOR_GOOD as exc:  # refused for good: see _rejected
             self._rejected(job, events, exc)
         except Exception as exc:
             if self.fail:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gearstash.errors import StoreError, StoreRejected
+from gearstash.errors import REFUSED_FOR_GOOD, StoreError
 from gearstash.records import Event, JobRecord, JobRef
 from gearstash.spoolfile import SpoolFile, decode_events, encode_events, spool_files
 from gearstash.store import Store, redact_url
@@ -129,7 +129,7 @@ class SpoolingStore:
             try:
                 self.inner.write(events)
                 return
-            except (StoreRejected, ValueError, TypeError):
+            except REFUSED_FOR_GOOD:
                 # the store is up and refuses this batch for good (or cannot encode it: a bug
                 # in the store): spooling and replaying it cannot help
                 raise
@@ -299,7 +299,7 @@ class SpoolingStore:
         if events:
             try:
                 self.inner.write(events)
-            except (StoreRejected, ValueError, TypeError):
+            except REFUSED_FOR_GOOD:
                 self._replay_one_by_one(source, frames)
                 return
         self._advanced(source, frames, len(events))
@@ -315,7 +315,7 @@ class SpoolingStore:
             try:
                 if events:
                     self.inner.write(events)
-            except (StoreRejected, ValueError, TypeError) as exc:
+            except REFUSED_FOR_GOOD as exc:
                 log.error(
                     "spool: store %s refused a spooled batch of %d events (job %r) for good: "
                     "%s; dropped",
