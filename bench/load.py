@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gearstash.worker import Job
+from gearstash.worker.job import Job
 
 BENCH = Path(__file__).resolve().parent
 REDIS_BASE = "redis://127.0.0.1:6379/15"
@@ -293,8 +293,8 @@ def _wait_until(
 ) -> None:
     """Until gearmand's ``status`` shows no job of ``function`` (or, with ``workers``, that many
     worker connections registered for it); raise if a worker died or time ran out."""
-    from gearstash.gearmand import admin_command
-    from gearstash.protocol import parse_status
+    from gearstash.protocol.admin import parse_status
+    from gearstash.testing.gearmand import admin_command
 
     host, _, port = server.rpartition(":")
     deadline = time.monotonic() + timeout
@@ -367,7 +367,7 @@ def _verify(client: Any, refs: list[Any], chunks: int, payload: int, report: Rep
 def check_job(record: Any, fetched: Any, expected: list[bytes], report: Report) -> bool:
     """Count each anomaly of one job's record (``fetched``: its state from ``fetch_many``) in
     ``report``; True if it had any."""
-    from gearstash.records import State
+    from gearstash.model.records import State
 
     unique = record.key.unique
     name = unique.decode("utf-8", "replace")
@@ -401,7 +401,7 @@ def _short(data: list[bytes]) -> str:
 
 
 def _redacted(url: str) -> str:
-    from gearstash.store import redact_url
+    from gearstash.store.urls import redact_url
 
     return redact_url(url)
 
@@ -554,7 +554,7 @@ def main() -> int:
         return 0
 
     import gearstash
-    from gearstash.gearmand import Gearmand
+    from gearstash.testing.gearmand import Gearmand
 
     def say(text: str) -> None:
         print(time.strftime("%H:%M:%S"), text, file=sys.stderr, flush=True)

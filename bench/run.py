@@ -31,10 +31,11 @@ from pathlib import Path
 
 import servers
 
-from gearstash.gearmand import Gearmand
-from gearstash.plugins import open_store
-from gearstash.protocol import Decoder, PacketType, encode_request, parse_status
-from gearstash.records import JobRef, State
+from gearstash.model.records import JobRef, State
+from gearstash.protocol.admin import parse_status
+from gearstash.protocol.packets import Decoder, PacketType, encode_request
+from gearstash.spine.manager import open_store
+from gearstash.testing.gearmand import Gearmand
 
 BENCH = Path(__file__).resolve().parent
 PY = sys.executable

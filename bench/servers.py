@@ -15,7 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 
-from gearstash.gearmand import free_port
+from gearstash.testing.gearmand import free_port
 
 POSTGRES_BASES = (
     "postgresql+psycopg://postgres@127.0.0.1:5432/test",

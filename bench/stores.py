@@ -55,9 +55,9 @@ from targets import (
 )
 
 from gearstash import Client, Worker, hookimpl
-from gearstash.gearmand import Gearmand
-from gearstash.plugins import get_plugin_manager, open_store
-from gearstash.records import Event, EventKind, JobKey, State
+from gearstash.model.records import Event, EventKind, JobKey, State
+from gearstash.spine.manager import get_plugin_manager, open_store
+from gearstash.testing.gearmand import Gearmand
 
 BENCH = Path(__file__).resolve().parent
 SECTIONS = ("records", "fetch", "wait")

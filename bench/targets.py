@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gearstash.plugins import open_store
-from gearstash.records import Event, EventKind, JobKey, JobRef, State
+from gearstash.model.records import Event, EventKind, JobKey, JobRef, State
+from gearstash.spine.manager import open_store
 
 RESULT = b"r" * 100
 SERVER = "127.0.0.1:4730"

@@ -17,7 +17,7 @@ import atheris
 
 with atheris.instrument_imports(include=["gearstash"]):
     from gearstash.errors import ConfigError
-    from gearstash.records import JobRef
+    from gearstash.model.records import JobRef
 
 
 def check(text: str | bytes) -> None:

@@ -31,10 +31,17 @@ import atheris
 
 with atheris.instrument_imports(include=["gearstash"]):
     from gearstash.errors import ProtocolError
-    from gearstash.protocol import (
+    from gearstash.protocol.admin import (
+        AdminReader,
+        encode_admin,
+        parse_show_jobs,
+        parse_show_unique_jobs,
+        parse_status,
+        parse_workers,
+    )
+    from gearstash.protocol.packets import (
         ARG_COUNTS,
         DEFAULT_MAX_PACKET,
-        AdminReader,
         Decoder,
         ErrorReply,
         JobAssignment,
@@ -43,12 +50,7 @@ with atheris.instrument_imports(include=["gearstash"]):
         StatusReply,
         UniqueStatusReply,
         encode,
-        encode_admin,
         parse_int,
-        parse_show_jobs,
-        parse_show_unique_jobs,
-        parse_status,
-        parse_workers,
     )
 
 MAX_PACKETS = (0, 16, 4096, DEFAULT_MAX_PACKET)

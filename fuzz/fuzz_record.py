@@ -20,7 +20,7 @@ from typing import Any
 import atheris
 
 with atheris.instrument_imports(include=["gearstash"]):
-    from gearstash.records import JobKey, JobRecord, JobRef  # noqa: F401
+    from gearstash.model.records import JobKey, JobRecord, JobRef  # noqa: F401
 
 TEMPLATE: dict[str, Any] = {
     "format": "gearstash.job/1",

@@ -13,8 +13,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from gearstash.protocol import ARG_COUNTS, PacketType, encode
-from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef
+from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef
+from gearstash.protocol.packets import ARG_COUNTS, PacketType, encode
 
 SEEDS = Path(__file__).resolve().parent / "seeds"
 T = PacketType

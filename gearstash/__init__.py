@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Client": "gearstash.client",
-    "JobView": "gearstash.client",
-    "Status": "gearstash.client",
+    "Client": "gearstash.client.client",
+    "JobView": "gearstash.client.client",
+    "Status": "gearstash.client.client",
     "BadToken": "gearstash.errors",
     "ConfigError": "gearstash.errors",
     "GearstashError": "gearstash.errors",
@@ -23,22 +23,23 @@ _EXPORTS = {
     "JobNotFound": "gearstash.errors",
     "ProtocolError": "gearstash.errors",
     "ServerError": "gearstash.errors",
+    "PartlySubmitted": "gearstash.client.submitting",
     "ServerUnavailable": "gearstash.errors",
     "StoreError": "gearstash.errors",
     "StoreRejected": "gearstash.errors",
     "WaitTimeout": "gearstash.errors",
-    "hookimpl": "gearstash.plugins",
-    "open_store": "gearstash.plugins",
-    "Event": "gearstash.records",
-    "EventKind": "gearstash.records",
-    "JobError": "gearstash.records",
-    "JobKey": "gearstash.records",
-    "JobRecord": "gearstash.records",
-    "JobRef": "gearstash.records",
-    "State": "gearstash.records",
-    "Store": "gearstash.store",
-    "Job": "gearstash.worker",
-    "Worker": "gearstash.worker",
+    "hookimpl": "gearstash.spine.manager",
+    "open_store": "gearstash.spine.manager",
+    "Event": "gearstash.model.records",
+    "EventKind": "gearstash.model.records",
+    "JobError": "gearstash.model.records",
+    "JobKey": "gearstash.model.records",
+    "JobRecord": "gearstash.model.records",
+    "JobRef": "gearstash.model.records",
+    "State": "gearstash.model.records",
+    "Store": "gearstash.store.contract",
+    "Job": "gearstash.worker.job",
+    "Worker": "gearstash.worker.worker",
 }
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "JobRecord",
     "JobRef",
     "JobView",
+    "PartlySubmitted",
     "ProtocolError",
     "ServerError",
     "ServerUnavailable",
@@ -72,7 +74,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from gearstash.client import Client, JobView, Status
+    from gearstash.client.client import Client, JobView, Status
+    from gearstash.client.submitting import PartlySubmitted
     from gearstash.errors import (
         BadToken,
         ConfigError,
@@ -86,10 +89,11 @@ if TYPE_CHECKING:
         StoreRejected,
         WaitTimeout,
     )
-    from gearstash.plugins import hookimpl, open_store
-    from gearstash.records import Event, EventKind, JobError, JobKey, JobRecord, JobRef, State
-    from gearstash.store import Store
-    from gearstash.worker import Job, Worker
+    from gearstash.model.records import Event, EventKind, JobError, JobKey, JobRecord, JobRef, State
+    from gearstash.spine.manager import hookimpl, open_store
+    from gearstash.store.contract import Store
+    from gearstash.worker.job import Job
+    from gearstash.worker.worker import Worker
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 """``python -m gearstash`` runs the command line."""
 
-from gearstash.cli import main
+from gearstash.cli.main import main
 
 main()

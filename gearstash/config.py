@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from gearstash.errors import ConfigError
-from gearstash.store import default_store_url, url_secrets
+from gearstash.store.urls import url_secrets
 
 log = logging.getLogger("gearstash.config")
 
@@ -46,6 +46,11 @@ STORE_ENV = "GEARSTASH_STORE"
 SERVERS_ENV = "GEARSTASH_SERVERS"
 TOKEN_SECRET_ENV = "GEARSTASH_TOKEN_SECRET"
 SPOOL_ENV = "GEARSTASH_SPOOL"
+HOME_ENV = "GEARSTASH_HOME"
+
+DEFAULT_SPOOL_MAX_BYTES = 1 << 30
+"""A worker spool holds at most this many bytes unless told otherwise (``--spool-max-bytes``)."""
+STRICT_PLUGINS_ENV = "GEARSTASH_STRICT_PLUGINS"
 FILE_SUFFIX = "_FILE"
 
 KNOWN_KEYS = frozenset(
@@ -297,6 +302,49 @@ def resolve(
     )
 
 
+def gearstash_home(env: Mapping[str, str] | None = None) -> Path:
+    """The folder of gearstash's own files (the default store, spools): ``$GEARSTASH_HOME``, else
+    ``$XDG_DATA_HOME/gearstash`` (``~/.local/share/gearstash``). Not created here: whoever writes
+    into it creates it, private to the user (0700)."""
+    env = os.environ if env is None else env
+    home = env.get(HOME_ENV)
+    if home:
+        return Path(home)
+    data = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "gearstash"
+
+
+def default_store_url() -> str:
+    """The store used when none is configured: SQLite ``jobs.db`` in :func:`gearstash_home`."""
+    return f"sqlite:///{gearstash_home() / 'jobs.db'}"
+
+
+def strict_plugins() -> bool:
+    """``$GEARSTASH_STRICT_PLUGINS`` set (not 0/false/no): a plugin that fails to load is fatal."""
+    return os.environ.get(STRICT_PLUGINS_ENV, "") not in ("", "0", "false", "no")
+
+
+def spool_folder(
+    spool: str | os.PathLike[str] | None, settings: Settings | None
+) -> str | os.PathLike[str] | None:
+    """The worker spool folder: ``spool`` (an option) > ``$GEARSTASH_SPOOL`` > the config file's
+    ``spool``; None = the default folder for the store."""
+    return spool or os.environ.get(SPOOL_ENV) or (settings.spool if settings else None)
+
+
+def server_list_default() -> str:
+    """``$GEARSTASH_SERVERS`` when set and not blank, else ``127.0.0.1:4730``."""
+    return os.environ.get(SERVERS_ENV, "").strip() or "127.0.0.1:4730"
+
+
+def demo_pace() -> tuple[int, float]:
+    """The demo's steps per job and seconds per step (``$GEARSTASH_DEMO_STEPS``/``_DELAY``)."""
+    return (
+        int(os.environ.get("GEARSTASH_DEMO_STEPS", "10")),
+        float(os.environ.get("GEARSTASH_DEMO_DELAY", "0.15")),
+    )
+
+
 def store_url(store: str | None = None, *, config: str | os.PathLike[str] | None = None) -> str:
     """The store URL to open: ``store`` > environment > config file > the default SQLite store."""
     return resolve(store=store, config=config).store_url
@@ -324,11 +372,17 @@ __all__ = [
     "TOKEN_SECRET_ENV",
     "Settings",
     "config_path",
+    "default_store_url",
+    "demo_pace",
+    "gearstash_home",
     "load_file",
     "read_secret_file",
     "resolve",
+    "server_list_default",
     "servers",
+    "spool_folder",
     "store_url",
+    "strict_plugins",
     "token_secret",
     "url_has_secret",
 ]

@@ -1,16 +1,11 @@
 """The gearstash exception tree.
 
-Every error gearstash raises on purpose is a :class:`GearstashError`. Socket and timeout failures are
-mapped to :class:`ServerUnavailable` in exactly one place (``gearstash.connection``); store drivers map
-their own failures to :class:`StoreError`. Nothing here shadows a builtin name.
+Every error gearstash raises on purpose is a :class:`GearstashError`. Socket and timeout failures
+are mapped to :class:`ServerUnavailable` in exactly one place (``gearstash.transport.connection``);
+store drivers map their own failures to :class:`StoreError`. Nothing here shadows a builtin name.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from gearstash.records import JobRef
 
 
 class GearstashError(Exception):
@@ -41,8 +36,8 @@ class ServerUnavailable(GearstashError):
 class ServerError(GearstashError):
     """The job server answered with an ERROR packet (``code`` is its string code, e.g. ``JOB_NOT_FOUND``).
 
-    ``submitted``: raised by ``Client.submit_background_many``, the references of the jobs that
-    were submitted before the refusal (empty elsewhere).
+    ``Client.submit_background_many`` raises its subclass
+    :class:`~gearstash.client.submitting.PartlySubmitted`, which says what was submitted before.
     """
 
     def __init__(self, code: str, text: str, *, server: str = "") -> None:
@@ -50,7 +45,6 @@ class ServerError(GearstashError):
         self.code = code
         self.text = text
         self.server = server
-        self.submitted: list[JobRef] = []
 
 
 class StoreError(GearstashError):
@@ -94,7 +88,7 @@ class WaitTimeout(GearstashError):
 
 
 class BadToken(GearstashError):
-    """A job token was refused (see :mod:`gearstash.tokens`).
+    """A job token was refused (see :mod:`gearstash.client.tokens`).
 
     ``reason`` is short and safe to show to whoever sent the token: ``"malformed"``,
     ``"bad signature"`` or ``"expired"``. It never carries the expected signature or the secret.

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 from test_store_contract import delete_run_rows
 
-from gearstash import testing
+from gearstash.testing import contract as testing
 
 ALL_STORES = [
     pytest.param("memory", id="memory"),

@@ -30,7 +30,7 @@ from servers import (
     tcp_reachable,
 )
 
-from gearstash.gearmand import Gearmand, find_gearmand
+from gearstash.testing.gearmand import Gearmand, find_gearmand
 
 
 @pytest.fixture(scope="session", autouse=True)

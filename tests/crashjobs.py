@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from gearstash.worker import Job
+from gearstash.worker.job import Job
 
 
 def attempt(job: Job) -> bytes:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from gearstash.errors import ProtocolError
-from gearstash.protocol import Decoder, Packet, PacketType, encode_response
+from gearstash.protocol.packets import Decoder, Packet, PacketType, encode_response
 
 DEFAULT_TIMEOUT = 5.0
 _POLL = 0.05

@@ -24,7 +24,7 @@ from typing import Self
 
 from servers import SETUP_HINT, need, tcp_reachable
 
-from gearstash.gearmand import free_port
+from gearstash.testing.gearmand import free_port
 
 PG_USER = "postgres"  # the OS user the server runs as when the tests run as root
 

@@ -2,7 +2,7 @@
 
 ``need(ok, reason)`` is the one place that decides what a missing server or binary means: a skip
 on a developer's machine, a failure when ``GEARSTASH_REQUIRE_ALL=1`` (CI sets it), so CI always
-covers every store. The gearmand starter itself lives in :mod:`gearstash.gearmand` (the demo uses
+covers every store. The gearmand starter itself lives in :mod:`gearstash.testing.gearmand` (the demo uses
 it too); the pytest fixtures are in conftest.py.
 """
 
@@ -22,7 +22,7 @@ from typing import Self
 
 import pytest
 
-from gearstash.gearmand import free_port
+from gearstash.testing.gearmand import free_port
 
 REQUIRE_ALL_ENV = "GEARSTASH_REQUIRE_ALL"
 

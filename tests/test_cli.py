@@ -23,9 +23,9 @@ from click.testing import CliRunner, Result
 from servers import need
 
 from gearstash import Client, JobRef, State
-from gearstash.cli import main
-from gearstash.gearmand import find_gearmand, free_port
-from gearstash.protocol import parse_workers
+from gearstash.cli.main import main
+from gearstash.protocol.admin import parse_workers
+from gearstash.testing.gearmand import find_gearmand, free_port
 
 JOBS_MODULE = textwrap.dedent(
     '''
@@ -422,7 +422,8 @@ def test_demo_runs_end_to_end(cli_env, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "321CBA" in proc.stdout and "654FED" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert (tmp_path / "jobs.db").exists()  # the default store landed in $GEARSTASH_HOME
+    # the demo keeps its jobs in a private temporary store, never in the user's default one
+    assert not (tmp_path / "jobs.db").exists()
 
 
 # ---------------------------------------------------------------- follow / forget / purge

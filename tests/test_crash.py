@@ -16,7 +16,7 @@ import pytest
 from workers import running_worker
 
 from gearstash import Client
-from gearstash.records import State
+from gearstash.model.records import State
 
 TESTS = Path(__file__).parent
 

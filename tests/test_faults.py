@@ -20,9 +20,16 @@ from fakeserver import FakeConnection, FakeServer
 from workers import echo, running_worker
 
 from gearstash import Client, JobRef, ProtocolError, ServerUnavailable, State
-from gearstash.plugins import open_store
-from gearstash.protocol import DEFAULT_MAX_PACKET, RES, PacketType, encode_request, encode_response
-from gearstash.records import JobKey, json_to_bytes
+from gearstash.model.codec import json_to_bytes
+from gearstash.model.records import JobKey
+from gearstash.protocol.packets import (
+    DEFAULT_MAX_PACKET,
+    RES,
+    PacketType,
+    encode_request,
+    encode_response,
+)
+from gearstash.spine.manager import open_store
 
 T = PacketType
 GOOD_JOB = (b"H:fake:2", b"echo", b"unique-after-reconnect", b"payload after reconnect")

@@ -20,11 +20,12 @@ import pytest
 from allstores import ALL_STORES, SHARED_KINDS, SQL_KINDS, open_kind
 from workers import echo, running_worker
 
-from gearstash import Client, State, testing
+from gearstash import Client, State
 from gearstash.errors import StoreError, StoreRejected
-from gearstash.plugins import open_store
-from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef
-from gearstash.store import Store, delete, get_after
+from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef
+from gearstash.spine.manager import open_store
+from gearstash.store.contract import Store, delete, get_after
+from gearstash.testing import contract as testing
 
 T0 = testing.T0
 _numbers = itertools.count()

@@ -14,8 +14,8 @@ from workers import FUNCTIONS, running_worker
 
 from gearstash import Client, JobRef, ProtocolError, State, Worker
 from gearstash.errors import JobNotFound, ServerUnavailable
-from gearstash.plugins import open_store
-from gearstash.records import JobRecord
+from gearstash.model.records import JobRecord
+from gearstash.spine.manager import open_store
 
 pytestmark = pytest.mark.gearmand
 
@@ -343,7 +343,7 @@ def test_fetch_many_is_one_round_trip_per_server(gearmand_factory, store_url, mo
     a, b = gearmand_factory(), gearmand_factory()
     with Client([a.address, b.address], store=store_url) as c:
         refs = [c.submit_background("echo", b"%d" % i) for i in range(300)]
-        from gearstash.connection import Connection
+        from gearstash.transport.connection import Connection
 
         sends: list[int] = []
         original = Connection.send

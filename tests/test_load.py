@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gearstash.records import JobKey, JobRecord, State
+from gearstash.model.records import JobKey, JobRecord, State
 
 _PATH = Path(__file__).resolve().parents[1] / "bench" / "load.py"
 _spec = importlib.util.spec_from_file_location("gearstash_bench_load", _PATH)

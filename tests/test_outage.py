@@ -27,11 +27,18 @@ from servers import find_binary, need, redis_ping
 from workers import running_worker
 
 from gearstash import Client, StoreError, StoreRejected
-from gearstash.gearmand import Gearmand, free_port
-from gearstash.plugins import open_store
-from gearstash.records import Event, EventKind, JobKey, JobRef, State
-from gearstash.spool import SpoolingStore
-from gearstash.spoolfile import FRAME, HEADER, SpoolFile, decode_events, encode_events, spool_files
+from gearstash.model.records import Event, EventKind, JobKey, JobRef, State
+from gearstash.spine.manager import open_store
+from gearstash.store.spool import SpoolingStore
+from gearstash.store.spoolfile import (
+    FRAME,
+    HEADER,
+    SpoolFile,
+    decode_events,
+    encode_events,
+    spool_files,
+)
+from gearstash.testing.gearmand import Gearmand, free_port
 
 OUTAGE = 10.0  # seconds the store is down in the outage tests (the issue asks for ten)
 CHUNKS = 5

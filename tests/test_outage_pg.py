@@ -18,8 +18,8 @@ from pgserver import OwnPostgres
 from test_outage import WorkerProcess, _jobs_before_across_during_and_after
 
 from gearstash import Client
-from gearstash.gearmand import Gearmand
-from gearstash.spoolfile import spool_files
+from gearstash.store.spoolfile import spool_files
+from gearstash.testing.gearmand import Gearmand
 
 worker_process = test_outage.worker_process  # the fixture: `gearstash worker` processes
 

@@ -24,11 +24,12 @@ from allstores import ALL_STORES, open_kind
 from servers import Memcached, find_memcached, need
 from workers import echo, running_worker
 
-from gearstash import Client, Job, State, testing
+from gearstash import Client, Job, State
 from gearstash.errors import StoreError
-from gearstash.plugins import open_store
-from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef
-from gearstash.store import Store
+from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef
+from gearstash.spine.manager import open_store
+from gearstash.store.contract import Store
+from gearstash.testing import contract as testing
 
 MiB = 1024 * 1024
 SIZES = [0, 1, MiB + 1, 16 * MiB + 1, 64 * MiB]

@@ -13,10 +13,11 @@ import pytest
 from workers import running_worker
 
 import gearstash
-from gearstash import Client, State, hookspecs
-from gearstash import plugins as plugins_module
+from gearstash import Client, State
 from gearstash.errors import ConfigError, GearstashError
-from gearstash.plugins import EventHooks, get_plugin_manager, open_store, store_types
+from gearstash.spine import hookspecs
+from gearstash.spine import manager as plugins_module
+from gearstash.spine.manager import EventHooks, get_plugin_manager, open_store, store_types
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 HOOKS = sorted(

@@ -12,35 +12,37 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gearstash.errors import ProtocolError
-from gearstash.protocol import (
+from gearstash.protocol.admin import (
+    AdminReader,
+    FunctionStatus,
+    QueuedJob,
+    UniqueJob,
+    WorkerInfo,
+    encode_admin,
+    parse_show_jobs,
+    parse_show_unique_jobs,
+    parse_status,
+    parse_workers,
+)
+from gearstash.protocol.packets import (
     ARG_COUNTS,
     DEFAULT_MAX_PACKET,
     HEADER_SIZE,
     MAX_UNIQUE,
     REQ,
     RES,
-    AdminReader,
     Decoder,
     ErrorReply,
-    FunctionStatus,
     JobAssignment,
     Packet,
     PacketType,
-    QueuedJob,
     StatusReply,
-    UniqueJob,
     UniqueStatusReply,
-    WorkerInfo,
     check_unique,
     encode,
-    encode_admin,
     encode_request,
     encode_response,
     parse_int,
-    parse_show_jobs,
-    parse_show_unique_jobs,
-    parse_status,
-    parse_workers,
 )
 
 T = PacketType

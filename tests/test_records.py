@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gearstash.client import Status, merge_state
+from gearstash.client.client import Status, merge_state
 from gearstash.errors import ConfigError
-from gearstash.records import (
+from gearstash.model.records import (
     Event,
     EventKind,
     JobKey,

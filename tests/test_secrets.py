@@ -32,11 +32,11 @@ from test_store_redis import PrivateRedis
 
 from gearstash import Client, ConfigError, State, StoreError
 from gearstash import config as gs_config
-from gearstash.cli import main
-from gearstash.gearmand import free_port
-from gearstash.plugins import open_store
-from gearstash.protocol import parse_workers
-from gearstash.store import redact_url, scrub, url_secrets
+from gearstash.cli.main import main
+from gearstash.protocol.admin import parse_workers
+from gearstash.spine.manager import open_store
+from gearstash.store.urls import redact_url, scrub, url_secrets
+from gearstash.testing.gearmand import free_port
 
 JOBS = textwrap.dedent(
     """

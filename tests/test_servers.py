@@ -22,7 +22,7 @@ from servers import (
 )
 
 from gearstash.errors import GearstashError
-from gearstash.gearmand import Gearmand, admin_command, find_gearmand, free_port
+from gearstash.testing.gearmand import Gearmand, admin_command, find_gearmand, free_port
 
 HANDLE = re.compile(r"Task created: (H:(.+):(\d+))")
 

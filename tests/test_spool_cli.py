@@ -8,10 +8,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from gearstash.cli import main
-from gearstash.plugins import open_store
-from gearstash.records import Event, EventKind, JobKey, JobRef, State
-from gearstash.spoolfile import SpoolFile, encode_events, spool_files
+from gearstash.cli.main import main
+from gearstash.model.records import Event, EventKind, JobKey, JobRef, State
+from gearstash.spine.manager import open_store
+from gearstash.store.spoolfile import SpoolFile, encode_events, spool_files
 
 KEY = JobKey("127.0.0.1:4730", b"H:spool:1", b"u-spool")
 

@@ -28,12 +28,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from gearstash import testing
 from gearstash.errors import ConfigError, StoreError
-from gearstash.plugins import open_store
-from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef, State
-from gearstash.store import Store, get_after, watch
-from gearstash.testing import StoreContract
+from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef, State
+from gearstash.spine.manager import open_store
+from gearstash.store.contract import Store, get_after, watch
+from gearstash.testing import contract as testing
+from gearstash.testing.contract import StoreContract
 
 RUN = testing.RUN  # the contract suite's servers are gs{RUN}-...: delete_run_rows finds them
 T0 = testing.T0  # recent (not expired), full float precision

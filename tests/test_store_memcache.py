@@ -27,10 +27,10 @@ from gearstash_memcache.store import MemcacheStore
 from servers import Memcached
 
 from gearstash.errors import ConfigError, StoreError
-from gearstash.plugins import open_store
-from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef, State
-from gearstash.store import Store, get_after
-from gearstash.testing import StoreContract
+from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef, State
+from gearstash.spine.manager import open_store
+from gearstash.store.contract import Store, get_after
+from gearstash.testing.contract import StoreContract
 
 T0 = contract.T0
 ev = contract.ev
@@ -132,7 +132,7 @@ def raw_client(address: str) -> Any:
 
 
 class TestMemcacheContract(StoreContract):
-    """The shipped store contract (gearstash.testing) on memcached."""
+    """The shipped store contract (gearstash.testing.contract) on memcached."""
 
     @pytest.fixture
     def store_url(self, mc_url: str) -> str:
@@ -665,7 +665,7 @@ def test_delete_removes_every_key(memcached_server: Memcached) -> None:
 
 
 def test_purge_and_watch(mc_store: Store) -> None:
-    from gearstash.store import PollWatch, purge, watch
+    from gearstash.store.contract import PollWatch, purge, watch
 
     assert purge(mc_store) == 0
     waiter = watch(mc_store, [JobRef(b"H:x:1")])

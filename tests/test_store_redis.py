@@ -30,11 +30,11 @@ from servers import find_binary, need
 from test_store_contract import T0, assert_same, ev, full_job
 
 from gearstash.errors import ConfigError, StoreError
-from gearstash.gearmand import free_port
-from gearstash.plugins import open_store
-from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef, State
-from gearstash.store import Store, get_after, watch
-from gearstash.testing import StoreContract
+from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef, State
+from gearstash.spine.manager import open_store
+from gearstash.store.contract import Store, get_after, watch
+from gearstash.testing.contract import StoreContract
+from gearstash.testing.gearmand import free_port
 
 RUN = uuid.uuid4().hex[:8]
 _count = iter(range(1_000_000))
@@ -164,7 +164,7 @@ def private_redis(tmp_path: Path) -> Iterator[Any]:
 
 
 class TestRedisContract(StoreContract):
-    """The shipped store contract (gearstash.testing) on Redis; ``store_url`` is the module's."""
+    """The shipped store contract (gearstash.testing.contract) on Redis; ``store_url`` is the module's."""
 
 
 # ---------------------------------------------------------------------------------- key layout

@@ -29,9 +29,9 @@ from test_store_contract import (
     get,
 )
 
-from gearstash.plugins import open_store
-from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef, State
-from gearstash.store import Store, delete, get_after
+from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef, State
+from gearstash.spine.manager import open_store
+from gearstash.store.contract import Store, delete, get_after
 
 private_sql_url = contract.private_sql_url  # fixtures: a private database; each SQL database
 sql_url = contract.sql_url

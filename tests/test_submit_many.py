@@ -9,8 +9,8 @@ from fakeserver import FakeConnection, FakeServer
 from workers import running_worker
 
 from gearstash import Client, ProtocolError, ServerError, State
-from gearstash.plugins import open_store
-from gearstash.protocol import PacketType as T
+from gearstash.protocol.packets import PacketType as T
+from gearstash.spine.manager import open_store
 
 
 class CountingStore:

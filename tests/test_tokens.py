@@ -1,4 +1,4 @@
-"""Signed, opaque job tokens (gearstash.tokens): the documented format (encrypt-then-MAC), that a
+"""Signed, opaque job tokens (gearstash.client.tokens): the documented format (encrypt-then-MAC), that a
 token reveals nothing about its job, every way a token is refused, key rotation, the Client and CLI
 entry points, and tokens minted and checked by PHP from the README's recipe."""
 
@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 from servers import need
 from workers import running_worker
 
-import gearstash.tokens
+import gearstash.client.tokens
 from gearstash import BadToken, Client, ConfigError
-from gearstash.cli import main
-from gearstash.records import JobKey, JobRecord, JobRef, State
-from gearstash.tokens import MAX_TOKEN_LENGTH, TokenSigner, b64decode, b64encode
+from gearstash.cli.main import main
+from gearstash.client.tokens import MAX_TOKEN_LENGTH, TokenSigner, b64decode, b64encode
+from gearstash.model.records import JobKey, JobRecord, JobRef, State
 
 SECRET = "tok-secret-0123456789abcdef"
 OTHER = "another-secret-9876543210fedcba"
@@ -69,7 +69,7 @@ def _seal(secret: str, raw: bytes, purpose: str = "fetch") -> str:
 
 
 def _mint(secret: str, payload: bytes, purpose: str = "fetch", iv: bytes | None = None) -> str:
-    """A token made by hand from the documented format (independent of gearstash.tokens)."""
+    """A token made by hand from the documented format (independent of gearstash.client.tokens)."""
     iv = os.urandom(16) if iv is None else iv
     return _seal(secret, iv + _aes_ctr(_derived(secret)[0], iv, payload), purpose)
 
@@ -175,7 +175,7 @@ def test_nothing_is_decrypted_before_the_mac_matches(monkeypatch: pytest.MonkeyP
     signer = TokenSigner(SECRET)
     token = signer.sign(REF, now=T0)
     calls: list[bytes] = []
-    real = gearstash.tokens._ctr
+    real = gearstash.client.tokens._ctr
 
     def counting(key: bytes, iv: bytes, data: bytes) -> bytes:
         calls.append(data)
@@ -189,7 +189,7 @@ def test_nothing_is_decrypted_before_the_mac_matches(monkeypatch: pytest.MonkeyP
         f"gs1.{flipped}.{token.split('.')[2]}",
         f"gs1.{'A' * 40}.{'A' * 43}",
     ]
-    monkeypatch.setattr(gearstash.tokens, "_ctr", counting)
+    monkeypatch.setattr(gearstash.client.tokens, "_ctr", counting)
     for forged in refused:
         assert _reason(signer, forged) == "bad signature"
     assert calls == []  # the forged ciphertexts were never decrypted
@@ -410,9 +410,6 @@ def test_round_trip_through_a_real_worker(gearmand: Any, tmp_sqlite_url: str) ->
         view = client.fetch_token(token, signer)
         assert view.ref == ref and view.state is State.COMPLETE
         assert view.result == b"321CBA" and view.data == [b"chunk-0", b"chunk-1", b"chunk-2"]
-        from gearstash.tokens import fetch_token
-
-        assert fetch_token(client, token, signer).result == b"321CBA"
         # the same job by an altered or expired token: refused
         with pytest.raises(BadToken, match="bad signature"):
             client.fetch_token(token[:-2] + ("AA" if token[-2:] != "AA" else "BB"), signer)
@@ -478,8 +475,8 @@ def test_cli_sign_and_fetch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("GEARSTASH_TOKEN_SECRET", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     url = f"sqlite:///{tmp_path}/tok.db"
-    from gearstash.plugins import open_store
-    from gearstash.records import Event, EventKind
+    from gearstash.model.records import Event, EventKind
+    from gearstash.spine.manager import open_store
 
     key = JobKey("127.0.0.1:1", b"H:cli:1", b"u-cli")
     store = open_store(url)

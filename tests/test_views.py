@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef, State
-from gearstash.views import Status, merge_state, successor
+from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef, State
+from gearstash.model.views import Status, merge_state, successor
 
 KEY = JobKey("127.0.0.1:4730", b"H:x:1", b"u1")
 REF = JobRef(KEY.handle, KEY.server, KEY.unique)
@@ -78,8 +78,8 @@ def test_progress_shows_handles_literally(terminal):
 
     from rich.console import Console
 
-    from gearstash.progress import ProgressDisplay
-    from gearstash.views import JobView
+    from gearstash.cli.progress import ProgressDisplay
+    from gearstash.model.views import JobView
 
     out = io.StringIO()
     console = Console(file=out, force_terminal=terminal, width=200)  # markup, emoji: on

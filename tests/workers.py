@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from gearstash import JobFailed, Worker
-from gearstash.worker import Job
+from gearstash.worker.job import Job
 
 
 def reverse(job: Job) -> bytes:

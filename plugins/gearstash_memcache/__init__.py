@@ -21,7 +21,7 @@ Options (query parameters):
 recently used first. A job whose head was evicted reads as unknown (``None``); a chunk that was
 evicted cuts that list short at its place. Size memcached (``-m``) for your jobs times their TTL, or use a
 store that keeps what it is given. **No push**: ``watch`` returns a
-:class:`~gearstash.store.PollWatch`, so waiters poll. ``purge()`` does nothing (memcached expires
+:class:`~gearstash.store.contract.PollWatch`, so waiters poll. ``purge()`` does nothing (memcached expires
 items by itself).
 
 Key layout (strings are bytes; times are unix seconds; JSON is UTF-8):
@@ -140,7 +140,7 @@ Registered through the ``gearstash`` entry-point group exactly as a third-party 
 from __future__ import annotations
 
 from gearstash import hookimpl
-from gearstash.hookspecs import RegisterStore
+from gearstash.spine.hookspecs import RegisterStore
 
 from .store import MemcacheStore
 

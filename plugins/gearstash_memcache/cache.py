@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from gearstash.records import JobKey
+from gearstash.model.records import JobKey
 
 from .layout import Head, handle_digest, job_digest, unique_digest
 

@@ -12,7 +12,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
-from gearstash.records import Event, EventKind
+from gearstash.model.records import Event, EventKind
 
 from . import protocol
 from .cluster import Answers, Step

@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 
-from gearstash.records import JobRef
+from gearstash.model.records import JobRef
 
 from . import protocol
 from .cache import HeadCache

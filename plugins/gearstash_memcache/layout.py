@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from gearstash.records import FORMAT, JobError, JobKey, JobRecord, State, json_to_bytes
+from gearstash.model.codec import json_to_bytes
+from gearstash.model.records import FORMAT, JobError, JobKey, JobRecord, State
 
 DIGEST_HEX = 24  # hex digits of SHA-1 kept for J and H (96 bits), as in the Redis store
 STREAMS = ("d", "w", "s")  # data, warnings, status: the three chunk streams

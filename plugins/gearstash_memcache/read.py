@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gearstash.records import JobKey, JobRecord, JobRef, State, StatusPoint
+from gearstash.model.records import JobKey, JobRecord, JobRef, State, StatusPoint
 
 from . import protocol
 from .cache import DigestCache

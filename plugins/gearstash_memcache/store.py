@@ -41,8 +41,9 @@ import weakref
 from collections.abc import Sequence
 
 from gearstash.errors import StoreError
-from gearstash.records import Event, JobKey, JobRecord, JobRef
-from gearstash.store import PollWatch, redact_url
+from gearstash.model.records import Event, JobKey, JobRecord, JobRef
+from gearstash.store.contract import PollWatch
+from gearstash.store.urls import redact_url
 
 from . import protocol
 from .cache import CACHE_SIZE, DigestCache, HeadCache

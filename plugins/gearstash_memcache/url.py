@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from gearstash.errors import ConfigError
-from gearstash.store import redact_url, ttl_from_query
+from gearstash.store.urls import redact_url, ttl_from_query
 
 DEFAULT_PORT = 11211
 DEFAULT_TIMEOUT = 2.0

@@ -15,7 +15,7 @@ import time
 from collections.abc import Generator
 
 from gearstash.errors import StoreError
-from gearstash.records import Event, EventKind, JobKey, JobRecord, State
+from gearstash.model.records import Event, EventKind, JobKey, JobRecord, State
 
 from . import protocol
 from .cache import DigestCache, HeadCache

@@ -18,9 +18,10 @@ import time
 from collections.abc import Sequence
 
 from gearstash import hookimpl
-from gearstash.hookspecs import RegisterStore
-from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef, State
-from gearstash.store import PollWatch, ttl_from_query
+from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef, State
+from gearstash.spine.hookspecs import RegisterStore
+from gearstash.store.contract import PollWatch
+from gearstash.store.urls import ttl_from_query
 
 _shared: dict[str, MemoryStore] = {}
 _shared_lock = threading.Lock()

@@ -88,7 +88,7 @@ Registered through the ``gearstash`` entry-point group exactly as a third-party 
 from __future__ import annotations
 
 from gearstash import hookimpl
-from gearstash.hookspecs import RegisterStore
+from gearstash.spine.hookspecs import RegisterStore
 
 from .store import RedisStore, RedisWatch
 

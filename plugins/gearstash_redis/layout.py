@@ -21,7 +21,7 @@ import hashlib
 from functools import lru_cache
 from typing import NamedTuple
 
-from gearstash.records import JobKey
+from gearstash.model.records import JobKey
 
 DIGEST_HEX = 24  # hex digits of J and H (96 bits)
 DEFAULT_PREFIX = "gs"

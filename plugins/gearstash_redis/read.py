@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gearstash.errors import StoreError
-from gearstash.records import JobError, JobKey, JobRecord, JobRef, State, StatusPoint
+from gearstash.model.records import JobError, JobKey, JobRecord, JobRef, State, StatusPoint
 
 from .connection import Command
 from .layout import Layout, decode_key

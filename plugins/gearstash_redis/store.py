@@ -26,12 +26,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from gearstash.errors import ConfigError
-from gearstash.records import Event, JobKey, JobRecord, JobRef
-from gearstash.store import ttl_from_query
+from gearstash.model.records import Event, JobKey, JobRecord, JobRef
+from gearstash.store.urls import ttl_from_query
 
 from .connection import DEFAULT_TIMEOUT, Command, Connections
 from .failures import to_store_error
@@ -110,7 +109,9 @@ class RedisStore:
 
     def watch(self, refs: Sequence[JobRef]) -> RedisWatch:
         """A subscription to the jobs of ``refs``, made before this returns (nothing is lost)."""
-        return RedisWatch(self, watched_channels(self.layout, refs))
+        return RedisWatch(
+            self.url, self._connections.pubsub, self._error, watched_channels(self.layout, refs)
+        )
 
     def delete(self, refs: Sequence[JobRef]) -> int:
         """Forget every job each reference matches (all its keys); returns how many there were."""
@@ -140,10 +141,6 @@ class RedisStore:
         self._connections.close()
 
     # ------------------------------------------------------------------ scripts, failures
-
-    def _pubsub(self) -> redis.client.PubSub:
-        """A redis-py PubSub on a connection of its own (for :class:`RedisWatch`)."""
-        return self._connections.pubsub()
 
     def _open(self) -> bytes:
         """Connect, authenticate, load the scripts; the write script this server can run."""

@@ -1,6 +1,6 @@
 """Store URLs: gearstash's own query options apart from redis-py's, and passwords kept out of sight.
 
-No I/O. ``ttl`` is read by :func:`gearstash.store.ttl_from_query`; ``grace`` and ``prefix`` here;
+No I/O. ``ttl`` is read by :func:`gearstash.store.urls.ttl_from_query`; ``grace`` and ``prefix`` here;
 every other option goes to redis-py (``socket_timeout=2``, ``ssl_ca_certs=...``).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlsplit
 
 from gearstash.errors import ConfigError
-from gearstash.store import DEFAULT_TTL, redact_url
+from gearstash.store.urls import DEFAULT_TTL, redact_url
 
 DEFAULT_GRACE = DEFAULT_TTL
 """At most this many seconds an expired job keeps reading as ``expired`` (``?grace=``)."""
@@ -33,7 +33,7 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
 
 
 def redact(url: str) -> str:
-    """:func:`~gearstash.store.redact_url`, and ``***`` for query options naming a password."""
+    """:func:`~gearstash.store.urls.redact_url`, and ``***`` for query options naming a password."""
     text = redact_url(url)
     base, sep, query = text.partition("?")
     if not sep:

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from gearstash.errors import StoreError
-from gearstash.records import JobKey, JobRef
+from gearstash.model.records import JobKey, JobRef
 
 from .connection import DEFAULT_TIMEOUT
 from .layout import Layout
-
-if TYPE_CHECKING:
-    from .store import RedisStore
 
 _NOT_WATCHED = object()
 
@@ -56,8 +53,19 @@ class RedisWatch:
 
     SLICE = 0.1  # seconds between looks at a close() from another thread
 
-    def __init__(self, store: RedisStore, channels: dict[bytes, set[bytes] | None]) -> None:
-        self._store = store
+    def __init__(
+        self,
+        url: str,
+        pubsub: Callable[[], Any],
+        error: Callable[[BaseException, str], Exception],
+        channels: dict[bytes, set[bytes] | None],
+    ) -> None:
+        """``url``: the store's (redacted) URL for messages; ``pubsub()`` makes a redis-py PubSub
+        on a connection of its own; ``error(exc, doing)`` turns a driver failure into the
+        store's StoreError (secrets scrubbed)."""
+        self._url = url
+        self._new_pubsub = pubsub
+        self._error = error
         self._channels = channels
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -67,8 +75,7 @@ class RedisWatch:
             self._subscribe()
 
     def _subscribe(self) -> None:
-        store = self._store
-        pubsub = store._pubsub()
+        pubsub = self._new_pubsub()
         try:
             pubsub.subscribe(*self._channels)
             deadline = time.monotonic() + DEFAULT_TIMEOUT
@@ -76,7 +83,7 @@ class RedisWatch:
             while confirmed < len(self._channels):  # subscribed for sure before we return
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise StoreError(f"{store.url}: watch failed: no answer to SUBSCRIBE")
+                    raise StoreError(f"{self._url}: watch failed: no answer to SUBSCRIBE")
                 message = pubsub.get_message(timeout=left)
                 if message is None:
                     continue
@@ -86,7 +93,7 @@ class RedisWatch:
                     self._pending = True
         except (RedisError, OSError) as exc:
             pubsub.close()
-            raise store._error(exc, "watch") from exc
+            raise self._error(exc, "watch") from exc
         except BaseException:
             pubsub.close()
             raise

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from gearstash.records import Event, EventKind, JobKey
+from gearstash.model.records import Event, EventKind, JobKey
 
 from .layout import JobKeys
 from .scripts import (

@@ -26,7 +26,7 @@ from sqlalchemy import event
 from sqlalchemy.pool import NullPool, StaticPool
 
 from gearstash.errors import ConfigError
-from gearstash.store import redact_url
+from gearstash.store.urls import redact_url
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT_S = 10

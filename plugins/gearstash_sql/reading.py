@@ -21,7 +21,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gearstash.errors import StoreError
-from gearstash.records import JobKey, JobRecord, JobRef
+from gearstash.model.records import JobKey, JobRecord, JobRef
 
 from .reads import JOB_WIDTH, Reads
 from .rows import build_record, expired, expired_record

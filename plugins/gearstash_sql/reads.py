@@ -12,7 +12,7 @@ Reads run straight on the DBAPI cursor of the thread's read connection (see
   and status point, and no data when there is no such chunk.
 * Several references: per 500 handles a query for the candidate keys (the newest matching one is
   chosen in Python, as a reference may leave out the server or the unique), and per 500 uniques
-  one for the references by unique alone (an empty handle, see :class:`~gearstash.records.JobRef`;
+  one for the references by unique alone (an empty handle, see :class:`~gearstash.model.records.JobRef`;
   on the ``(unique_key, server)`` index), then per 500 chosen ids
   one statement of the same shape as above. Each job's row and chunks come from one statement, so
   each record is consistent; the batch is a bounded number of statements.

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gearstash.errors import StoreError
-from gearstash.records import JobKey, JobRef
+from gearstash.model.records import JobKey, JobRef
 
 from .maintenance import Maintenance, slices
 from .notify import note

@@ -1,6 +1,6 @@
-"""Events → column changes, and table rows → :class:`~gearstash.records.JobRecord`. No I/O.
+"""Events → column changes, and table rows → :class:`~gearstash.model.records.JobRecord`. No I/O.
 
-:class:`RowChange` reproduces :meth:`JobRecord.apply <gearstash.records.JobRecord.apply>` on what a
+:class:`RowChange` reproduces :meth:`JobRecord.apply <gearstash.model.records.JobRecord.apply>` on what a
 job row needs to know (``attempt``, ``started_at``, ``function``, ``next_seq``) and collects the
 columns to write and the chunks to append; :class:`Scan` does the same in one pass for the batches
 of the direct statements. Keep the three in step: the contract tests compare them.
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from gearstash.records import (
+from gearstash.model.records import (
     Event,
     EventKind,
     JobError,
@@ -74,7 +74,7 @@ class RowChange:
     none of those set it.
 
     ``exists=False`` (no row yet): events before the first one that creates a record
-    (:meth:`JobRecord.create <gearstash.records.JobRecord.create>`; ``heartbeat`` creates none)
+    (:meth:`JobRecord.create <gearstash.model.records.JobRecord.create>`; ``heartbeat`` creates none)
     are skipped, and ``created`` tells whether there is a row to insert at all. A ``submitted``
     event creates a ``queued`` row and otherwise changes nothing.
     """

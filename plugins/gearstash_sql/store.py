@@ -44,8 +44,9 @@ from urllib.parse import parse_qs, urlsplit
 import sqlalchemy as sa
 
 from gearstash.errors import ConfigError, StoreError
-from gearstash.records import JobRef
-from gearstash.store import PollWatch, Watch, redact_url, ttl_from_query
+from gearstash.model.records import JobRef
+from gearstash.store.contract import PollWatch, Watch
+from gearstash.store.urls import redact_url, ttl_from_query
 
 from .direct import Statements
 from .engine import make_engine, multi_statements, parse_url
@@ -169,7 +170,7 @@ class SqlStore(WritePath, ReadPath, Removal):
 
         PostgreSQL (``push``): a :class:`~gearstash_sql.notify.PgWatch`, listening on a
         connection of its own before this returns. Elsewhere a
-        :class:`~gearstash.store.PollWatch` (waits time out; callers poll). Raises StoreError.
+        :class:`~gearstash.store.contract.PollWatch` (waits time out; callers poll). Raises StoreError.
         """
         if self._closed:
             raise self._closed_error()

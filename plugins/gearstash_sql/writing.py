@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gearstash.errors import StoreError, StoreRejected
-from gearstash.records import Event, EventKind, JobKey
+from gearstash.model.records import Event, EventKind, JobKey
 
 from .compiled import Compiled, CompiledCache
 from .direct import Statements, pg_chunk_arrays

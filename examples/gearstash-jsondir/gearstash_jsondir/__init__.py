@@ -18,8 +18,8 @@ from pathlib import Path
 
 import gearstash
 from gearstash.errors import StoreError
-from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef, State
-from gearstash.store import ttl_from_query
+from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef, State
+from gearstash.store.urls import ttl_from_query
 
 
 def _short(value: bytes) -> str:

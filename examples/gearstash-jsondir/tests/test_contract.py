@@ -2,7 +2,7 @@
 
 import pytest
 
-from gearstash.testing import StoreContract
+from gearstash.testing.contract import StoreContract
 
 
 class TestJsonDirStore(StoreContract):

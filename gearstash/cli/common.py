@@ -1,0 +1,114 @@
+"""What the ``gearstash`` commands share: exit codes, the error-to-exit-code group, the
+``--server``/``--store`` options, settings resolution and the text form of a job."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from gearstash import config
+from gearstash.client.client import Client, JobView
+from gearstash.errors import GearstashError, JobNotFound, WaitTimeout
+from gearstash.spine.manager import open_store
+from gearstash.store.contract import Store
+
+EXIT_ERROR, EXIT_FAILED, EXIT_WAIT, EXIT_SPOOLED = 1, 3, 4, 5
+
+
+class ExitCodeGroup(click.Group):
+    """Turns every GearstashError into a one-line message and exit code 1 (no traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (JobNotFound, WaitTimeout) as exc:
+            click.echo(f"gearstash: {exc}", err=True)
+            ctx.exit(EXIT_WAIT)
+        except GearstashError as exc:
+            click.echo(f"gearstash: error: {exc}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+def server_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--server",
+        "-s",
+        "servers",
+        multiple=True,
+        metavar="HOST[:PORT]",
+        help="Job server (repeatable; default $GEARSTASH_SERVERS or 127.0.0.1:4730).",
+    )(f)
+
+
+def _warn_secret_on_argv(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """Warn (still work) when the --store URL holds a password: argv is public on a host."""
+    if value and config.url_has_secret(value):
+        click.echo(
+            "gearstash: warning: the --store URL holds a password, and every user of this host "
+            "can read a process's command line (ps, /proc/PID/cmdline); set $GEARSTASH_STORE, "
+            "$GEARSTASH_STORE_FILE or `store` in the config file instead",
+            err=True,
+        )
+    return value
+
+
+def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--store",
+        metavar="URL",
+        callback=_warn_secret_on_argv,
+        help="Store URL (default $GEARSTASH_STORE, $GEARSTASH_STORE_FILE, the config file, or the "
+        "SQLite default store). Never put a password here: use the environment or config file.",
+    )(f)
+
+
+def _servers(values: Sequence[str]) -> list[str] | None:
+    return list(values) or None
+
+
+def settings_for(servers: Sequence[str] = (), store: str | None = None) -> config.Settings:
+    """Options > environment > config file (``--config`` of the group) > defaults."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    path = obj.get("config") if isinstance(obj, dict) else None
+    return config.resolve(store=store, servers=_servers(servers), config=path)
+
+
+def client_for(servers: Sequence[str], store: str | None, timeout: float = 30.0) -> Client:
+    """A :class:`Client` on the configured job servers and store."""
+    settings = settings_for(servers, store)
+    return Client(settings.servers, store=settings.store_url, timeout=timeout)
+
+
+def store_for(store: str | None) -> Store:
+    """The configured store alone, for commands that need no job server (close it after use)."""
+    return open_store(settings_for(store=store).store_url)
+
+
+def _text(value: bytes | None) -> str:
+    if value is None:
+        return "-"
+    return value.decode("utf-8", "backslashreplace")
+
+
+def describe(view: JobView) -> str:
+    """A few human-readable lines about one job."""
+    lines = [f"{view.ref}  {view.state.value}"]
+    record = view.record
+    if view.denominator:
+        lines.append(f"  progress  {view.numerator}/{view.denominator}")
+    if record is not None:
+        lines.append(f"  function  {_text(record.function)}  attempt {record.attempt}")
+        if record.data:
+            lines.append("  data      " + " | ".join(_text(c) for c in record.data))
+        for warning in record.warnings:
+            lines.append(f"  warning   {_text(warning)}")
+        if record.result is not None:
+            lines.append(f"  result    {_text(record.result)}")
+        if record.error is not None:
+            lines.append(f"  error     {record.error.kind}: {record.error.message}")
+    if view.status is None:
+        lines.append("  (job server unreachable: state from the store only)")
+    return "\n".join(lines)

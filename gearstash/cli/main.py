@@ -1,0 +1,474 @@
+"""The ``gearstash`` command line (click; rich for progress).
+
+Every command takes ``--server`` (repeatable; default ``$GEARSTASH_SERVERS`` or ``127.0.0.1:4730``)
+and ``--store`` (default ``$GEARSTASH_STORE`` or the SQLite default store), so no secret has to go on
+the command line. Exit codes: 0 success, 1 gearstash error (unreachable server or store, bad input),
+2 usage, 3 the job failed, expired or was lost, 4 wait timed out or the job is unknown,
+5 spooled batches wait with no worker (``spool status``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from gearstash import config
+from gearstash.cli.common import (
+    EXIT_FAILED,
+    ExitCodeGroup,
+    client_for,
+    describe,
+    server_option,
+    settings_for,
+    store_for,
+    store_option,
+)
+from gearstash.cli.spool import spool
+from gearstash.cli.token import token
+from gearstash.client.client import Client
+from gearstash.errors import ConfigError, GearstashError
+from gearstash.model.records import JobRef, State
+from gearstash.store.contract import delete
+from gearstash.store.contract import purge as purge_store
+from gearstash.store.urls import redact_url
+
+
+@click.group(cls=ExitCodeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gearstash")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    default=None,
+    help="TOML config file (default $GEARSTASH_CONFIG or "
+    "$XDG_CONFIG_HOME/gearstash/config.toml): store, servers, token_secret, spool.",
+)
+@click.pass_context
+def main(ctx: click.Context, verbose: int, config_file: str | None) -> None:
+    """Keep what Gearman background jobs say, and fetch it back by job handle."""
+    ctx.obj = {"config": config_file}
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------- worker
+
+
+def load_function(spec: str) -> tuple[str, Callable[..., Any]]:
+    """``module:function`` → (function name, callable); the current directory is importable."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"expected MODULE:FUNCTION, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
+    target: Any = module
+    for part in attr.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ConfigError(f"{module_name!r} has no attribute {attr!r}")
+    if not callable(target):
+        raise ConfigError(f"{spec} is not callable")
+    return attr.rpartition(".")[2], target
+
+
+@main.command()
+@server_option
+@store_option
+@click.option("--concurrency", "-c", default=1, show_default=True, help="Jobs run at once.")
+@click.option(
+    "--name",
+    "-n",
+    "names",
+    multiple=True,
+    metavar="FUNCTION=NAME",
+    help="Serve the Python function FUNCTION under the Gearman name NAME (repeatable).",
+)
+@click.option("--max-jobs", type=int, default=None, help="Stop after this many jobs.")
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds a running job's lease lasts (renewed every third of it); a job whose worker "
+    "died reads 'lost' once it ran out. 0: no lease.",
+)
+@click.option(
+    "--spool",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder where events wait while the store is down (default $GEARSTASH_SPOOL, the "
+    "config file's spool, else spool/<hash of the store URL> in the gearstash home).",
+)
+@click.option(
+    "--spool-max-bytes",
+    type=click.IntRange(min=1),
+    default=config.DEFAULT_SPOOL_MAX_BYTES,
+    show_default=True,
+    help="Bound of the spool; beyond it new events are lost (logged).",
+)
+@click.option(
+    "--on-store-down",
+    type=click.Choice(["spool", "fail"]),
+    default="spool",
+    show_default=True,
+    help="spool: jobs go on, events wait on disk and are replayed in order; "
+    "fail: jobs fail (WORK_FAIL) while the store is down.",
+)
+@click.argument("functions", nargs=-1, required=True, metavar="MODULE:FUNCTION...")
+def worker(
+    servers: tuple[str, ...],
+    store: str | None,
+    concurrency: int,
+    names: tuple[str, ...],
+    max_jobs: int | None,
+    lease: float,
+    spool: str | None,
+    spool_max_bytes: int,
+    on_store_down: str,
+    functions: tuple[str, ...],
+) -> None:
+    """Serve MODULE:FUNCTION... and capture every job event into the store.
+
+    Each function is served under its own name and receives the job (``job.workload``,
+    ``job.send_data``, ``job.send_status``, ``job.send_warning``); its return value is the result.
+    Stops cleanly on SIGTERM/SIGINT after the job in hand.
+    """
+    from gearstash.worker.worker import Worker
+
+    renames: dict[str, str] = {}
+    for item in names:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise click.BadParameter(f"expected FUNCTION=NAME, got {item!r}", param_hint="--name")
+        renames[old] = new
+    settings = settings_for(servers, store)
+    w = Worker(
+        settings.servers,
+        store=settings.store_url,
+        concurrency=concurrency,
+        lease=lease,
+        spool=spool or settings.spool,
+        spool_max_bytes=spool_max_bytes,
+        on_store_down=on_store_down,
+    )
+    for spec in functions:
+        name, fn = load_function(spec)
+        gearman_name = renames.get(spec, renames.get(name, name))
+        w.register(gearman_name, fn)
+    click.echo(
+        f"gearstash worker: serving {', '.join(w.functions)} on {', '.join(w.servers)}; "
+        f"store {w.store.url}"
+        + (f"; spool {w.store.spool_dir}" if hasattr(w.store, "spool_dir") else "")
+        + ("; jobs fail while the store is down" if on_store_down == "fail" else ""),
+        err=True,
+    )
+    try:
+        w.work(max_jobs=max_jobs)
+    finally:
+        w.close()
+
+
+# ---------------------------------------------------------------- submit
+
+
+@main.command()
+@server_option
+@store_option
+@click.option(
+    "--background", "-b", is_flag=True, help="Submit in the background; print the job ref."
+)
+@click.option("--unique", "-u", default=None, help="Unique id (at most 63 bytes; default a UUID).")
+@click.option(
+    "--priority", type=click.Choice(["normal", "high", "low"]), default="normal", show_default=True
+)
+@click.argument("function")
+@click.argument("payload", required=False, default=None)
+def submit(
+    servers: tuple[str, ...],
+    store: str | None,
+    background: bool,
+    unique: str | None,
+    priority: str,
+    function: str,
+    payload: str | None,
+) -> None:
+    """Submit FUNCTION with PAYLOAD ("-" or nothing: read standard input).
+
+    Background: prints the job reference (HANDLE@SERVER#UNIQUE), which every other command accepts.
+    Foreground: streams the job's data to standard output, then the result; exits 3 if it failed.
+    """
+    data = sys.stdin.buffer.read() if payload in (None, "-") else os.fsencode(payload or "")
+    with client_for(servers, store) as client:
+        if background:
+            ref = client.submit_background(function, data, unique=unique, priority=priority)
+            click.echo(str(ref))
+            return
+        out = sys.stdout.buffer
+
+        def on_data(chunk: bytes) -> None:
+            out.write(chunk)
+            out.flush()
+
+        view = client.submit(
+            function,
+            data,
+            unique=unique,
+            priority=priority,
+            on_data=on_data,
+            on_warning=lambda w: click.echo(f"warning: {w.decode('utf-8', 'replace')}", err=True),
+        )
+        if view.state is State.COMPLETE:
+            out.write(view.result or b"")
+            out.write(b"\n")
+            out.flush()
+            return
+        error = view.record.error if view.record else None
+        message = error.message if error is not None else ""
+        if not message:
+            # WORK_FAIL carries no reason on the wire; the capturing worker stored it.
+            with contextlib.suppress(GearstashError):
+                stored = client.fetch(view.ref).record
+                if stored is not None and stored.error is not None:
+                    message = stored.error.message
+        click.echo(f"job failed: {message or 'WORK_FAIL'}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+# ---------------------------------------------------------------- status / fetch
+
+
+@main.command()
+@server_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job.")
+@click.argument("handles", nargs=-1, required=True)
+def status(servers: tuple[str, ...], as_json: bool, handles: tuple[str, ...]) -> None:
+    """The job server's live status of each HANDLE (a job ref or a bare handle).
+
+    gearmand forgets a job when it ends: use ``fetch`` for the stored outcome.
+    """
+    with Client(settings_for(servers).servers, store="null://") as client:
+        for text in handles:
+            ref = JobRef.parse(text)
+            st = client.status(ref)
+            if as_json:
+                click.echo(
+                    json.dumps(
+                        {
+                            "ref": str(ref),
+                            "server": st.server,
+                            "known": st.known,
+                            "running": st.running,
+                            "numerator": st.numerator,
+                            "denominator": st.denominator,
+                        }
+                    )
+                )
+            else:
+                pct = f" {st.percent:.0f}%" if st.percent is not None else ""
+                click.echo(
+                    f"{ref}\tknown={int(st.known)} running={int(st.running)} "
+                    f"{st.numerator}/{st.denominator}{pct}"
+                )
+
+
+@main.command()
+@server_option
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job and line.")
+@click.argument("handles", nargs=-1, required=True)
+def fetch(
+    servers: tuple[str, ...], store: str | None, as_json: bool, handles: tuple[str, ...]
+) -> None:
+    """Stored data, result and error of each HANDLE, merged with the live status.
+
+    With --json, prints the documented record plus the live status, one job per line.
+    """
+    refs = [JobRef.parse(h) for h in handles]
+    with client_for(servers, store) as client:
+        for view in client.fetch_many(refs):
+            if as_json:
+                click.echo(json.dumps(view.to_json(), ensure_ascii=False))
+            else:
+                click.echo(describe(view))
+
+
+@main.command()
+@server_option
+@store_option
+@click.option("--timeout", "-t", type=float, default=None, help="Give up after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final record as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.argument("handle")
+def wait(
+    servers: tuple[str, ...],
+    store: str | None,
+    timeout: float | None,
+    as_json: bool,
+    quiet: bool,
+    handle: str,
+) -> None:
+    """Wait for HANDLE to finish, with a progress bar from its numerator/denominator.
+
+    Exits 0 when it completed, 3 when it failed, 4 on timeout or when the job is unknown.
+    """
+    from gearstash.cli.progress import ProgressDisplay
+
+    ref = JobRef.parse(handle)
+    with client_for(servers, store) as client, ProgressDisplay(enabled=not quiet) as display:
+        task = display.add(str(ref.handle.decode("utf-8", "replace")))
+        view = client.wait(ref, timeout, on_progress=lambda v: display.update(task, v))
+    if as_json:
+        click.echo(json.dumps(view.to_json(), ensure_ascii=False))
+    else:
+        click.echo(describe(view))
+    if view.state is not State.COMPLETE:
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@server_option
+@store_option
+@click.option("--timeout", "-t", type=float, default=None, help="Give up after this many seconds.")
+@click.option("--after", type=int, default=0, show_default=True, help="Start at this chunk number.")
+@click.argument("handle")
+def follow(
+    servers: tuple[str, ...], store: str | None, timeout: float | None, after: int, handle: str
+) -> None:
+    """Print HANDLE's data chunks as they arrive, like ``tail -f``, until the job ends.
+
+    Chunks go to standard output as raw bytes; progress and the final state go to standard error.
+    Uses push where the store has it. Exits 0 when the job completed, 3 when it failed, 4 on
+    timeout or when the job is unknown.
+    """
+    ref = JobRef.parse(handle)
+    out = sys.stdout.buffer
+    state = State.UNKNOWN
+    with client_for(servers, store) as client:
+        for update in client.follow(ref, after=after, timeout=timeout):
+            if update.restarted:
+                click.echo("-- a new attempt started; its data follows --", err=True)
+            for chunk in update.chunks:
+                out.write(chunk)
+                if not chunk.endswith(b"\n"):
+                    out.write(b"\n")
+            out.flush()
+            state = update.view.state
+        click.echo(f"-- {ref.handle.decode('utf-8', 'replace')} {state.value} --", err=True)
+    if state is not State.COMPLETE:
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@store_option
+@click.argument("handles", nargs=-1, required=True)
+def forget(store: str | None, handles: tuple[str, ...]) -> None:
+    """Delete the stored records of each HANDLE (every record a bare handle matches)."""
+    refs = [JobRef.parse(h) for h in handles]
+    opened = store_for(store)
+    try:
+        removed = delete(opened, refs)
+    finally:
+        opened.close()
+    click.echo(f"forgot {removed} record(s)")
+
+
+@main.command()
+@store_option
+def purge(store: str | None) -> None:
+    """Remove expired records from the store now (stores also purge by themselves)."""
+    opened = store_for(store)
+    try:
+        removed = purge_store(opened)
+    finally:
+        opened.close()
+    click.echo(f"purged {removed} expired record(s) from {opened.url}")
+
+
+# ---------------------------------------------------------------- plugins / demo
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List loaded plugins, the store schemes they register, and plugins that failed to load."""
+    from gearstash.spine.manager import failed_plugins, loaded_plugins, store_types
+
+    types = store_types()
+    loaded = loaded_plugins()
+    failed = failed_plugins()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "plugins": [
+                        {
+                            "name": p.name,
+                            "module": p.module,
+                            "version": p.version,
+                            "stores": p.stores,
+                        }
+                        for p in loaded
+                    ],
+                    "stores": {
+                        s: {"plugin": t.plugin, "description": t.description}
+                        for s, t in sorted(types.items())
+                    },
+                    "failed": [{"name": n, "error": e} for n, e in failed],
+                }
+            )
+        )
+        return
+    click.echo("plugins:")
+    for p in loaded:
+        click.echo(f"  {p.name:<12} {p.module} {p.version}")
+    click.echo("stores:")
+    for scheme, t in sorted(types.items()):
+        click.echo(f"  {scheme + '://':<14} {t.description} [{t.plugin}]")
+    if failed:
+        click.echo("failed to load:")
+        for name, error in failed:
+            click.echo(f"  {name}: {error}")
+    try:
+        settings = settings_for()
+    except ConfigError as exc:  # a diagnostic command: say what is wrong, list the rest
+        click.echo(f"configuration: error: {exc}")
+        return
+    if settings.store:
+        click.echo(f"store from {settings.sources['store']}: {redact_url(settings.store)}")
+    if settings.config_file is not None:
+        click.echo(f"config file: {settings.config_file}")
+
+
+@main.command()
+@click.option(
+    "--jobs", "payloads", multiple=True, help="Payloads to reverse (default ABC123 DEF456)."
+)
+@click.option("--steps", default=10, show_default=True, help="Progress steps per job.")
+@click.option("--delay", default=0.15, show_default=True, help="Seconds per step.")
+def demo(payloads: tuple[str, ...], steps: int, delay: float) -> None:
+    """The seed's story: a private gearmand, a capturing worker, two background jobs.
+
+    Starts gearmand on a free port and a gearstash worker for ``reverse``, submits ABC123 and
+    DEF456 in the background, shows their progress, fetches each job's data and result by handle
+    from the default SQLite store, and shuts everything down.
+    """
+    from gearstash.cli.demo import run_demo
+
+    run_demo(list(payloads) or ["ABC123", "DEF456"], steps=steps, delay=delay)
+
+
+main.add_command(spool)
+main.add_command(token)

@@ -1,0 +1,3 @@
+"""The Gearman protocol, sans-IO: the binary packet codec, the admin text protocol and the worker state
+machine. No sockets here.
+"""

@@ -1,0 +1,3 @@
+"""The plugin spine: every hook (pluggy hookspecs) and the plugin manager that loads stores and
+observers by entry point.
+"""

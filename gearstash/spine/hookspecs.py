@@ -1,0 +1,103 @@
+"""Every gearstash hook, grouped by phase.
+
+Plugins implement these with ``@gearstash.hookimpl`` (never import pluggy yourself). Hooks discover
+things and observe events; objects (stores) do the work.
+
+Worker-event hooks are broadcast: every implementation is called, in the worker's thread, after the
+event has been handed to the store. An exception raised by an observer is logged and swallowed: an
+observer can never fail a job. Keep them fast; they run on the worker's hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from gearstash.model.records import JobError
+    from gearstash.worker.job import Job
+
+hookspec = pluggy.HookspecMarker("gearstash")
+
+RegisterStore = Callable[..., None]
+
+# ---------------------------------------------------------------- discovery
+
+
+@hookspec
+def register_stores(register: RegisterStore) -> None:
+    """Register store implementations by URL scheme.
+
+    Call ``register(scheme, factory, description="...")`` once per scheme. ``factory(url)``
+    receives the whole URL and returns an object implementing
+    :class:`gearstash.store.contract.Store`. A scheme registered by two plugins is logged as a
+    warning; the first registration wins.
+
+    :param register: ``register(scheme: str, factory: StoreFactory, *, description: str = "")``.
+    """
+
+
+# ---------------------------------------------------------------- worker events
+
+
+@hookspec
+def job_started(job: Job) -> None:
+    """A worker took ``job`` from its server and is about to run the function.
+
+    :param job: the :class:`gearstash.worker.job.Job` (``handle``, ``unique``, ``function``,
+        ``workload``, ``server``, ``attempt`` is not known here).
+    """
+
+
+@hookspec
+def job_data(job: Job, data: bytes) -> None:
+    """The job function sent a WORK_DATA chunk.
+
+    :param data: the chunk, as sent.
+    """
+
+
+@hookspec
+def job_warning(job: Job, warning: bytes) -> None:
+    """The job function sent a WORK_WARNING.
+
+    :param warning: the warning, as sent.
+    """
+
+
+@hookspec
+def job_status(job: Job, numerator: int, denominator: int) -> None:
+    """The job function sent WORK_STATUS.
+
+    :param numerator: progress so far.
+    :param denominator: progress at completion.
+    """
+
+
+@hookspec
+def job_completed(job: Job, result: bytes) -> None:
+    """The job function returned; ``result`` was stored and is being sent as WORK_COMPLETE.
+
+    :param result: the return value as bytes.
+    """
+
+
+@hookspec
+def job_failed(job: Job, error: JobError) -> None:
+    """The job failed: the function raised ``gearstash.JobFailed`` (``error.kind == "fail"``) or any
+    other exception (``error.kind == "exception"``, with ``error.traceback``).
+
+    :param error: what was stored as the job's error.
+    """
+
+
+@hookspec
+def store_failed(store_url: str, error: Exception, events: int) -> None:
+    """A store write failed; the worker logged it and goes on serving jobs.
+
+    :param store_url: the store's redacted URL.
+    :param error: the exception raised by the store.
+    :param events: how many events the failed write carried.
+    """

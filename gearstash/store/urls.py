@@ -1,0 +1,128 @@
+"""Store URLs: their scheme, their ``?ttl=``, and keeping their secrets out of text.
+
+A store URL may carry a password (``redis://:pw@host/0``, ``?password=``). :func:`redact_url`
+masks every secret for display, :func:`url_secrets` lists them and :func:`scrub` removes them from
+any text (a driver's error message) before it is logged or shown. Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlsplit, urlunsplit
+
+from gearstash.errors import ConfigError
+
+
+def url_scheme(url: str) -> str:
+    """The scheme of a store URL, lower-cased (``postgresql+psycopg://`` → ``postgresql+psycopg``)."""
+    scheme, sep, _ = url.partition(":")
+    if not sep or not scheme:
+        raise ConfigError(f"a store URL needs a scheme, like sqlite:///path: {redact_url(url)!r}")
+    return scheme.lower()
+
+
+DEFAULT_TTL = 86400.0
+"""Seconds a store keeps a job after its last event unless told otherwise (``?ttl=`` in the URL)."""
+
+
+def ttl_from_query(url: str, default: float = DEFAULT_TTL) -> float:
+    """The ``ttl`` query parameter of a store URL in seconds (0 = keep for ever), else ``default``."""
+    values = parse_qs(urlsplit(url).query).get("ttl")
+    if not values:
+        return default
+    try:
+        ttl = float(values[-1])
+    except ValueError:
+        raise ConfigError(f"ttl must be a number of seconds in {redact_url(url)!r}") from None
+    if ttl < 0:
+        raise ConfigError(f"ttl must not be negative in {redact_url(url)!r}")
+    return ttl
+
+
+_SECRET_OPTION = re.compile(r"pass|pwd|secret|token|credential", re.IGNORECASE)
+"""Query options whose values are masked like a password (``password=``, ``sslpassword=``…)."""
+
+
+def _secret_option(name: str) -> bool:
+    return bool(_SECRET_OPTION.search(unquote(name)))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``; the form to print and log.
+
+    The userinfo password and the values of query options that name a secret (``password=``,
+    ``sslpassword=``, ``secret=``, ``token=``…) become ``***``. A URL whose credentials cannot be
+    located for sure (no scheme, or an ``@`` the parser did not read as the end of the userinfo,
+    as with an unencoded ``/``, ``?`` or ``#`` in a password) is not shown at all.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if "@" in url:
+        if not parts.scheme or not url[len(parts.scheme) + 1 :].startswith("//"):
+            return "<unparseable URL>"
+        if parts.netloc and "@" not in parts.netloc:
+            return f"{parts.scheme}://<URL hidden: cannot tell where its password ends>"
+        if not parts.netloc and not parts.path.startswith("/") and "@" in parts.path:
+            return "<unparseable URL>"
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
+    query = parts.query
+    if query:
+        items = []
+        for item in query.split("&"):
+            name, eq, _ = item.partition("=")
+            items.append(f"{name}=***" if eq and _secret_option(name) else item)
+        query = "&".join(items)
+    if netloc == parts.netloc:
+        if query == parts.query:
+            return url
+        # textually, so that ``unix:///path?…`` keeps its empty authority
+        return (
+            url.partition("?")[0] + "?" + query + ("#" + parts.fragment if parts.fragment else "")
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets a store URL holds: its password and secret-named query options' values.
+
+    Each secret comes as written and percent-decoded (drivers see the decoded form); the longest
+    first, so :func:`scrub` replaces a secret before any part of it.
+    """
+    found: set[str] = set()
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        password, parts = None, None
+    if password:
+        found.update((password, unquote(password)))
+    if parts is not None:
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if value and _secret_option(name):
+                found.update((value, quote(value, safe=""), value.replace(" ", "+")))
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (an error message, a log line) with every secret of ``url`` replaced by ``***``.
+
+    The URL itself, should it appear, is replaced by its redacted form first.
+    """
+    if url and url in text:
+        text = text.replace(url, redact_url(url))
+    for secret in url_secrets(url):
+        if len(secret) >= 3:  # shorter would mangle the message
+            text = text.replace(secret, "***")
+    return text

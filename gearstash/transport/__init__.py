@@ -1,0 +1,1 @@
+"""The only socket code: connections to job servers, timeouts, reconnects and server lists."""

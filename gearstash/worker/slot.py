@@ -1,0 +1,492 @@
+"""The worker's slots: one job at a time, on connections of their own to every server.
+
+Internal to :class:`gearstash.worker.worker.Worker` (which makes ``concurrency`` of them): the
+grab / sleep / wake loop of each server link (its protocol state is a sans-IO
+:class:`~gearstash.protocol.worker_side.WorkerSide`), reconnects with backoff, running one job and
+writing its events to the store (batched, leases renewed, refused writes recorded) before the
+final packet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from gearstash.errors import (
+    REFUSED_FOR_GOOD,
+    JobFailed,
+    ProtocolError,
+    ServerUnavailable,
+)
+from gearstash.model.records import FINAL_EVENTS, Event, EventKind, JobError, JobKey
+from gearstash.protocol.packets import JobAssignment, PacketType, encode_request, encode_work
+from gearstash.protocol.worker_side import (
+    Assigned,
+    ErrorAnswer,
+    LinkState,
+    NoJob,
+    Unexpected,
+    WorkerSide,
+)
+from gearstash.spine.manager import EventHooks
+from gearstash.store.contract import Store
+from gearstash.transport.connection import Connection
+from gearstash.worker.job import Job, Registration, to_bytes
+
+log = logging.getLogger("gearstash.worker")
+
+_MAX_BACKOFF = 5.0
+_SMALL_EVENTS = frozenset({EventKind.STARTED, EventKind.STATUS, EventKind.HEARTBEAT})
+_SERVING = (LinkState.IDLE, LinkState.GRABBING)
+
+
+def stored_text(message: str) -> str:
+    """Error text as stored: valid UTF-8 without NUL (which PostgreSQL text cannot hold), with
+    NUL written ``\\x00`` and lone surrogates ``\\udcff``."""
+    if "\0" in message:
+        message = message.replace("\0", "\\x00")
+    try:
+        message.encode("utf-8")
+    except UnicodeEncodeError:
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class SlotSettings:
+    """What a slot needs of its worker (see :class:`gearstash.worker.worker.Worker`)."""
+
+    servers: Sequence[str]
+    functions: Mapping[str, Registration]
+    store: Store
+    hooks: EventHooks
+    stopping: threading.Event
+    job_done: Callable[[], bool]
+    """Counts a finished job; True when the worker should stop now."""
+    client_id: str
+    identity: str
+    connect_timeout: float
+    read_timeout: float
+    flush_interval: float
+    lease: float | None
+    fail: bool
+    """``on_store_down="fail"``: fail jobs whose events could not be stored."""
+
+
+class Link:
+    """One slot's connection to one server: the socket, the protocol state, the retry clock."""
+
+    __slots__ = ("backoff", "conn", "retry_at", "side", "was_up")
+
+    def __init__(self, conn: Connection, side: WorkerSide) -> None:
+        self.conn = conn
+        self.side = side
+        self.retry_at = 0.0
+        self.backoff = 0.1
+        self.was_up = False
+
+
+class Slot:
+    """One job at a time, on connections of its own to every server.
+
+    The slot is the running job's :class:`~gearstash.worker.job.JobChannel`: it queues the job's
+    events (written at least every ``flush_interval``, and always before the final packet), calls
+    the observer hooks and sends the work packets.
+    """
+
+    def __init__(self, settings: SlotSettings, index: int) -> None:
+        self.settings = settings
+        self.index = index
+        self.hooks = settings.hooks
+        self.store = settings.store
+        self.interval = settings.flush_interval
+        self.lock = threading.Lock()
+        self.fail = settings.fail
+        self.failed_job: Job | None = None  # under "fail": the job a store write failed for
+        # the job in hand and its queued events (under self.lock)
+        self.job: Job | None = None
+        self.job_conn: Connection | None = None
+        self.pending: list[Event] = []
+        self.since = 0.0
+        self.leased = 0.0
+        functions = [(r.name, r.timeout) for r in settings.functions.values()]
+        client_id = settings.client_id.encode()
+        self.links = [
+            Link(
+                Connection(
+                    s,
+                    connect_timeout=settings.connect_timeout,
+                    read_timeout=settings.read_timeout,
+                ),
+                WorkerSide(client_id, functions),
+            )
+            for s in settings.servers
+        ]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+
+    def wake(self) -> None:
+        """Interrupt a wait (the worker is stopping). Safe from any thread."""
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def close(self) -> None:
+        """Close every connection of this slot."""
+        for link in self.links:
+            link.conn.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # ------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        """Serve until the worker stops: grab and run jobs, sleep when there are none."""
+        stopping = self.settings.stopping
+        while not stopping.is_set():
+            self._reconnect_due()
+            served = False
+            for link in self.links:
+                if link.side.state in _SERVING and not stopping.is_set():
+                    served = self._serve(link) or served
+            if not served and not stopping.is_set():
+                self._wait()
+
+    def _serve(self, link: Link) -> bool:
+        """Grab and run at most one job on ``link``; True if one ran."""
+        conn = link.conn
+        side = link.side
+        try:
+            if side.state is LinkState.IDLE:
+                conn.send(side.grab())
+            while True:
+                event = side.receive(conn.read_packet())
+                if type(event) is Assigned:
+                    final = self._run(conn, event.assignment)
+                    if self.settings.job_done():
+                        conn.send(final + side.finished(grab=False))
+                    else:
+                        conn.send(final + side.finished(grab=True))
+                    return True
+                if type(event) is NoJob:
+                    conn.send(event.send)
+                    return False
+                if type(event) is ErrorAnswer:
+                    if event.send:
+                        log.warning(
+                            "job server %s answered %s to GRAB_JOB_UNIQ: an older protocol; "
+                            "grabbing with GRAB_JOB (jobs come without their unique)",
+                            conn.server,
+                            event.error,
+                        )
+                        conn.send(event.send)
+                    else:
+                        log.warning("job server %s answered ERROR %s", conn.server, event.error)
+                elif type(event) is Unexpected:
+                    log.warning(
+                        "job server %s sent unexpected %s; ignored",
+                        conn.server,
+                        event.packet.kind.name,
+                    )
+        except (ServerUnavailable, ProtocolError) as exc:
+            self._down(link, exc)
+            return False
+
+    def _wait(self) -> None:
+        """Sleep until a sleeping link gets NOOP, a reconnect is due, or we are woken."""
+        now = time.monotonic()
+        timeout = 1.0
+        for link in self.links:
+            if link.side.state is LinkState.DOWN:
+                timeout = min(timeout, max(link.retry_at - now, 0.0))
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._wake_r, selectors.EVENT_READ, None)
+            for link in self.links:
+                if link.side.state is LinkState.SLEEPING:
+                    sel.register(link.conn.fileno(), selectors.EVENT_READ, link)
+            ready = sel.select(timeout)
+        for key, _ in ready:
+            link = key.data
+            if link is None:
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(64)
+                continue
+            try:
+                for packet in link.conn.read_available():
+                    event = link.side.receive(packet)
+                    if type(event) is ErrorAnswer:
+                        log.warning(
+                            "job server %s answered ERROR %s", link.conn.server, event.error
+                        )
+                    elif type(event) is Unexpected:
+                        raise ProtocolError(
+                            f"job server {link.conn.server} sent {packet.kind.name} to a "
+                            "sleeping worker"
+                        )
+            except (ServerUnavailable, ProtocolError) as exc:
+                self._down(link, exc)
+
+    def _reconnect_due(self) -> None:
+        now = time.monotonic()
+        for link in self.links:
+            if link.side.state is not LinkState.DOWN or link.retry_at > now:
+                continue
+            conn = link.conn
+            try:
+                conn.connect()
+                conn.send(link.side.connected())
+            except ServerUnavailable as exc:
+                link.side.lost()
+                conn.close()
+                if link.was_up or link.backoff == 0.1:
+                    log.warning("%s; retrying", exc)
+                link.was_up = False
+                link.retry_at = now + link.backoff
+                link.backoff = min(link.backoff * 2, _MAX_BACKOFF)
+                continue
+            if not link.was_up:
+                log.info("serving %s on %s", ", ".join(self.settings.functions), conn.server)
+            link.backoff, link.was_up = 0.1, True
+
+    def _down(self, link: Link, exc: Exception) -> None:
+        link.conn.close()
+        if link.was_up:
+            log.warning("%s; reconnecting", exc)
+        link.side.lost()
+        link.retry_at = time.monotonic() + link.backoff
+
+    # ------------------------------------------------------------ the job's channel
+
+    def data(self, job: Job, chunk: bytes) -> None:
+        """:class:`~gearstash.worker.job.JobChannel`: a WORK_DATA chunk."""
+        if self._record(job, Event(EventKind.DATA, job.key, time.time(), chunk, ttl=job.ttl)):
+            self.hooks.data(job, chunk)
+            self._send(job, encode_work(PacketType.WORK_DATA, job.handle, chunk))
+
+    def warning(self, job: Job, chunk: bytes) -> None:
+        """:class:`~gearstash.worker.job.JobChannel`: a WORK_WARNING."""
+        if self._record(job, Event(EventKind.WARNING, job.key, time.time(), chunk, ttl=job.ttl)):
+            self.hooks.warning(job, chunk)
+            self._send(job, encode_work(PacketType.WORK_WARNING, job.handle, chunk))
+
+    def status(self, job: Job, numerator: int, denominator: int) -> None:
+        """:class:`~gearstash.worker.job.JobChannel`: a WORK_STATUS point."""
+        event = Event(
+            EventKind.STATUS,
+            job.key,
+            time.time(),
+            numerator=numerator,
+            denominator=denominator,
+            ttl=job.ttl,
+        )
+        if self._record(job, event):
+            self.hooks.status(job, numerator, denominator)
+            self._send(
+                job,
+                encode_request(
+                    PacketType.WORK_STATUS, job.handle, b"%d" % numerator, b"%d" % denominator
+                ),
+            )
+
+    def _send(self, job: Job, packet: bytes) -> None:
+        conn = self.job_conn
+        if conn is None or self.job is not job:
+            return
+        try:
+            conn.send(packet)
+        except ServerUnavailable as exc:
+            log.warning("%s; job %r goes on, its events are still stored", exc, job.handle)
+            self.job_conn = None
+
+    # ------------------------------------------------------------ the store
+
+    def _record(self, job: Job, event: Event) -> bool:
+        """Queue ``event`` of the job in hand; write the queue when its oldest event waited long
+        enough. False (and nothing queued) when ``job`` is not in hand any more."""
+        with self.lock:
+            if self.job is not job:
+                log.warning(
+                    "job %r sent %s after it ended; not stored", job.handle, event.kind.value
+                )
+                return False
+            pending = self.pending
+            if not pending:
+                self.since = event.at
+            pending.append(event)
+            if event.at - self.since >= self.interval:
+                self._write(job)
+        return True
+
+    def flush_due(self, now: float) -> None:
+        """Called by the flush thread: write the current job's queue if it waited long enough."""
+        job = self.job
+        if job is None or not self.pending or now - self.since < self.interval:
+            return
+        with self.lock:
+            if self.job is job and self.pending:
+                self._write(job)
+
+    def renew_due(self, now: float, every: float) -> None:
+        """Called by the flush thread: renew the current job's lease when ``every`` seconds passed.
+
+        The heartbeat is written at once, with whatever events were queued before it.
+        """
+        job = self.job
+        lease = self.settings.lease
+        if job is None or lease is None or now - self.leased < every:
+            return
+        with self.lock:
+            if self.job is job:
+                self.leased = now
+                self.pending.append(
+                    Event(EventKind.HEARTBEAT, job.key, now, ttl=job.ttl, lease=lease)
+                )
+                self._write(job)
+
+    def _finish(self, job: Job, event: Event) -> None:
+        """Queue the job's final event and write everything queued, before the server is told."""
+        with self.lock:
+            self.pending.append(event)
+            self._write(job)
+            self.job = None
+            self.job_conn = None
+
+    def _write(self, job: Job) -> None:
+        """Write the queued events (caller holds the lock); failures are logged, never raised."""
+        events = self.pending
+        self.pending = []
+        try:
+            self.store.write(events)
+        except REFUSED_FOR_GOOD as exc:  # refused for good: see _rejected
+            self._rejected(job, events, exc)
+        except Exception as exc:
+            if self.fail:
+                self.failed_job = job
+                log.error(
+                    "store down: %s failed (%d events of job %r not stored): %s",
+                    self.store.url,
+                    len(events),
+                    job.handle,
+                    exc,
+                )
+            else:
+                log.error(
+                    "store %s failed (%d events of job %r lost): %s",
+                    self.store.url,
+                    len(events),
+                    job.handle,
+                    exc,
+                )
+            self.hooks.store_failed(self.store.url, exc, len(events))
+
+    def _rejected(self, job: Job, events: list[Event], exc: Exception) -> None:
+        """The store refused a batch for good (a value over its limit): nothing of it was written.
+        Keep the record honest instead: its small events, a warning with the reason, and when
+        the batch ended the job, a ``failed`` end saying the outcome could not be stored."""
+        log.error(
+            "store %s refused %d events of job %r: %s", self.store.url, len(events), job.handle, exc
+        )
+        self.hooks.store_failed(self.store.url, exc, len(events))
+        now = time.time()
+        keep = [e for e in events if e.kind in _SMALL_EVENTS]
+        note = f"gearstash: the store refused {len(events)} events: {exc}"
+        keep.append(Event(EventKind.WARNING, job.key, now, note.encode(), ttl=job.ttl))
+        if events[-1].kind in FINAL_EVENTS:
+            why = f"gearstash: the job ended but its outcome could not be stored: {exc}"
+            keep.append(Event(EventKind.FAILED, job.key, now, why.encode(), ttl=job.ttl))
+        try:
+            self.store.write(keep)
+        except Exception as again:
+            log.error("store %s: cannot record the refusal either: %s", self.store.url, again)
+
+    def _final(self, job: Job, packet: bytes) -> bytes:
+        """``packet``, or under ``on_store_down="fail"`` WORK_WARNING + WORK_FAIL when a store
+        write of ``job`` failed (its record is incomplete)."""
+        if self.failed_job is not job:
+            return packet
+        self.failed_job = None
+        return self._refuse(job, "not all of its events could be stored")
+
+    def _refuse(self, job: Job, why: str) -> bytes:
+        message = (
+            f"store down: failing job {job.handle!r} ({job.function}): {why} in {self.store.url}"
+        )
+        log.error("%s", message)
+        text = ("gearstash: " + message).encode("utf-8", "replace")
+        return encode_work(PacketType.WORK_WARNING, job.handle, text) + encode_request(
+            PacketType.WORK_FAIL, job.handle
+        )
+
+    # ------------------------------------------------------------ running a job
+
+    def _run(self, conn: Connection, assignment: JobAssignment) -> bytes:
+        """Run one job; return the final packet for the server (its events already stored)."""
+        handle = assignment.handle
+        name = assignment.function.decode("utf-8", "surrogateescape")
+        registration = self.settings.functions.get(name)
+        ttl = registration.ttl if registration is not None else None
+        job = Job(
+            self, JobKey(conn.server, handle, assignment.unique), name, assignment.workload, ttl
+        )
+        now = time.time()
+        with self.lock:
+            self.job, self.job_conn = job, conn
+            self.since = self.leased = now
+            self.pending = [
+                Event(
+                    EventKind.STARTED,
+                    job.key,
+                    now,
+                    function=assignment.function,
+                    worker=self.settings.identity,
+                    ttl=ttl,
+                    lease=self.settings.lease,
+                )
+            ]
+            if self.fail:  # the start must be stored before the function runs
+                self._write(job)
+        if self.failed_job is job:
+            self.failed_job = None
+            with self.lock:
+                self.job = self.job_conn = None
+            return self._refuse(job, "its start could not be stored; not run")
+        self.hooks.started(job)
+        try:
+            if registration is None:
+                raise JobFailed(f"this worker does not serve {job.function!r}")
+            result = to_bytes(registration.function(job))
+        except JobFailed as exc:
+            error = JobError("fail", stored_text(str(exc)))
+            self._finish(
+                job,
+                Event(EventKind.FAILED, job.key, time.time(), error.message.encode(), ttl=ttl),
+            )
+            self.hooks.failed(job, error)
+            return self._final(job, encode_request(PacketType.WORK_FAIL, handle))
+        except Exception as exc:
+            message = stored_text(f"{type(exc).__name__}: {exc}")
+            error = JobError("exception", message, stored_text(traceback.format_exc()))
+            text = message.encode("utf-8", "replace")
+            self._finish(
+                job,
+                Event(
+                    EventKind.EXCEPTION,
+                    job.key,
+                    time.time(),
+                    text,
+                    traceback=error.traceback,
+                    ttl=ttl,
+                ),
+            )
+            self.hooks.failed(job, error)
+            log.info("job %r (%s) raised %s", handle, job.function, message)
+            return self._final(job, encode_work(PacketType.WORK_EXCEPTION, handle, text))
+        self._finish(job, Event(EventKind.COMPLETED, job.key, time.time(), result, ttl=ttl))
+        self.hooks.completed(job, result)
+        return self._final(job, encode_work(PacketType.WORK_COMPLETE, handle, result))
