@@ -3,6 +3,10 @@
 Both run with EVALSHA (EVAL when the server answers NOSCRIPT). Scripts are atomic in Redis, so a
 batch is applied whole or not at all, chunks from concurrent writers never interleave within a
 batch, and a read never sees half a batch.
+
+The write script is the Redis store's implementation of :meth:`JobRecord.apply
+<gearstash.records.JobRecord.apply>` (one round trip per ``write()``, atomic);
+tests/test_apply_equivalence.py property-tests it against the Python one.
 """
 
 from __future__ import annotations

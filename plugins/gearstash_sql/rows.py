@@ -3,7 +3,9 @@
 :class:`RowChange` reproduces :meth:`JobRecord.apply <gearstash.model.records.JobRecord.apply>` on what a
 job row needs to know (``attempt``, ``started_at``, ``function``, ``next_seq``) and collects the
 columns to write and the chunks to append; :class:`Scan` does the same in one pass for the batches
-of the direct statements. Keep the three in step: the contract tests compare them.
+of the direct statements. Both exist for speed (RowChange never reads the job's chunks; Scan
+builds the parameters of one statement); tests/test_apply_equivalence.py property-tests both
+against ``JobRecord.apply`` on every SQL database.
 
 Beyond ``apply``: the SQL store also sets ``expires_at`` (see :func:`expiry`), from ``started``,
 the final events and ``heartbeat`` (a running job's heartbeats keep it from expiring), and from
