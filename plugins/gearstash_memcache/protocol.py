@@ -20,6 +20,8 @@ from typing import Any
 
 from pymemcache.client.base import Client
 
+from . import driver
+
 STORE, NUMBER, TOUCH, DELETE, VALUES = range(5)
 RECV_SIZE = 256 * 1024
 KEYS_PER_GET = 100
@@ -185,8 +187,7 @@ class Pool:
             client = self._idle.pop() if self._idle else None
         if client is None:
             client = self._new()
-        if client.sock is None:
-            client._connect()  # pymemcache 4: opens the socket with the options above
+        driver.connect(client)
         return client
 
     def release(self, client: Client) -> None:

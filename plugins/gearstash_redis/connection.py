@@ -14,8 +14,6 @@ before it was sent, or at any point when the caller says so (reads, ``delete``).
 from __future__ import annotations
 
 import os
-import select
-import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from redis.retry import Retry
 
 from gearstash.errors import ConfigError, StoreError
 
+from . import driver
 from .failures import to_store_error
 
 
@@ -125,22 +124,10 @@ class Connections:
             with self._lock:
                 self._all.add(conn)
             return conn, False
-        sock = conn._sock
-        if sock is None:
+        if not driver.connected(conn):
             return conn, False
         # Data or EOF waiting on an idle connection: it is dead (the server closed it).
-        if type(sock) is socket.socket:  # TCP or unix: one poll() on a poller kept with it
-            watched = getattr(conn, "_gearstash_poll", None)
-            if watched is None or watched[0] is not sock:
-                poller = select.poll()
-                poller.register(sock, select.POLLIN)
-                watched = conn._gearstash_poll = (sock, poller)
-            stale = bool(watched[1].poll(0))
-        else:  # TLS: a readable socket may hold a session ticket; ask redis-py's parser
-            try:
-                stale = conn.can_read()
-            except (RedisError, OSError):
-                stale = True
+        stale = driver.stale(conn)
         if stale:
             conn.disconnect()
             return conn, False

@@ -48,6 +48,7 @@ from gearstash.model.records import JobRef
 from gearstash.store.contract import PollWatch, Watch
 from gearstash.store.urls import redact_url, ttl_from_query
 
+from . import driver
 from .direct import Statements
 from .engine import make_engine, multi_statements, parse_url
 from .failures import is_retryable, to_store_error
@@ -228,7 +229,8 @@ class SqlStore(WritePath, ReadPath, Removal):
                 conn.autocommit = True
             elif self.family == "mysql":
                 conn.autocommit(True)
-            return Writer(conn, owned=True, socket=None if self.family == "sqlite" else _fd(conn))
+            fd = None if self.family == "sqlite" else driver.socket_fd(conn)
+            return Writer(conn, owned=True, socket=fd)
         except BaseException:
             conn.close()
             raise
@@ -372,14 +374,3 @@ def _number(query: dict[str, list[str]], name: str, default: float, url: str) ->
     if not value >= 0 or value == float("inf"):
         raise ConfigError(f"{name} must be a non-negative number in {url!r}")
     return value
-
-
-def _fd(conn: Any) -> int | None:
-    """The socket of a DBAPI connection (psycopg, PyMySQL), or None if it does not say."""
-    try:
-        if hasattr(conn, "fileno"):  # psycopg, psycopg2
-            return int(conn.fileno())
-        sock = getattr(conn, "_sock", None)  # PyMySQL
-        return None if sock is None else int(sock.fileno())
-    except Exception:
-        return None
