@@ -330,7 +330,14 @@ class JobRecord:
 
     @classmethod
     def from_events(cls, key: JobKey, events: list[Event]) -> JobRecord:
-        """Build a record from scratch by applying ``events`` in order (``None`` if none creates one)."""
+        """The record ``events`` make, applied in order from nothing (the reference for every store).
+
+        The first event that makes a record (see :meth:`create`; a ``heartbeat`` makes none)
+        creates it and is applied to it, as is every event after it; events before it are
+        skipped. The record's key is that first event's key. When no event makes a record the
+        result is ``JobRecord(key)`` (``running``, attempt 1, nothing else), never ``None``: a
+        store has no record then, so compare with care (see :meth:`create`).
+        """
         record: JobRecord | None = None
         for event in events:
             if record is None:

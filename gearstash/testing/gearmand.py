@@ -4,7 +4,7 @@ Nothing here talks the binary Gearman protocol: a server counts as up once it an
 text command ``version`` *and* ``getpid`` names the process we started (so a foreign server that
 already holds the port is never mistaken for ours).
 
-Facts of gearmand 1.1.20 that shape this module (see shared GEARMAN.md):
+Facts of gearmand 1.1.20 (Debian 12's gearman-job-server) that shape this module:
 
 * it runs as root without ``-u`` and needs ``--log-file``/``--pid-file`` (defaults point into /var);
 * it listens within ~15 ms of exec on these machines;

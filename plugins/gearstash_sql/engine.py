@@ -89,7 +89,8 @@ def make_engine(target: Target, *, pooled: bool = True) -> sa.Engine:
     if not pooled:
         kwargs["poolclass"] = NullPool
     if target.family == "sqlite":
-        # gearstash issues BEGIN itself (see begin_sqlite); pysqlite must not.
+        # gearstash issues BEGIN itself (BEGIN IMMEDIATE for a write: gearstash_sql.writing and
+        # the schema migration); pysqlite must not.
         connect_args.update(isolation_level=None, check_same_thread=False)
         if target.memory:
             kwargs["poolclass"] = StaticPool
@@ -142,25 +143,3 @@ def _sqlite_hooks(engine: sa.Engine, *, wal: bool) -> None:
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
             cursor.close()
-
-
-def begin_sqlite(conn: sa.Connection, statement: str) -> None:
-    """Start the transaction SQLAlchemy has just begun on a SQLite connection.
-
-    pysqlite runs in autocommit mode here (``isolation_level=None``) so that gearstash chooses the
-    BEGIN: ``BEGIN IMMEDIATE`` for writes, plain ``BEGIN`` (a read snapshot) for reads. Statements
-    run outside such a transaction (DDL) commit one by one. Issued on the DBAPI connection: an
-    engine "begin" event would put every statement of the engine on SQLAlchemy's slower event path.
-    """
-    conn.connection.dbapi_connection.execute(statement)  # type: ignore[union-attr]
-
-
-def read_engine(engine: sa.Engine, family: str) -> sa.Engine:
-    """The engine reads go through: one snapshot for all the queries of a read.
-
-    PostgreSQL reads run REPEATABLE READ (a read-only transaction there never fails to serialise);
-    MariaDB's default REPEATABLE READ and SQLite's WAL read transactions already read one snapshot.
-    """
-    if family == "postgresql":
-        return engine.execution_options(isolation_level="REPEATABLE READ")
-    return engine
