@@ -158,7 +158,7 @@ class SqlStore(WritePath, ReadPath, Removal):
             else contextlib.nullcontext()
         )
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         self._make_locks()  # a parent's thread may have held them at the fork
 
     # ------------------------------------------------------------------ Store protocol

@@ -31,7 +31,7 @@ from typing import Any
 _forks = 0
 # parent connections a forked child must neither use nor close (nor let the garbage collector close)
 _orphans: list[Any] = []
-# live objects whose _after_fork_in_child() runs in a forked child (see on_fork)
+# live objects whose after_fork_in_child() runs in a forked child (see on_fork)
 _fork_hooks: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -40,14 +40,14 @@ def _after_fork_in_child() -> None:
     _forks += 1
     for obj in list(_fork_hooks):
         with contextlib.suppress(Exception):  # a hook must not break fork()
-            obj._after_fork_in_child()
+            obj.after_fork_in_child()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def on_fork(obj: Any) -> None:
-    """Have ``obj._after_fork_in_child()`` run in a forked child while ``obj`` lives.
+    """Have ``obj.after_fork_in_child()`` run in a forked child while ``obj`` lives.
 
     It runs before the child runs anything else: the place to replace locks, which a thread of the
     parent may have held at the fork (the child would wait on them for ever).
@@ -124,7 +124,7 @@ class Writers:
         self._local: Any = _Shared() if shared else threading.local()
         on_fork(self)
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
 
     def get(self) -> Writer:
