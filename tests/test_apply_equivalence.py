@@ -11,7 +11,7 @@ back what the Python one (:meth:`JobRecord.from_events`) makes of the same event
 Hypothesis draws event runs — every kind, restarts (a second ``started``), ``submitted`` markers
 before and after, TTLs, leases on any event, empty and binary payloads, several jobs per call or
 one — and cuts them into ``write()`` calls at random. The comparison is
-:func:`gearstash.testing.assert_same`: every field but ``expires_at`` (each store sets that from
+:func:`gearstash.testing.contract.assert_same`: every field but ``expires_at`` (each store sets that from
 its own TTL rule, see the README's "Expiry"). The seed is printed on failure and replayed with
 ``GEARSTASH_TEST_SEED=<hex>``; the profile is CI-friendly (no deadline, few examples per store).
 
@@ -36,11 +36,11 @@ from hypothesis import HealthCheck, given, note, seed, settings
 from hypothesis import strategies as st
 from servers import find_binary, need, redis_ping
 
-from gearstash.gearmand import free_port
-from gearstash.plugins import open_store
-from gearstash.records import Event, EventKind, JobKey, JobRecord, JobRef
-from gearstash.store import Store
-from gearstash.testing import RUN, T0, assert_same, new_handle, new_server
+from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef
+from gearstash.spine.manager import open_store
+from gearstash.store.contract import Store
+from gearstash.testing.contract import RUN, T0, assert_same, new_handle, new_server
+from gearstash.testing.gearmand import free_port
 
 SEED = int(os.environ.get("GEARSTASH_TEST_SEED") or secrets.token_hex(4), 16)
 SEED_NOTE = f"hypothesis seed {SEED:x}: replay with GEARSTASH_TEST_SEED={SEED:x}"

@@ -2,7 +2,7 @@
 
 ``memcache://host[:port][,host[:port]...][?options]`` (port 11211 by default; IPv6 in brackets,
 ``[::1]:11211``). Several servers share the jobs by rendezvous hashing (below); every key of one job
-lives on one server. Needs pymemcache 4 (``pip install 'gearstash[memcache]'``) and memcached
+lives on one server. Needs pymemcache 4 or later (``pip install 'gearstash[memcache]'``) and memcached
 ≥ 1.4.8 (tested with 1.6). Capabilities: ``shared``, ``expires``, ``delete``, ``evicts``. Opening
 the store reaches every server (StoreError if one is down). Connections are pooled per server
 (thread-safe), made again in a forked child, and have ``TCP_NODELAY`` set; ``timeout`` bounds

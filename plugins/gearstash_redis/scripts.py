@@ -5,7 +5,7 @@ batch is applied whole or not at all, chunks from concurrent writers never inter
 batch, and a read never sees half a batch.
 
 The write script is the Redis store's implementation of :meth:`JobRecord.apply
-<gearstash.records.JobRecord.apply>` (one round trip per ``write()``, atomic);
+<gearstash.model.records.JobRecord.apply>` (one round trip per ``write()``, atomic);
 tests/test_apply_equivalence.py property-tests it against the Python one.
 """
 
