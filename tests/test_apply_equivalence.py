@@ -11,9 +11,11 @@ back what the Python one (:meth:`JobRecord.from_events`) makes of the same event
 Hypothesis draws event runs — every kind, restarts (a second ``started``), ``submitted`` markers
 before and after, TTLs, leases on any event, empty and binary payloads, several jobs per call or
 one — and cuts them into ``write()`` calls at random. The comparison is
-:func:`gearstash.testing.contract.assert_same`: every field but ``expires_at`` (each store sets that from
-its own TTL rule, see the README's "Expiry"). The seed is printed on failure and replayed with
-``GEARSTASH_TEST_SEED=<hex>``; the profile is CI-friendly (no deadline, few examples per store).
+:func:`gearstash.testing.contract.assert_same`: every field but ``expires_at``, which each store
+sets by its own rule (README, "Expiry"); the SQL stores' rule, which counts from event times, is
+checked too (Redis counts from the time of the write, on the writer's clock). The seed is
+printed on failure and replayed with ``GEARSTASH_TEST_SEED=<hex>``; the profile is CI-friendly
+(no deadline, few examples per store).
 
 The PostgreSQL and MariaDB runs use a database of their own (``gs_plugins_<run>``) on the servers
 that ``postgres_url`` / ``mysql_url`` name, dropped afterwards; Redis runs on a redis-server of this
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from gearstash_sql.rows import RowChange, Scan, build_record
+from gearstash_sql.rows import JOB_COLUMNS, RowChange, Scan, build_record
 from hypothesis import HealthCheck, given, note, seed, settings
 from hypothesis import strategies as st
 from servers import find_binary, need, redis_ping
@@ -39,6 +41,7 @@ from servers import find_binary, need, redis_ping
 from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef
 from gearstash.spine.manager import open_store
 from gearstash.store.contract import Store
+from gearstash.store.urls import DEFAULT_TTL
 from gearstash.testing.contract import RUN, T0, assert_same, new_handle, new_server
 from gearstash.testing.gearmand import free_port
 
@@ -134,28 +137,80 @@ def _reference(key: JobKey, events: list[Event]) -> JobRecord | None:
     return JobRecord.from_events(key, mine)
 
 
-def _check_store(store: Store, run: tuple[list[dict[str, object]], list[int], bool, bytes]) -> None:
+_SETS_EXPIRY = frozenset(
+    {
+        EventKind.STARTED,
+        EventKind.HEARTBEAT,
+        EventKind.COMPLETED,
+        EventKind.FAILED,
+        EventKind.EXCEPTION,
+    }
+)
+
+
+def _sql_expiry(key: JobKey, calls: list[list[Event]], ttl: float) -> float | None:
+    """``expires_at`` by the SQL stores' rule (README, "Expiry"): the last ``started``,
+    ``heartbeat`` or final event sets it (its ``ttl``, else the store's); a call that creates
+    the row without one of those gives it the expiry of its last event; the rest leave it."""
+
+    def expiry(event: Event) -> float | None:
+        event_ttl = ttl if event.ttl is None else event.ttl
+        return event.at + event_ttl if event_ttl > 0 else None
+
+    exists = False
+    expires: float | None = None
+    for call in calls:
+        created = False
+        last = marked = None
+        for event in call:
+            if event.key != key:
+                continue
+            if not exists:
+                if JobRecord.create(event) is None:
+                    continue  # a heartbeat before the row exists: skipped
+                exists = created = True
+            elif event.kind is EventKind.SUBMITTED:
+                continue  # changes nothing in an existing row
+            last = event
+            if event.kind in _SETS_EXPIRY:
+                marked = event
+        if marked is not None:
+            expires = expiry(marked)
+        elif created and last is not None:
+            expires = expiry(last)
+    return expires
+
+
+def _check_store(
+    store: Store,
+    run: tuple[list[dict[str, object]], list[int], bool, bytes],
+    expiry: Callable[[JobKey, list[list[Event]]], float | None] | None = None,
+) -> None:
+    """Write the run in its calls, read every job back: as from_events made it; and, when
+    ``expiry(key, calls)`` is given, with that ``expires_at``."""
     specs, sizes, one_job, unique = run
     keys, events = _events([dict(s) for s in specs], unique)
     note(SEED_NOTE)
-    for call in _calls(events, sizes, one_job):
+    calls = _calls(events, sizes, one_job)
+    for call in calls:
         store.write(call)
     got = store.get_many([JobRef(k.handle, k.server, k.unique) for k in keys])
     for key, record in zip(keys, got, strict=True):
         want = _reference(key, events)
         if want is None:
             assert record is None, f"{key}: a record where no event makes one ({SEED_NOTE})"
-        else:
-            assert_same(record, want)
+            continue
+        assert_same(record, want)
+        if expiry is not None:
+            assert record is not None
+            assert record.expires_at == expiry(key, calls), f"expires_at ({SEED_NOTE})"
 
 
 # ---------------------------------------------------------------------------------- no I/O
 
 
-def _row_record(
-    key: JobKey, row: tuple[object, ...], chunks: list[tuple[object, ...]]
-) -> JobRecord:
-    """build_record of a new row (in JOB_COLUMNS order) and its chunk tuples (seq first)."""
+def _row_record(row: tuple[object, ...], chunks: list[tuple[object, ...]]) -> JobRecord:
+    """build_record of a row (in JOB_COLUMNS order) and its chunk tuples (seq first)."""
     return build_record(
         (0, *row),
         [(0, kind, payload, num, den, at) for _seq, kind, payload, num, den, at in chunks],
@@ -168,23 +223,50 @@ def _row_record(
 def test_row_change_and_scan_make_what_apply_makes(
     run: tuple[list[dict[str, object]], list[int], bool, bytes],
 ) -> None:
-    """A new row as RowChange and Scan build it from one job's run = JobRecord.from_events."""
-    specs, _sizes, _one_job, unique = run
+    """One job's run cut into two calls, applied as the SQL store does: the call that makes the
+    row by RowChange (and by Scan, the direct path's new row), the next by RowChange on the
+    existing row (columns updated, chunks deleted on a restart, then appended) = from_events,
+    with ``expires_at`` by the SQL stores' rule."""
+    specs, sizes, _one_job, unique = run
     keys, events = _events([dict(s) for s in specs], unique)
     note(SEED_NOTE)
     key = keys[0]
     mine = [e for e in events if e.key == key]
+    cut = sizes[0] % (len(mine) + 1)
+    calls = [mine[:cut], mine[cut:]]
+    row: dict[str, object] | None = None
+    chunks: list[tuple[object, ...]] = []
+    for call in calls:
+        if row is None:
+            change = RowChange().apply_all(call, DEFAULT_TTL)
+            if not change.created:
+                continue
+            row = change.fresh_row(key)
+            chunks = list(change.chunks)
+            scan = Scan(key, call, DEFAULT_TTL)
+            if not scan.submitted and call[0].kind is not EventKind.HEARTBEAT:
+                # the direct path's new row (runs without submitted that start with a creator)
+                assert_same(_row_record(scan.row, scan.chunks), _reference(key, call))
+                assert scan.row[_EXPIRES] == _sql_expiry(key, [call], DEFAULT_TTL)
+        else:
+            change = RowChange(
+                attempt=row["attempt"],  # type: ignore[arg-type]
+                started_at=row["started_at"],  # type: ignore[arg-type]
+                function=row["function"],  # type: ignore[arg-type]
+                next_seq=row["next_seq"],  # type: ignore[arg-type]
+                exists=True,
+            ).apply_all(call, DEFAULT_TTL)
+            row.update(change.changes)
+            chunks = [] if change.cleared else chunks
+            chunks += change.chunks
     want = _reference(key, mine)
-    change = RowChange().apply_all(mine)
-    assert change.created == (want is not None)
-    if want is None:
-        return
-    row = change.fresh_row(key)
-    assert_same(_row_record(key, tuple(row.values()), change.chunks), want)
-    scan = Scan(key, mine)
-    if not scan.submitted and mine[0].kind is not EventKind.HEARTBEAT:
-        # the direct path's new row (it takes runs without submitted that start with a creator)
-        assert_same(_row_record(key, scan.row, scan.chunks), want)
+    assert (row is None) == (want is None)
+    if row is not None and want is not None:
+        assert_same(_row_record(tuple(row[c] for c in JOB_COLUMNS), chunks), want)
+        assert row["expires_at"] == _sql_expiry(key, calls, DEFAULT_TTL), "expires_at"
+
+
+_EXPIRES = JOB_COLUMNS.index("expires_at")
 
 
 # ---------------------------------------------------------------------------------- SQL stores
@@ -238,8 +320,9 @@ def sql_store(
 def test_sql_store_reads_back_what_apply_makes(
     sql_store: Store, run: tuple[list[dict[str, object]], list[int], bool, bytes]
 ) -> None:
-    """RowChange (general path), Scan (direct statements) on a real database = from_events."""
-    _check_store(sql_store, run)
+    """RowChange (general path), Scan (direct statements) on a real database = from_events;
+    ``expires_at`` as the SQL stores promise it."""
+    _check_store(sql_store, run, lambda key, calls: _sql_expiry(key, calls, DEFAULT_TTL))
 
 
 # ---------------------------------------------------------------------------------- Redis
