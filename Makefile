@@ -16,7 +16,10 @@ lint: setup
 	cd $(ROOT) && $(VENV)/bin/ruff check .
 	cd $(ROOT) && $(VENV)/bin/mypy
 
-# ruff and mypy gate the tests: a lint failure stops make before pytest runs.
+# ruff and mypy gate the tests: a lint failure stops make before pytest runs. Every test runs:
+# the suite starts its own gearmand, Redis, memcached, PostgreSQL and MariaDB on free loopback
+# ports, and a missing one fails the run. To skip what is missing instead, ask for it:
+#   GEARSTASH_ALLOW_SKIP=1 make test
 test: setup lint
 	cd $(ROOT) && $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 

@@ -1,5 +1,6 @@
-"""Private servers for the benchmarks: redis-server and memcached on free loopback ports, and a
-schema (PostgreSQL) or database (MariaDB) of their own on the shared SQL servers.
+"""Servers for the benchmarks: redis-server and memcached of their own on free loopback ports
+(the test suite's one harness, :mod:`gearstash.testing.servers`), and a schema (PostgreSQL) or
+database (MariaDB) of their own on the machine's SQL servers, as BENCHMARKS.md measured them.
 
 Each is a context manager that leaves nothing behind: the processes it started are stopped (by
 their own pid) and the schema or database is dropped.
@@ -9,78 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 
-from gearstash.testing.gearmand import free_port
+from gearstash.testing.servers import PrivateServer, memcached_spec, redis_spec
 
 POSTGRES_BASES = (
     "postgresql+psycopg://postgres@127.0.0.1:5432/test",
     "postgresql+psycopg://root@127.0.0.1:5432/test",
 )
 MARIADB_BASE = "mysql+pymysql://root@127.0.0.1:3306/test"
-START_TIMEOUT = 10.0
 
 
-class Private:
-    """A server process of our own on 127.0.0.1:<free port>."""
-
-    def __init__(self, binary: str, argv: list[str], port: int) -> None:
-        self.port = port
-        if shutil.which(binary) is None:
-            raise RuntimeError(f"{binary} is not installed")
-        self.proc = subprocess.Popen(
-            [binary, *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _listening(port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{binary} did not start on 127.0.0.1:{port}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> Private:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+def redis_server() -> PrivateServer:
+    """redis-server without persistence (no RDB, no AOF) on a free port (enter it to start)."""
+    return PrivateServer(redis_spec())
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def redis_server() -> Private:
-    """redis-server without persistence (no RDB, no AOF) on a free port."""
-    port = free_port()
-    argv = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    return Private("redis-server", argv, port)
-
-
-def memcached(megabytes: int = 256) -> Private:
-    port = free_port()
-    argv = ["-u", "root", "-l", "127.0.0.1", "-p", str(port), "-m", str(megabytes)]
-    return Private("memcached", argv, port)
+def memcached(megabytes: int = 256) -> PrivateServer:
+    """memcached with ``megabytes`` of memory on a free port (enter it to start)."""
+    return PrivateServer(memcached_spec(memory_mb=megabytes))
 
 
 @contextlib.contextmanager

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Make a machine ready for gearstash's demo, tests and benchmark. Idempotent; run as root on
-# Debian 12 (sudo is used when not root). From any directory:  bash scripts/setup.sh
+# Make a machine ready for gearstash's demo, tests and benchmark: on a minimal Debian 12 with
+# nothing but this script's bash (no python3, no services), `make demo` and `make test` work
+# afterwards. Idempotent and fast when everything is there; run as root (sudo is used when not
+# root). From any directory:  bash scripts/setup.sh
 #
-#   1. Debian packages: gearmand, the C gearman tools, memcached, redis-server (tests start their
-#      own for restarts, AUTH and TLS), postgresql (initdb for the tests' private server), openssl,
-#      php-cli + the gearman, redis, memcached, pgsql,
-#      sqlite3 and mysql extensions
-#      (apt is skipped when all of them are already there, unless GEARSTASH_SETUP_FORCE=1);
+#   1. Debian packages (apt-get update, then install; skipped when every one of them is already
+#      there, unless GEARSTASH_SETUP_FORCE=1): python3 + python3-venv, gearmand and the C gearman
+#      tools, memcached, redis-server, postgresql and mariadb-server (the tests start servers
+#      of their own from these binaries: nothing needs to run as a service), openssl,
+#      ca-certificates, php-cli + the gearman, redis, memcached, pgsql, sqlite3 and mysql
+#      extensions, chromium + chromium-driver (the web pages' tests). No service manager is
+#      needed: where none runs, the packages' service starts are declined (policy-rc.d).
 #   2. .venv with python3 (>= 3.11), created when missing or broken;
-#   3. pip install -e '.[test,postgres,mysql,redis,memcache]' pygearman into .venv
-#      (skipped when pyproject.toml has not changed since the last install; GEARSTASH_SETUP_FORCE=1
-#      forces it).
+#   3. pip install -e '.[test,postgres,mysql,redis,memcache]' pygearman into .venv, with the
+#      tools that judge the code (pytest, ruff, mypy, hypothesis, ...) pinned by
+#      constraints/tools.txt (skipped when pyproject.toml and the constraints have not changed
+#      since the last install; GEARSTASH_SETUP_FORCE=1 forces it).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,33 +23,63 @@ ROOT=$(pwd)
 say() { printf 'setup: %s\n' "$*"; }
 
 # -- 1. system packages -------------------------------------------------------------------------
-APT_PACKAGES=(gearman-job-server gearman-tools memcached redis-server postgresql openssl
-              php-cli php-gearman php-redis php-memcached php-pgsql php-sqlite3 php-mysql)
+APT_PACKAGES=(python3 python3-venv ca-certificates openssl
+              gearman-job-server gearman-tools memcached redis-server postgresql mariadb-server
+              php-cli php-gearman php-redis php-memcached php-pgsql php-sqlite3 php-mysql
+              chromium chromium-driver)
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
 
-system_ready() {
-    have gearmand && have gearman && have gearadmin && have memcached && have redis-server &&
-        have openssl && have php || return 1
-    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || return 1  # private servers in tests
+system_missing() {
+    # prints the first thing missing; nothing (and status 0) when all is there
+    local tool
+    for tool in python3 gearmand gearman gearadmin memcached redis-server openssl php \
+        mariadb-install-db mariadbd chromium chromedriver; do
+        have "$tool" || { echo "$tool"; return; }
+    done
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || { echo "python3-venv"; return; }
+    [ -s /etc/ssl/certs/ca-certificates.crt ] || { echo "ca-certificates"; return; }
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || { echo "postgresql"; return; }
     php -r 'foreach (["gearman", "redis", "memcached", "pgsql", "pdo_sqlite", "pdo_mysql"] as $e)
-                if (!extension_loaded($e)) exit(1);' >/dev/null 2>&1
+                if (!extension_loaded($e)) exit(1);' >/dev/null 2>&1 || { echo "php extensions"; return; }
 }
 
-if [ "${GEARSTASH_SETUP_FORCE:-0}" != 1 ] && system_ready; then
-    say "gearmand, gearman tools, memcached, redis-server and the php extensions present: apt skipped"
-else
-    SUDO=()
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || { say "not root and no sudo: cannot apt-get install"; exit 1; }
-        SUDO=(sudo)
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO=(sudo)
+fi
+
+apt_install() {
+    if [ ${#SUDO[@]} -gt 0 ] && ! command -v sudo >/dev/null 2>&1; then
+        say "not root and no sudo: cannot apt-get install $*"
+        exit 1
+    fi
+    # No service manager (a container, a chroot): decline the packages' service starts, which
+    # would fail there, or grab the standard ports of the machine outside a chroot.
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [ ! -e "$policy" ] && ! [ -d /run/systemd/system ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+        "${SUDO[@]}" chmod 755 "$policy"
+        made_policy=1
     fi
     say "apt-get update"
     "${SUDO[@]}" apt-get update -qq
-    say "apt-get install ${APT_PACKAGES[*]}"
+    say "apt-get install $*"
+    local status=0
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq "${APT_PACKAGES[@]}" >/dev/null
-    system_ready || { say "packages installed but gearmand/gearman/memcached/php-gearman still missing"; exit 1; }
+        apt-get install -y -qq --no-install-recommends "$@" >/dev/null || status=$?
+    [ "$made_policy" = 1 ] && "${SUDO[@]}" rm -f "$policy"
+    return "$status"
+}
+
+missing=$(system_missing || true)
+if [ "${GEARSTASH_SETUP_FORCE:-0}" != 1 ] && [ -z "$missing" ]; then
+    say "system packages present (python3, gearmand, memcached, redis, postgresql, mariadb, php, chromium): apt skipped"
+else
+    [ -n "$missing" ] && say "missing: $missing"
+    apt_install "${APT_PACKAGES[@]}"
+    missing=$(system_missing || true)
+    [ -z "$missing" ] || { say "packages installed but $missing is still missing"; exit 1; }
     say "system packages ready"
 fi
 
@@ -68,31 +103,23 @@ else
         rm -rf .venv
     fi
     say "creating .venv with $(command -v "$PYTHON") ($("$PYTHON" --version 2>&1))"
-    if ! "$PYTHON" -m venv .venv 2>/dev/null; then
-        # Debian's own python3 needs python3-venv for ensurepip.
-        rm -rf .venv
-        say "python3 -m venv failed: installing python3-venv"
-        SUDO=()
-        [ "$(id -u)" -ne 0 ] && SUDO=(sudo)
-        "${SUDO[@]}" apt-get update -qq
-        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
-        "$PYTHON" -m venv .venv
-    fi
+    "$PYTHON" -m venv .venv
 fi
 
 # -- 3. python packages -------------------------------------------------------------------------
 EXTRAS='test,postgres,mysql,redis,memcache'
 STAMP=.venv/.gearstash-setup
-WANT="$(sha256sum pyproject.toml | cut -d' ' -f1) $EXTRAS pygearman"
+CONSTRAINTS=constraints/tools.txt
+WANT="$(cat pyproject.toml "$CONSTRAINTS" | sha256sum | cut -d' ' -f1) $EXTRAS pygearman"
 
 if [ "${GEARSTASH_SETUP_FORCE:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] &&
     [ -x .venv/bin/gearstash ] && .venv/bin/python -c 'import gearstash' 2>/dev/null; then
-    say "python packages up to date (pyproject.toml unchanged): pip skipped"
+    say "python packages up to date (pyproject.toml and $CONSTRAINTS unchanged): pip skipped"
 else
     rm -f "$STAMP"
-    say "pip install -e '.[$EXTRAS]' pygearman"
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]" pygearman
+    say "pip install -e '.[$EXTRAS]' pygearman -c $CONSTRAINTS"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" \
+        -e ".[$EXTRAS]" pygearman
     printf '%s\n' "$WANT" >"$STAMP"
     say "python packages installed"
 fi

@@ -1,8 +1,9 @@
-"""Fixtures for real servers: gearmand and memcached are started per test on free loopback ports;
-PostgreSQL, MariaDB and Redis are expected at their usual loopback ports and only checked.
+"""Fixtures for real servers, all of the suite's own on free loopback ports: gearmand per test;
+Redis, memcached, PostgreSQL (initdb) and MariaDB (mariadb-install-db) once per session, started
+when a test first asks for them and stopped and removed at the end. Nothing reaches the
+machine's standard ports (the ``support.guard`` plugin refuses and reports any try).
 
-A missing binary or server skips the test with the reason, except under GEARSTASH_REQUIRE_ALL=1
-(CI), where it fails it: see ``servers.need``.
+A missing binary fails the test; ``GEARSTASH_ALLOW_SKIP=1`` makes it a skip (``support.need``).
 """
 
 from __future__ import annotations
@@ -13,24 +14,33 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import (
-    MYSQL_URL,
-    POSTGRES_URLS,
-    REDIS_URL,
-    SETUP_HINT,
-    Memcached,
-    find_binary,
-    find_gearman_tool,
-    find_memcached,
-    memcached_command,
-    need,
-    php_has_gearman,
-    redis_ping,
-    sql_problem,
-    tcp_reachable,
-)
+from hypothesis import settings
+from support.need import SETUP_HINT, need
+from support.seeds import SEED_ENV, seed
 
 from gearstash.testing.gearmand import Gearmand, find_gearmand
+from gearstash.testing.servers import (
+    PrivateServer,
+    ServerMissing,
+    ServerSpec,
+    find_binary,
+    mariadb_spec,
+    memcached_command,
+    memcached_spec,
+    php_has_extension,
+    postgres_spec,
+    redis_spec,
+)
+
+pytest_plugins = ["support.guard", "support.stores"]
+
+# CI profile: a busy 2-core machine is slow, not wrong; failures print the seed to replay them.
+settings.register_profile("ci", deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"random seeds: {SEED_ENV}={seed()} (set it to replay this run's random tests)"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -122,29 +132,50 @@ def gearmand_factory(
             raise errors[0]
 
 
-def _need_memcached() -> None:
-    need(
-        find_memcached() is not None,
-        "memcached is not installed (Debian package memcached): " + SETUP_HINT,
-    )
-
-
-@pytest.fixture(scope="session")
-def _memcached_session() -> Iterator[Memcached]:
-    # One server for the session: memcached takes ~1 s to exit on SIGTERM.
-    _need_memcached()
-    with Memcached() as server:
-        yield server
+def private_server(spec: Callable[[], ServerSpec]) -> PrivateServer:
+    """A started :class:`PrivateServer` of ``spec()``; a missing binary fails (or skips)."""
+    try:
+        made = spec()
+    except ServerMissing as exc:
+        need(False, f"{exc}: {SETUP_HINT}")
+        raise  # need(False, ...) always raises
+    server = PrivateServer(made)
+    server.__enter__()
+    return server
 
 
 @pytest.fixture
-def memcached(_memcached_session: Memcached) -> str:
-    """``"127.0.0.1:PORT"`` of a private memcached, emptied (``flush_all``) for this test.
+def own_server() -> Iterator[Callable[[Callable[[], ServerSpec]], PrivateServer]]:
+    """``own_server(spec) -> PrivateServer``: servers of this test's own (e.g. to stop and
+    start them), closed and removed at teardown."""
+    made: list[PrivateServer] = []
 
-    The server is shared by the session and restarted if a test killed it; a test that wants to
-    kill or restart its own server takes ``memcached_server`` instead.
-    """
-    server = _memcached_session
+    def factory(spec: Callable[[], ServerSpec]) -> PrivateServer:
+        made.append(private_server(spec))
+        return made[-1]
+
+    try:
+        yield factory
+    finally:
+        for server in reversed(made):
+            server.close()
+
+
+@pytest.fixture(scope="session")
+def memcached_session() -> Iterator[PrivateServer]:
+    """The session's memcached (a test that killed it gets it started again by ``memcached``)."""
+    server = private_server(memcached_spec)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def memcached(memcached_session: PrivateServer) -> str:
+    """``"127.0.0.1:PORT"`` of the session's private memcached, emptied (``flush_all``) for
+    this test. A test that wants to kill or restart a server takes ``memcached_server``."""
+    server = memcached_session
     if server.pid is None:
         server.start()
     answer = memcached_command(server.host, server.port, "flush_all")
@@ -153,52 +184,55 @@ def memcached(_memcached_session: Memcached) -> str:
 
 
 @pytest.fixture
-def memcached_server() -> Iterator[Memcached]:
-    """A memcached of this test's own (the ``Memcached`` object), killed after it."""
-    _need_memcached()
-    server = Memcached()
-    server.start()
+def memcached_server(
+    own_server: Callable[[Callable[[], ServerSpec]], PrivateServer],
+) -> PrivateServer:
+    """A memcached of this test's own, removed after it."""
+    return own_server(memcached_spec)
+
+
+def _session_server(spec: Callable[[], ServerSpec]) -> Iterator[PrivateServer]:
+    server = private_server(spec)
     try:
         yield server
     finally:
-        server.kill()  # SIGKILL: instant, where SIGTERM takes memcached ~1 s
-        server.stop()  # clean up its temp dir
+        server.close()
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """A SQLAlchemy URL for the ``test`` database on 127.0.0.1:5432 (user postgres, else root)."""
-    need(
-        tcp_reachable("127.0.0.1", 5432),
-        "PostgreSQL is not reachable on 127.0.0.1:5432: start it (db test, trust auth)",
-    )
-    problems = []
-    for url in POSTGRES_URLS:
-        problem = sql_problem(url)
-        if problem is None:
-            return url
-        problems.append(f"{url}: {problem}")
-    need(False, "PostgreSQL on 127.0.0.1:5432 refused SELECT 1: " + "; ".join(problems))
-    raise AssertionError("unreachable")  # need(False, ...) always raises
+def postgres_server() -> Iterator[PrivateServer]:
+    """The session's PostgreSQL (initdb'ed in a temp folder, database ``test``, trust auth)."""
+    yield from _session_server(postgres_spec)
 
 
 @pytest.fixture(scope="session")
-def mysql_url() -> str:
-    """A SQLAlchemy URL for the ``test`` database of MariaDB/MySQL on 127.0.0.1:3306."""
-    need(
-        tcp_reachable("127.0.0.1", 3306),
-        "MariaDB/MySQL is not reachable on 127.0.0.1:3306: start it (root, empty password, db test)",
-    )
-    problem = sql_problem(MYSQL_URL)
-    need(problem is None, f"MariaDB/MySQL on 127.0.0.1:3306 refused SELECT 1: {problem}")
-    return MYSQL_URL
+def mariadb_server() -> Iterator[PrivateServer]:
+    """The session's MariaDB (mariadb-install-db in a temp folder; database ``test``)."""
+    yield from _session_server(mariadb_spec)
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """``redis://127.0.0.1:6379/15`` once the server answers PING."""
-    need(redis_ping("127.0.0.1", 6379), "Redis does not answer PING on 127.0.0.1:6379")
-    return REDIS_URL
+def redis_server() -> Iterator[PrivateServer]:
+    """The session's Redis (no persistence), db 15."""
+    yield from _session_server(lambda: redis_spec(db=15))
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PrivateServer) -> str:
+    """``postgresql+psycopg://postgres@127.0.0.1:PORT/test`` of the session's PostgreSQL."""
+    return postgres_server.url
+
+
+@pytest.fixture(scope="session")
+def mysql_url(mariadb_server: PrivateServer) -> str:
+    """``mysql+pymysql://root@127.0.0.1:PORT/test`` of the session's MariaDB."""
+    return mariadb_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: PrivateServer) -> str:
+    """``redis://127.0.0.1:PORT/15`` of the session's Redis."""
+    return redis_server.url
 
 
 @pytest.fixture
@@ -211,7 +245,7 @@ def tmp_sqlite_url(tmp_path: Path) -> str:
 def gearman_tool(request: pytest.FixtureRequest) -> str:
     """Path of the C ``gearman`` command-line client/worker."""
     request.node.add_marker(pytest.mark.gearman_tools)
-    tool = find_gearman_tool()
+    tool = find_binary("gearman")
     need(
         tool is not None,
         "the C gearman tool is not installed (Debian package gearman-tools): " + SETUP_HINT,
@@ -223,9 +257,9 @@ def gearman_tool(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def php_gearman() -> str:
     """Path of a php-cli that loads the pecl gearman extension."""
-    php = find_binary("php", "/usr/bin/php")
+    php = find_binary("php")
     need(
-        php is not None and php_has_gearman(php),
+        php is not None and php_has_extension(php, "gearman"),
         "php-cli with the gearman extension is not installed (php-cli php-gearman): " + SETUP_HINT,
     )
     assert php is not None

@@ -26,24 +26,20 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from gearstash_sql.rows import JOB_COLUMNS, RowChange, Scan, build_record
 from hypothesis import HealthCheck, given, note, seed, settings
 from hypothesis import strategies as st
-from servers import find_binary, need, redis_ping
 
 from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef
 from gearstash.spine.manager import open_store
 from gearstash.store.contract import Store
 from gearstash.store.urls import DEFAULT_TTL
 from gearstash.testing.contract import RUN, T0, assert_same, new_handle, new_server
-from gearstash.testing.gearmand import free_port
+from gearstash.testing.servers import PrivateServer, redis_spec
 
 SEED = int(os.environ.get("GEARSTASH_TEST_SEED") or secrets.token_hex(4), 16)
 SEED_NOTE = f"hypothesis seed {SEED:x}: replay with GEARSTASH_TEST_SEED={SEED:x}"
@@ -328,38 +324,15 @@ def test_sql_store_reads_back_what_apply_makes(
 # ---------------------------------------------------------------------------------- Redis
 
 
-_REDIS_ARGS = ("--bind", "127.0.0.1", "--appendonly", "no", "--dir")
-
-
 @pytest.fixture(scope="module")
-def redis_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+def redis_store() -> Iterator[Store]:
     """The Redis store on a redis-server of this module's own (no persistence), free port."""
-    binary = find_binary("redis-server", "/usr/bin/redis-server")
-    need(binary is not None, "redis-server is not installed (Debian package redis-server)")
-    assert binary is not None
-    workdir = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    log = Path(workdir) / "redis.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--save", "", *_REDIS_ARGS, str(workdir)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not redis_ping("127.0.0.1", port, timeout=0.5):
-            assert proc.poll() is None, f"redis-server exited: {log.read_text()}"
-            assert time.monotonic() < deadline, f"redis-server did not answer: {log.read_text()}"
-            time.sleep(0.02)
-        store = open_store(f"redis://127.0.0.1:{port}/0")
+    with PrivateServer(redis_spec()) as server:
+        store = open_store(server.url)
         try:
             yield store
         finally:
             store.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @seed(SEED)

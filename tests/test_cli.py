@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from servers import need
+from support.need import need
+from support.waiting import poll
 
 from gearstash import Client, JobRef, State
 from gearstash.cli.main import main
@@ -95,20 +96,11 @@ def run_gearstash(
     )
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
-
-
 def forgotten(servers: list[str], ref: str) -> bool:
     """Wait until gearmand has forgotten a finished job: its record is final just before the
     worker's WORK_COMPLETE reaches the server."""
     with Client(servers, store="null://") as client:
-        return wait_until(lambda: not client.status(ref).known, 5)
+        return bool(poll(lambda: not client.status(ref).known))
 
 
 @contextmanager
@@ -131,7 +123,7 @@ def worker_process(
             assert proc.poll() is None, f"worker exited early: {_read(log)}"
             return all(set(functions) <= served(server) for server in servers)
 
-        assert wait_until(ready, 15), f"worker never registered {functions}: {_read(log)}"
+        assert poll(ready), f"worker never registered {functions}: {_read(log)}"
         yield proc
     finally:
         if proc.poll() is None:
@@ -282,7 +274,7 @@ def test_sigterm_lets_the_running_job_finish(gearmand, cli_env, tmp_path):
         Client([addr]) as client,
     ):
         ref = client.submit_background("slow", b"1.5")
-        assert wait_until(lambda: client.fetch(ref).state is State.RUNNING, 10)
+        assert poll(lambda: client.fetch(ref).state is State.RUNNING)
         signalled = time.time()
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
@@ -294,7 +286,7 @@ def test_sigterm_lets_the_running_job_finish(gearmand, cli_env, tmp_path):
         assert view.record.finished_at > signalled  # it really was still running at SIGTERM
         assert len(view.record.status) == 10
         # and the worker is gone from the server
-        assert wait_until(lambda: "slow" not in served(gearmand), 5)
+        assert poll(lambda: "slow" not in served(gearmand))
 
 
 @pytest.mark.gearmand

@@ -10,9 +10,9 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support.waiting import wait_until
 from workers import running_worker
 
 from gearstash import Client
@@ -27,17 +27,6 @@ def store_url(request: pytest.FixtureRequest) -> str:
     fixture = "tmp_sqlite_url" if request.param == "sqlite" else "redis_url"
     url: str = request.getfixturevalue(fixture)
     return url
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -104,9 +93,10 @@ def test_a_dead_workers_job_reads_lost_once_its_lease_ran_out(gearmand, store_ur
 
 
 def test_a_live_worker_keeps_renewing_its_lease(gearmand, store_url, spawn):
-    spawn(gearmand.address, store_url, "crashjobs:hang", "--lease", "0.6")
+    # a 6 s lease renewed every 2 s, a job of 12 s: a renewal late by up to 4 s is still in time
+    spawn(gearmand.address, store_url, "crashjobs:hang", "--lease", "6")
     with Client([gearmand.address], store=store_url, connect_timeout=1, timeout=2) as client:
-        ref = client.submit_background("hang", b"3")
+        ref = client.submit_background("hang", b"12")
         wait_until(lambda: client.fetch(ref).data == [b"begun"], what="the job to begin")
         gearmand.stop()  # the record alone now tells whether the job is alive
         states: set[State] = set()
@@ -119,7 +109,7 @@ def test_a_live_worker_keeps_renewing_its_lease(gearmand, store_url, spawn):
                 break
             assert view.record is not None and view.record.lease_until is not None
             leases.add(view.record.lease_until)
-            time.sleep(0.1)
+            time.sleep(0.2)
     assert view.state is State.COMPLETE and view.result == b"woke"
     assert State.LOST not in states and State.RUNNING in states
     assert len(leases) >= 3, "the lease was not renewed while the job ran"

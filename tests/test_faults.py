@@ -287,7 +287,7 @@ def test_silent_server_gives_server_unavailable_within_the_timeout(stall_at):
             started = time.monotonic()
             with pytest.raises(ServerUnavailable):
                 call()
-            assert time.monotonic() - started < 2.0
+            assert time.monotonic() - started < 8  # the 0.5 s timeout, not the 10 s stall
         assert len(fake.connections) == 3  # each timeout dropped its connection
 
 
@@ -304,7 +304,7 @@ def test_silent_foreground_job_times_out():
         started = time.monotonic()
         with pytest.raises(ServerUnavailable, match="did not answer in time"):
             c.submit("echo", b"x", on_data=chunks.append)
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 8  # the 0.5 s timeout, not the 10 s stall
         assert chunks == [b"first and last words"]
 
 

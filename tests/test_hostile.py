@@ -17,7 +17,7 @@ import itertools
 from collections.abc import Iterator
 
 import pytest
-from allstores import ALL_STORES, SHARED_KINDS, SQL_KINDS, open_kind
+from support.allstores import ALL_STORES, SHARED_KINDS, SQL_KINDS, open_kind
 from workers import echo, running_worker
 
 from gearstash import Client, State

@@ -1,6 +1,6 @@
 """Store outages: the worker spools what the store cannot take and replays it when it is back.
 
-The outage tests stop a Redis or a memcached of their own (never the shared servers) for
+The outage tests stop a Redis, a memcached or a PostgreSQL of their own (never a shared server) for
 ``OUTAGE`` seconds while background jobs run on a private gearmand, with the worker as a real
 ``gearstash worker`` process; then they check that every job's record is complete, with every
 chunk exactly once and in order, and that the worker's log said what happened. The last tests
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import find_binary, need, redis_ping
+from support.waiting import wait_until
 from workers import running_worker
 
 from gearstash import Client, StoreError, StoreRejected
@@ -38,7 +38,8 @@ from gearstash.store.spoolfile import (
     encode_events,
     spool_files,
 )
-from gearstash.testing.gearmand import Gearmand, free_port
+from gearstash.testing.gearmand import Gearmand
+from gearstash.testing.servers import PrivateServer, postgres_spec, redis_spec
 
 OUTAGE = 10.0  # seconds the store is down in the outage tests (the issue asks for ten)
 CHUNKS = 5
@@ -65,59 +66,17 @@ def expected_data(name: str) -> list[bytes]:
 # ------------------------------------------------------------------------- servers of our own
 
 
-class OwnRedis:
-    """A redis-server of this test's own on a free port; its append-only file lives in its own
-    folder, so a stop (SIGTERM: the file is synced) and a start on the same port keep the data."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = find_binary("redis-server", "/usr/bin/redis-server")
-        need(binary is not None, "redis-server is not installed (Debian package redis-server)")
-        assert binary is not None
-        self.binary = binary
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.log = workdir / "redis.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        argv = [
-            self.binary,
-            *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
-            *("--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)),
-            *("--logfile", str(self.log)),
-        ]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while not redis_ping("127.0.0.1", self.port, timeout=0.5):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+@pytest.fixture
+def own_redis(own_server: Callable[..., PrivateServer]) -> PrivateServer:
+    """A redis-server of this test's own with an fsync'ed append-only file: a stop and a start
+    on the same port keep the data."""
+    return own_server(lambda: redis_spec(persistent=True))
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def own_postgres(own_server: Callable[..., PrivateServer]) -> PrivateServer:
+    """A PostgreSQL of this test's own (initdb'ed): a stop and a start keep the data."""
+    return own_server(postgres_spec)
 
 
 # ------------------------------------------------------------------------- worker processes
@@ -143,7 +102,7 @@ class WorkerProcess:
             self.proc = subprocess.Popen(
                 argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
             )
-        _until(lambda: "gearstash worker: serving" in self.text(), 20, "the worker to start")
+        wait_until(lambda: "gearstash worker: serving" in self.text(), 20, "the worker to start")
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -177,14 +136,6 @@ def worker_process(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
                 w.proc.wait()
 
 
-def _until(condition: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
 def _submit(client: Client, names: list[str], delay: float = 0.01) -> dict[str, JobRef]:
     return {n: client.submit_background("chunky", f"{n}/{delay}", unique=n) for n in names}
 
@@ -195,7 +146,7 @@ def _gone_from_server(client: Client, refs: dict[str, JobRef], timeout: float) -
     def gone() -> bool:
         return not any(client.status(ref).known for ref in refs.values())
 
-    _until(gone, timeout, "gearmand to forget the jobs (the worker to complete them)")
+    wait_until(gone, timeout, "gearmand to forget the jobs (the worker to complete them)")
 
 
 def _assert_complete(client: Client, refs: dict[str, JobRef], timeout: float = 60) -> None:
@@ -204,7 +155,7 @@ def _assert_complete(client: Client, refs: dict[str, JobRef], timeout: float = 6
     def all_final() -> bool:
         return all(v.state.final for v in client.fetch_many(list(refs.values())))
 
-    _until(all_final, timeout, "every record to turn final")
+    wait_until(all_final, timeout, "every record to turn final")
     for name, view in zip(refs, client.fetch_many(list(refs.values())), strict=True):
         record = view.record
         assert record is not None, name
@@ -249,7 +200,7 @@ def _jobs_before_across_during_and_after(
     early = _submit(client, [f"early{i}" for i in range(3)])
     _assert_complete(client, early)
     crossing = _submit(client, ["crossing0", "crossing1"], delay=0.5)
-    _until(
+    wait_until(
         lambda: all(
             v.record is not None and v.record.started_at is not None
             for v in client.fetch_many(list(crossing.values()))
@@ -265,7 +216,7 @@ def _jobs_before_across_during_and_after(
 
 @pytest.mark.gearmand
 def test_redis_outage_jobs_go_on_and_every_event_lands_in_order(
-    gearmand: Gearmand, own_redis: OwnRedis, worker_process: Callable[..., WorkerProcess]
+    gearmand: Gearmand, own_redis: PrivateServer, worker_process: Callable[..., WorkerProcess]
 ) -> None:
     worker = worker_process(gearmand.address, own_redis.url, "-c", "2")
     with Client([gearmand.address], store=own_redis.url) as client:
@@ -304,7 +255,7 @@ def test_memcached_outage_jobs_go_on_and_every_event_lands_in_order(
 @pytest.mark.gearmand
 def test_spool_survives_a_worker_restart(
     gearmand: Gearmand,
-    own_redis: OwnRedis,
+    own_redis: PrivateServer,
     worker_process: Callable[..., WorkerProcess],
     tmp_path: Path,
 ) -> None:
@@ -332,7 +283,7 @@ def test_spool_survives_a_worker_restart(
 
 @pytest.mark.gearmand
 def test_full_spool_is_logged_and_the_worker_keeps_serving(
-    gearmand: Gearmand, own_redis: OwnRedis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    gearmand: Gearmand, own_redis: PrivateServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
     store = open_store(own_redis.url)
@@ -361,7 +312,7 @@ def test_full_spool_is_logged_and_the_worker_keeps_serving(
 
 @pytest.mark.gearmand
 def test_on_store_down_fail_fails_jobs_while_the_store_is_down(
-    gearmand: Gearmand, own_redis: OwnRedis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    gearmand: Gearmand, own_redis: PrivateServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
     store = open_store(own_redis.url)
@@ -500,7 +451,7 @@ def test_a_locked_file_is_left_alone_an_unlocked_one_is_adopted_and_replayed(
     dead.close()  # the worker stopped: the lock is free
     store = open_store(f"memory://adopt-{time.monotonic_ns()}")
     spooling = SpoolingStore(store, tmp_path)
-    _until(lambda: spooling.spooled == 0, 10, "the adopted file to be replayed")
+    wait_until(lambda: spooling.spooled == 0, 10, "the adopted file to be replayed")
     record = store.get_many([JobRef(KEY.handle, KEY.server, KEY.unique)])[0]
     assert record is not None
     assert record.data == [b"chunk-1", b"chunk-2", b"chunk-3"]
@@ -547,7 +498,7 @@ def test_spooling_store_keeps_order_across_an_outage_and_a_close(tmp_path: Path)
     inner.down = False
     again = SpoolingStore(inner, tmp_path)
     again.write(_batch(50))  # waits behind the adopted batches
-    _until(lambda: again.spooled == 0, 10, "the replay")
+    wait_until(lambda: again.spooled == 0, 10, "the replay")
     again.write(_batch(51))
     record = inner.get_many([JobRef(KEY.handle, KEY.server, KEY.unique)])[0]
     assert record is not None
@@ -573,7 +524,7 @@ def test_many_writers_one_spool(tmp_path: Path) -> None:
         t.start()
     for t in threads:
         t.join()
-    _until(lambda: store.spooled == 0, 10, "the replay")
+    wait_until(lambda: store.spooled == 0, 10, "the replay")
     for key in keys:
         record = inner.get_many([JobRef(key.handle, key.server, key.unique)])[0]
         assert record is not None and record.data == [b"%d" % i for i in range(100)]
@@ -597,9 +548,31 @@ def test_a_batch_the_store_refuses_for_good_is_not_spooled_and_cannot_block_the_
     with caplog.at_level(logging.ERROR, logger="gearstash"):
         inner.down = False
         store.write(_batch(2))
-        _until(lambda: store.spooled == 0, 10, "the replay past the refused batch")
+        wait_until(lambda: store.spooled == 0, 10, "the replay past the refused batch")
     store.close()
     record = inner.get_many([JobRef(KEY.handle, KEY.server, KEY.unique)])[0]
     assert record is not None and record.data[-3:] == [b"chunk-0", b"chunk-1", b"chunk-2"]
     assert b"poison" not in record.data
     assert any("refused a spooled batch" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.gearmand
+def test_postgresql_outage_jobs_go_on_and_every_event_lands_in_order(
+    gearmand: Gearmand,
+    own_postgres: PrivateServer,
+    worker_process: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    url = own_postgres.url
+    spool = tmp_path / "spool"
+    worker = worker_process(gearmand.address, url, "-c", "2", "--spool", str(spool))
+    with Client([gearmand.address], store=url) as client:
+        # The early jobs were stored before the stop: they come back with the data directory.
+        _jobs_before_across_during_and_after(client, own_postgres.stop, own_postgres.start)
+    assert worker.stop() == 0
+    log = worker.text()
+    assert f"store {url} unreachable" in log, log
+    assert f"spooling captured events to {spool}" in log, log
+    assert f"store {url} back: replayed" in log, log
+    assert "events of job" not in log, log  # nothing lost
+    assert not spool_files(spool), "the drained spool file was removed"

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from servers import need
+from support.need import need
 from workers import running_worker
 
 from gearstash import Client, State
@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.php, pytest.mark.gearmand]
 
 PHP_READER = r"""<?php
 // The README's SQL recipe: the newest job with a handle, then its chunks in order.
-[$_, $dsn, $handle] = $argv;
-$db = new PDO($dsn, 'root', '', [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION]);
+[$_, $dsn, $user, $handle] = $argv;
+$db = new PDO($dsn, $user, '', [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION]);
 function bytes($v) { return is_resource($v) ? stream_get_contents($v) : $v; }
 $q = $db->prepare('SELECT id, server, unique_key, function, state, attempt, result, error_kind,
                           error_message, expires_at
@@ -57,20 +57,22 @@ def _php_with(extension: str) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgres", "mysql"])
-def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, str]:
-    """(store URL, PDO DSN, PDO driver) for each SQL database."""
+def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, str, str]:
+    """(store URL, PDO DSN, PDO user, PDO driver) for each SQL database (the session's own)."""
     if request.param == "sqlite":
         path = tmp_path / "php.db"
-        return f"sqlite:///{path}", f"sqlite:{path}", "pdo_sqlite"
+        return f"sqlite:///{path}", f"sqlite:{path}", "", "pdo_sqlite"
     if request.param == "postgres":
         url = request.getfixturevalue("postgres_url")
-        return url, "pgsql:host=127.0.0.1;port=5432;dbname=test;user=postgres", "pdo_pgsql"
+        port = request.getfixturevalue("postgres_server").port
+        return url, f"pgsql:host=127.0.0.1;port={port};dbname=test", "postgres", "pdo_pgsql"
     url = request.getfixturevalue("mysql_url")
-    return url, "mysql:host=127.0.0.1;port=3306;dbname=test", "pdo_mysql"
+    port = request.getfixturevalue("mariadb_server").port
+    return url, f"mysql:host=127.0.0.1;port={port};dbname=test", "root", "pdo_mysql"
 
 
 def test_php_reads_what_gearstash_fetch_shows(gearmand, sql_store, tmp_path: Path) -> None:
-    url, dsn, driver = sql_store
+    url, dsn, user, driver = sql_store
     php = _php_with(driver)
     with running_worker([gearmand.address], url), Client([gearmand.address], store=url) as c:
         ref = c.submit_background("reverse", b"PHP reads this")
@@ -80,7 +82,7 @@ def test_php_reads_what_gearstash_fetch_shows(gearmand, sql_store, tmp_path: Pat
         script = tmp_path / "reader.php"
         script.write_text(PHP_READER)
         out = subprocess.run(
-            [php, str(script), dsn, ref.handle.decode()],
+            [php, str(script), dsn, user, ref.handle.decode()],
             capture_output=True,
             text=True,
             timeout=60,
@@ -100,4 +102,4 @@ def test_php_reads_what_gearstash_fetch_shows(gearmand, sql_store, tmp_path: Pat
     }
     assert got["result"] == "siht sdaer PHP" and got["data"] == ["chunk-0", "chunk-1", "chunk-2"]
     with Client([gearmand.address], store=url) as c:
-        assert c.forget(ref) == 1  # leave the shared databases clean
+        assert c.forget(ref) == 1

@@ -27,8 +27,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from servers import MYSQL_URL
-from test_store_redis import PrivateRedis
 
 from gearstash import Client, ConfigError, State, StoreError
 from gearstash import config as gs_config
@@ -37,6 +35,7 @@ from gearstash.protocol.admin import parse_workers
 from gearstash.spine.manager import open_store
 from gearstash.store.urls import redact_url, scrub, url_secrets
 from gearstash.testing.gearmand import free_port
+from gearstash.testing.servers import PrivateServer, redis_spec
 
 JOBS = textwrap.dedent(
     """
@@ -73,7 +72,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def secured_redis(tmp_path: Path) -> Iterator[tuple[PrivateRedis, str, str]]:
+def secured_redis(own_server: Any) -> tuple[PrivateServer, str, str]:
     """A private redis-server with ``requirepass`` and an ACL user ``alice``: (server, pw, alice's).
 
     The passwords are set over the connection (CONFIG SET, ACL SETUSER), not on its command line.
@@ -81,16 +80,13 @@ def secured_redis(tmp_path: Path) -> Iterator[tuple[PrivateRedis, str, str]]:
     import redis
 
     password, alice = _password(), _password()
-    server = PrivateRedis(tmp_path / "redis").start()
-    try:
-        admin = redis.Redis(port=server.port)
-        admin.acl_setuser("alice", enabled=True, passwords=[f"+{alice}"], keys=["*"],
-                          channels=["*"], commands=["+@all"])  # fmt: skip
-        admin.config_set("requirepass", password)
-        admin.close()
-        yield server, password, alice
-    finally:
-        server.stop()
+    server: PrivateServer = own_server(redis_spec)
+    admin = redis.Redis(port=server.port)
+    admin.acl_setuser("alice", enabled=True, passwords=[f"+{alice}"], keys=["*"],
+                      channels=["*"], commands=["+@all"])  # fmt: skip
+    admin.config_set("requirepass", password)
+    admin.close()
+    return server, password, alice
 
 
 @dataclass
@@ -173,7 +169,7 @@ def _secret_file(path: Path, value: str) -> Path:
 
 @pytest.mark.gearmand
 def test_worker_with_a_redis_password_from_env_config_or_secret_file(
-    secured_redis: tuple[PrivateRedis, str, str], gearmand: Any, clean_env: dict[str, str],
+    secured_redis: tuple[PrivateServer, str, str], gearmand: Any, clean_env: dict[str, str],
     tmp_path: Path,
 ) -> None:  # fmt: skip
     server, password, alice = secured_redis
@@ -230,7 +226,7 @@ def test_worker_with_a_redis_password_from_env_config_or_secret_file(
 
 @pytest.mark.gearmand
 def test_worker_logs_a_store_outage_without_the_password(
-    secured_redis: tuple[PrivateRedis, str, str], gearmand: Any, clean_env: dict[str, str],
+    secured_redis: tuple[PrivateServer, str, str], gearmand: Any, clean_env: dict[str, str],
     tmp_path: Path,
 ) -> None:  # fmt: skip
     server, password, _ = secured_redis
@@ -267,7 +263,7 @@ def test_worker_logs_a_store_outage_without_the_password(
 
 @pytest.mark.gearmand
 def test_worker_refuses_a_bad_store_without_showing_the_password(
-    secured_redis: tuple[PrivateRedis, str, str], gearmand: Any, clean_env: dict[str, str],
+    secured_redis: tuple[PrivateServer, str, str], gearmand: Any, clean_env: dict[str, str],
     tmp_path: Path,
 ) -> None:  # fmt: skip
     server, password, _ = secured_redis
@@ -362,13 +358,14 @@ def test_postgres_urls_with_a_password(
 ) -> None:
     password = _password()
     user = postgres_url.split("://", 1)[1].split("@", 1)[0]
+    port = postgres_url.rsplit(":", 1)[1].split("/", 1)[0]  # the session's private server
     dead = free_port()
     for url, words in (
         (f"postgresql://{user}:{password}@127.0.0.1:{dead}/test", ("onnect", ":***@")),
         (f"postgresql://{user}@127.0.0.1:{dead}/test?password={password}", ("password=***",)),
-        (f"postgresql://{user}:{password}@127.0.0.1:5432/gs_no_such_db", ("gs_no_such_db",)),
+        (f"postgresql://{user}:{password}@127.0.0.1:{port}/gs_no_such_db", ("gs_no_such_db",)),
         (f"postgresql://{user}:{password}@no-such-host.invalid/test", ("no-such-host",)),
-        (f"postgresql://{user}:{password}@127.0.0.1:5432/test?ttl=soon", ("ttl", ":***@")),
+        (f"postgresql://{user}:{password}@127.0.0.1:{port}/test?ttl=soon", ("ttl", ":***@")),
         (f"postgresql://{user}:{password}@127.0.0.1:port/test", (":***@",)),
     ):
         with pytest.raises((StoreError, ConfigError)) as info:
@@ -378,24 +375,26 @@ def test_postgres_urls_with_a_password(
         assert proc.returncode == 1
         assert_hidden(proc.stdout + proc.stderr, password, "gearstash: error:", *words)
     # trust auth ignores the password, so a worker with one in its URL works: nothing shows it
-    url = f"postgresql://{user}:{password}@127.0.0.1:5432/test"
+    url = f"postgresql://{user}:{password}@127.0.0.1:{port}/test"
     run = run_worker(dict(clean_env, GEARSTASH_STORE=url), tmp_path, gearmand, url)
-    assert_hidden(run.output, password, f"store postgresql://{user}:***@127.0.0.1:5432/test")
+    assert_hidden(run.output, password, f"store postgresql://{user}:***@127.0.0.1:{port}/test")
     assert_hidden(run.cmdline, password, "worker")
 
 
 @pytest.fixture
-def mariadb_user(mysql_url: str) -> Iterator[tuple[str, str]]:
-    """A throwaway MariaDB user with a password and rights on ``test``; dropped afterwards."""
+def mariadb_user(mariadb_server: PrivateServer) -> Iterator[tuple[str, str, int]]:
+    """A throwaway user with a password and rights on ``test`` of the session's MariaDB:
+    (user, password, port); dropped afterwards."""
     import pymysql
 
     user, password = "gs_sec_" + secrets.token_hex(4), _password()
-    root = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database="test")
+    port = mariadb_server.port
+    root = pymysql.connect(host="127.0.0.1", port=port, user="root", password="", database="test")
     try:
         with root.cursor() as cur:
             cur.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (user, password))
             cur.execute(f"GRANT ALL PRIVILEGES ON test.* TO `{user}`@'%'")
-        yield user, password
+        yield user, password, port
     finally:
         with root.cursor() as cur:
             cur.execute("DROP USER IF EXISTS %s@'%%'", (user,))
@@ -404,12 +403,11 @@ def mariadb_user(mysql_url: str) -> Iterator[tuple[str, str]]:
 
 @pytest.mark.mysql
 def test_mariadb_user_with_a_password(
-    mariadb_user: tuple[str, str], gearmand: Any, clean_env: dict[str, str], tmp_path: Path
+    mariadb_user: tuple[str, str, int], gearmand: Any, clean_env: dict[str, str], tmp_path: Path
 ) -> None:
-    user, password = mariadb_user
-    assert MYSQL_URL.startswith("mysql+pymysql://root@127.0.0.1:3306/")
-    url = f"mysql://{user}:{password}@127.0.0.1:3306/test"
-    shown = f"mysql://{user}:***@127.0.0.1:3306/test"
+    user, password, port = mariadb_user
+    url = f"mysql://{user}:{password}@127.0.0.1:{port}/test"
+    shown = f"mysql://{user}:***@127.0.0.1:{port}/test"
     conf = tmp_path / "maria.toml"
     conf.write_text(f'store = "{url}"\n')
     conf.chmod(0o600)
@@ -420,9 +418,9 @@ def test_mariadb_user_with_a_password(
         assert_hidden(run.cmdline, password, "worker")
     wrong = _password()
     for bad, secret, words in (
-        (f"mysql://{user}:{wrong}@127.0.0.1:3306/test", wrong, ("Access denied", ":***@")),
+        (f"mysql://{user}:{wrong}@127.0.0.1:{port}/test", wrong, ("Access denied", ":***@")),
         (f"mysql://{user}:{password}@127.0.0.1:{free_port()}/test", password, ("onnect",)),
-        (f"mysql://{user}:{password}@127.0.0.1:3306/gs_no_such_db", password, ("gs_no_such_db",)),
+        (f"mysql://{user}:{password}@127.0.0.1:{port}/gs_no_such_db", password, ("gs_no_such_db",)),
     ):
         with pytest.raises(StoreError) as info:
             open_store(bad)

@@ -3,16 +3,14 @@ the SQL store promises.
 
 ``TestMemoryContract``, ``TestSqliteContract``, ``TestPostgresContract`` and ``TestMysqlContract``
 run the shipped contract suite (the one third-party stores run) through ``open_store``. Its tests name
-their jobs on servers unique to this run (``gs{RUN}-...``), so the shared PostgreSQL/MariaDB
-databases can hold other runs' rows; the fixtures delete this run's rows afterwards.
+their jobs on servers unique to this run (``gs{RUN}-...``), so the session's PostgreSQL/MariaDB
+databases can be shared by its tests; the fixtures delete this run's rows afterwards.
 
 The tests after "SQL store" check what only the SQL store promises (schema, URLs, limits, threads,
 fork, dead connections, expiry and purge, cursors, LISTEN/NOTIFY). Tests that purge use a private
 database (a purge acts on every job in the tables, other tests' too).
 
-Other test modules (``test_store_redis``, ``test_store_memcache``) import helpers from here
-(``T0``, ``ev``, ``full_job``, ``assert_same``, ``_key``, ``_server``, ``_handle``,
-``_processes``) and subclass ``StoreContract`` themselves.
+The helpers and SQL fixtures the store tests share are in ``support.stores``.
 """
 
 from __future__ import annotations
@@ -27,90 +25,28 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from support.stores import (
+    T0,
+    assert_same,
+    count_reads,
+    delete_run_rows,
+    ev,
+    exact,
+    full_job,
+    get,
+    new_handle,
+    new_key,
+    new_server,
+    processes,
+    raw_engine,
+    sql_url_for,
+)
 
 from gearstash.errors import ConfigError, StoreError
 from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef, State
 from gearstash.spine.manager import open_store
 from gearstash.store.contract import Store, get_after, watch
-from gearstash.testing import contract as testing
 from gearstash.testing.contract import StoreContract
-
-RUN = testing.RUN  # the contract suite's servers are gs{RUN}-...: delete_run_rows finds them
-T0 = testing.T0  # recent (not expired), full float precision
-full_job = testing.full_job  # started, 3 data, warning, 2 status, completed
-assert_same = testing.assert_same  # field by field, except expires_at
-_server = testing.new_server  # a job-server name unique to this run and call
-_handle = testing.new_handle  # a handle unique to this run and call
-_key = testing.new_key  # a job key no other test uses
-_numbers = iter(range(10**9))
-
-
-def ev(kind: EventKind, key: JobKey, at: float, **kwargs: Any) -> Event:
-    return Event(kind, key, at, **kwargs)
-
-
-def get(store: Store, ref: JobRef) -> JobRecord | None:
-    return store.get_many([ref])[0]
-
-
-def exact(key: JobKey) -> JobRef:
-    return JobRef(key.handle, key.server, key.unique)
-
-
-def _processes() -> Any:
-    """A multiprocessing context whose children start fast and share nothing with the test.
-
-    forkserver: each child forks from a clean server process that has gearstash and the drivers
-    imported already (spawn would import them again for every child).
-    """
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(
-        ["sqlalchemy", "psycopg", "pymysql", "gearstash.plugins", "gearstash_sql"]
-    )
-    return ctx
-
-
-SQL_STORES = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-    pytest.param("mysql", id="mysql", marks=pytest.mark.mysql),
-]
-
-
-def sql_url_for(request: pytest.FixtureRequest, kind: str) -> str:
-    if kind == "sqlite":
-        return str(request.getfixturevalue("tmp_sqlite_url"))
-    if kind == "postgres":
-        return str(request.getfixturevalue("postgres_url"))
-    if kind == "mysql":
-        return str(request.getfixturevalue("mysql_url"))
-    return "memory://"
-
-
-def delete_run_rows(url: str) -> None:
-    """Delete this run's rows from a shared SQL database."""
-    if url.startswith(("memory:", "sqlite:")):
-        return
-    from gearstash_sql.schema import chunks, jobs
-
-    engine = sa.create_engine(url)
-    try:
-        mine = jobs.c.server.like(f"gs{RUN}-%")
-        with engine.begin() as conn:
-            conn.execute(
-                chunks.delete().where(chunks.c.job_id.in_(sa.select(jobs.c.id).where(mine)))
-            )
-            conn.execute(jobs.delete().where(mine))
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture(params=SQL_STORES)
-def sql_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    url = sql_url_for(request, request.param)
-    yield url
-    delete_run_rows(url)
-
 
 # ---------------------------------------------------------------------------------- the contract
 
@@ -134,6 +70,11 @@ class TestPostgresContract(StoreContract):
         yield postgres_url
         delete_run_rows(postgres_url)
 
+    @pytest.fixture
+    def store_url_with_password(self, postgres_url: str) -> str:
+        # the private server trusts 127.0.0.1: the password is sent and ignored
+        return postgres_url.replace("://postgres@", "://postgres:pg-contract-secret@")
+
 
 @pytest.mark.mysql
 class TestMysqlContract(StoreContract):
@@ -142,6 +83,21 @@ class TestMysqlContract(StoreContract):
         yield mysql_url
         delete_run_rows(mysql_url)
 
+    @pytest.fixture
+    def store_url_with_password(self, mysql_url: str) -> Iterator[str]:
+        """A user of its own with a password and rights on ``test``, dropped afterwards."""
+        root = sa.create_engine(mysql_url)
+        user, password = f"gs_c_{uuid.uuid4().hex[:8]}", "my-contract-secret"
+        with root.begin() as conn:
+            conn.execute(sa.text(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"))
+            conn.execute(sa.text(f"GRANT ALL PRIVILEGES ON test.* TO '{user}'@'%'"))
+        try:
+            yield mysql_url.replace("://root@", f"://{user}:{password}@")
+        finally:
+            with root.begin() as conn:
+                conn.execute(sa.text(f"DROP USER IF EXISTS '{user}'@'%'"))
+            root.dispose()
+
 
 # ---------------------------------------------------------------------------------- SQL store
 
@@ -149,10 +105,10 @@ class TestMysqlContract(StoreContract):
 def test_sql_key_limits(sql_url: str) -> None:
     store = open_store(sql_url)
     try:
-        server = _server()
-        handle = _handle()
+        server = new_server()
+        handle = new_handle()
         ok = JobKey(server, handle + b"\xff" * (255 - len(handle)), b"\x00" * 255)
-        too_long = JobKey(server, _handle() + b"x" * 255, b"")
+        too_long = JobKey(server, new_handle() + b"x" * 255, b"")
         with pytest.raises(StoreError, match="255"):
             store.write([ev(EventKind.STARTED, ok, T0), ev(EventKind.STARTED, too_long, T0)])
         assert get(store, JobRef(ok.handle)) is None  # nothing of the refused batch was written
@@ -163,40 +119,17 @@ def test_sql_key_limits(sql_url: str) -> None:
         store.close()
 
 
-class _CountingCursor:
-    """A DBAPI cursor that notes each ``execute`` (one round trip) and passes everything on."""
-
-    def __init__(self, cursor: Any, statements: list[str]) -> None:
-        self._cursor = cursor
-        self._statements = statements
-
-    def execute(self, sql: str, *params: Any) -> Any:
-        self._statements.append(sql)
-        return self._cursor.execute(sql, *params)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cursor, name)
-
-
-def _count_reads(store: Store) -> list[str]:
-    """The statements this thread's reads send from now on (one per round trip)."""
-    reader = store._readers.get()  # type: ignore[attr-defined]
-    statements: list[str] = []
-    reader.cursor = _CountingCursor(reader.cursor, statements)
-    return statements
-
-
 def test_sql_get_many_is_a_bounded_number_of_queries(sql_url: str) -> None:
     store = open_store(sql_url)
     try:
-        server = _server()
-        keys = [JobKey(server, _handle(), b"") for _ in range(20)]
+        server = new_server()
+        keys = [JobKey(server, new_handle(), b"") for _ in range(20)]
         store.write(
             [ev(EventKind.STARTED, k, T0) for k in keys]
             + [ev(EventKind.DATA, k, T0, payload=b"d") for k in keys]
         )
-        statements = _count_reads(store)
-        refs = [JobRef(keys[i % 20].handle if i % 2 else _handle("none")) for i in range(1200)]
+        statements = count_reads(store)
+        refs = [JobRef(keys[i % 20].handle if i % 2 else new_handle("none")) for i in range(1200)]
         got = store.get_many(refs)
         assert sum(r is not None for r in got) == 600
         assert all(r is None or r.data == [b"d"] for r in got)
@@ -212,8 +145,8 @@ def test_sql_one_reference_is_one_statement(sql_url: str) -> None:
     no BEGIN/COMMIT of their own (MySQL: one query holding the read-only transaction)."""
     store = open_store(sql_url)
     try:
-        server = _server()
-        key = JobKey(server, _handle(), b"u1")
+        server = new_server()
+        key = JobKey(server, new_handle(), b"u1")
         older = JobKey(server, key.handle, b"u0")
         store.write(
             [
@@ -226,7 +159,7 @@ def test_sql_one_reference_is_one_statement(sql_url: str) -> None:
                 ev(EventKind.COMPLETED, key, T0 + 5, payload=b"r"),
             ]
         )
-        statements = _count_reads(store)
+        statements = count_reads(store)
         for ref in (exact(key), JobRef(key.handle), JobRef(key.handle, server), None):
             statements.clear()
             if ref is None:
@@ -244,7 +177,7 @@ def test_sql_one_reference_is_one_statement(sql_url: str) -> None:
         got = get(store, JobRef(key.handle, server, b"u0"))
         assert got is not None and (got.key, got.function, got.data) == (older, b"old", [])
         assert get(store, JobRef(key.handle, server, b"nope")) is None
-        assert get(store, JobRef(_handle("none"))) is None
+        assert get(store, JobRef(new_handle("none"))) is None
         assert len(statements) == 3
     finally:
         store.close()
@@ -253,7 +186,7 @@ def test_sql_one_reference_is_one_statement(sql_url: str) -> None:
 def test_sql_expired_job_reads_without_its_chunks(sql_url: str) -> None:
     store = open_store(sql_url)
     try:
-        key = _key()
+        key = new_key()
         at = time.time() - 10
         store.write(
             [
@@ -278,7 +211,7 @@ def test_sqlite_reads_do_not_wait_for_a_writer(tmp_sqlite_url: str) -> None:
 
     store = open_store(tmp_sqlite_url)
     try:
-        key = _key()
+        key = new_key()
         store.write([ev(EventKind.STARTED, key, T0), ev(EventKind.DATA, key, T0, payload=b"d")])
         blocker = sqlite3.connect(tmp_sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
         try:
@@ -287,7 +220,7 @@ def test_sqlite_reads_do_not_wait_for_a_writer(tmp_sqlite_url: str) -> None:
             started = time.monotonic()
             got = store.get_many([exact(key)])[0]
             both = store.get_many([exact(key), JobRef(key.handle)])
-            assert time.monotonic() - started < 1
+            assert time.monotonic() - started < 8  # not the 10 s busy timeout of a waiting read
             assert got is not None and got.worker == "" and got.data == [b"d"]
             assert both == [got, got]
         finally:
@@ -318,31 +251,6 @@ def _quoted_key(engine: sa.Engine) -> str:
     return engine.dialect.identifier_preparer.quote("key")
 
 
-@pytest.fixture(params=SQL_STORES)
-def private_sql_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
-    """A SQL database nobody else uses: a new SQLite file, PostgreSQL schema or MariaDB database."""
-    name = f"gs_{RUN}_{next(_numbers)}"
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/private/{name}.db"
-        return
-    base = sql_url_for(request, request.param)
-    engine = sa.create_engine(base)
-    if request.param == "postgres":
-        create, drop = f"CREATE SCHEMA {name}", f"DROP SCHEMA {name} CASCADE"
-        url = f"{base}?options=-csearch_path%3D{name}"
-    else:
-        create, drop = f"CREATE DATABASE {name}", f"DROP DATABASE {name}"
-        url = str(sa.make_url(base).set(database=name).render_as_string(hide_password=False))
-    with engine.begin() as conn:
-        conn.execute(sa.text(create))
-    try:
-        yield url
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text(drop))
-        engine.dispose()
-
-
 def test_sql_newer_schema_is_refused(private_sql_url: str) -> None:
     open_store(private_sql_url).close()
     engine = sa.create_engine(private_sql_url)
@@ -362,7 +270,7 @@ def test_sql_newer_schema_is_refused(private_sql_url: str) -> None:
 
 
 def test_sql_tables_created_by_racing_processes(private_sql_url: str) -> None:
-    ctx = _processes()
+    ctx = processes()
     barrier = ctx.Barrier(3)
     procs = [ctx.Process(target=_open_after, args=(private_sql_url, barrier)) for _ in range(3)]
     for proc in procs:
@@ -372,7 +280,7 @@ def test_sql_tables_created_by_racing_processes(private_sql_url: str) -> None:
     assert [proc.exitcode for proc in procs] == [0, 0, 0]
     store = open_store(private_sql_url)
     try:
-        key = _key()
+        key = new_key()
         store.write(full_job(key))
         assert_same(get(store, JobRef(key.handle)), JobRecord.from_events(key, full_job(key)))
     finally:
@@ -428,7 +336,7 @@ def test_sql_url_forms(request: pytest.FixtureRequest, base: str, prefix: str, s
         store = open_store(url)
         try:
             assert store.url == url and store.capabilities >= {"shared", "persistent"}
-            key = _key()
+            key = new_key()
             store.write(full_job(key))
             assert_same(get(store, JobRef(key.handle)), JobRecord.from_events(key, full_job(key)))
         finally:
@@ -440,7 +348,7 @@ def test_sql_url_forms(request: pytest.FixtureRequest, base: str, prefix: str, s
 def test_sqlite_memory_is_private_to_the_store() -> None:
     first, second = open_store("sqlite:///:memory:"), open_store("sqlite://")
     try:
-        key = _key()
+        key = new_key()
         first.write(full_job(key))
         assert_same(get(first, JobRef(key.handle)), JobRecord.from_events(key, full_job(key)))
         assert get(second, JobRef(key.handle)) is None
@@ -463,9 +371,9 @@ def test_sql_threads_write_at_once(sql_url: str) -> None:
     store = open_store(sql_url)
     try:
         workers, count = 6, 25
-        server = _server()
-        own = [JobKey(server, _handle(), b"own") for _ in range(workers)]
-        shared = JobKey(server, _handle(), b"shared")
+        server = new_server()
+        own = [JobKey(server, new_handle(), b"own") for _ in range(workers)]
+        shared = JobKey(server, new_handle(), b"shared")
         store.write([ev(EventKind.STARTED, shared, T0, function=b"f")])
         barrier = threading.Barrier(workers)
         errors: list[BaseException] = []
@@ -515,7 +423,7 @@ def test_sql_threads_write_at_once(sql_url: str) -> None:
         store.close()
     assert len(_writers(store)) == 0
     with pytest.raises(StoreError, match="closed"):
-        store.write([ev(EventKind.STARTED, _key(), T0)])
+        store.write([ev(EventKind.STARTED, new_key(), T0)])
     with pytest.raises(StoreError, match="closed"):
         store.get_many([JobRef(b"H:1")])
 
@@ -531,7 +439,7 @@ def test_sql_forked_child_leaves_the_parents_connections_alone(sql_url: str) -> 
     the parent's connections: the parent goes on writing on the connection it had. A lock some
     thread of the parent held at the fork does not block the child."""
     store = open_store(sql_url)
-    parent_key, child_key = _key(), _key()
+    parent_key, child_key = new_key(), new_key()
     # daemon: a child that hangs is killed below (and at exit), never left for the session to join
     child = multiprocessing.get_context("fork").Process(
         target=_write_in_child, args=(store, child_key), daemon=True
@@ -575,7 +483,7 @@ def test_sql_connection_dropped_while_idle_is_replaced(
     url = sql_url_for(request, kind)
     store = open_store(url)
     try:
-        key = _key()
+        key = new_key()
         store.write([ev(EventKind.STARTED, key, T0)])
         writer = _writers(store).get()
         _kill(url, kind, writer)
@@ -623,13 +531,6 @@ def _kill(url: str, kind: str, connection: Any, *, wait: bool = True) -> None:
 # ---------------------------------------------------------------------------------- expiry, purge
 
 
-def _raw(url: str) -> sa.Engine:
-    """An engine on the store's tables (the store's own options removed from the URL)."""
-    from gearstash_sql.engine import parse_url
-
-    return sa.create_engine(parse_url(url).url)
-
-
 def _with(url: str, **options: object) -> str:
     return url + ("&" if "?" in url else "?") + "&".join(f"{k}={v}" for k, v in options.items())
 
@@ -656,10 +557,10 @@ def test_sql_ttl_from_the_url_and_events(sql_url: str) -> None:
     """?ttl= (never seen by the driver) is the default; started and final events set expires_at,
     data and status leave it; an event's ttl overrides; ttl 0 keeps for ever."""
     store = open_store(_with(sql_url, ttl=50))
-    engine = _raw(sql_url)
+    engine = raw_engine(sql_url)
     try:
         assert store.ttl == 50 and "expires" in store.capabilities  # type: ignore[attr-defined]
-        key, forever, created = _key(), _key(), _key()
+        key, forever, created = new_key(), new_key(), new_key()
         now = time.time()
         store.write([ev(EventKind.STARTED, key, now, function=b"f")])
         assert _row(engine, key) == (now + 50, None, None, 0)
@@ -705,10 +606,10 @@ def test_sql_purge_cleans_expired_jobs_then_deletes_their_rows(
 
     url = _with(private_sql_url, tombstone=1000, purge_every=0)
     store = open_store(url)
-    engine = _raw(url)
+    engine = raw_engine(url)
     try:
         now = time.time()
-        live, recent, old = _key(), _key(), _key()
+        live, recent, old = new_key(), new_key(), new_key()
         _job_at(store, live, now, 3600)
         _job_at(store, recent, now - 100, 10)  # expired 90 s ago: a tombstone
         _job_at(store, old, now - 5000, 10)  # expired 4990 s ago: past the tombstone period
@@ -726,7 +627,7 @@ def test_sql_purge_cleans_expired_jobs_then_deletes_their_rows(
 
         # many at once: steps of PURGE_LIMIT rows, until none is left
         monkeypatch.setattr(sql_removal, "PURGE_LIMIT", 3)
-        many = [_key() for _ in range(10)]
+        many = [new_key() for _ in range(10)]
         for n, key in enumerate(many):
             _job_at(store, key, time.time(), 0.5 + n * 0.01)
         time.sleep(0.7)
@@ -749,10 +650,10 @@ def _events(key: JobKey, at: float) -> list[Event]:
 def test_sql_writes_purge_by_themselves(private_sql_url: str) -> None:
     """Every ?purge_every= writes a store runs a purge step: no purge() call, no scheduler."""
     store = open_store(_with(private_sql_url, purge_every=10, tombstone=1000))
-    engine = _raw(private_sql_url)
+    engine = raw_engine(private_sql_url)
     try:
         now = time.time()
-        expired, gone, running = _key(), _key(), _key()
+        expired, gone, running = new_key(), new_key(), new_key()
         _job_at(store, expired, now - 100, 10)
         _job_at(store, gone, now - 5000, 10)
         store.write([ev(EventKind.STARTED, running, now)])
@@ -769,12 +670,12 @@ def test_sql_writes_purge_by_themselves(private_sql_url: str) -> None:
 
 def test_sql_delete_removes_rows_and_chunks(sql_url: str) -> None:
     store = open_store(sql_url)
-    engine = _raw(sql_url)
+    engine = raw_engine(sql_url)
     try:
-        key, other = _key(), _key()
+        key, other = new_key(), new_key()
         store.write(full_job(key) + full_job(other))
         assert _row(engine, key) is not None
-        assert store.delete([exact(key), JobRef(_handle("none"))]) == 1  # type: ignore[attr-defined]
+        assert store.delete([exact(key), JobRef(new_handle("none"))]) == 1  # type: ignore[attr-defined]
         assert _row(engine, key) is None and get(store, exact(key)) is None
         from gearstash_sql.schema import chunks, jobs
 
@@ -801,7 +702,7 @@ def test_sql_get_after_reads_only_the_chunks_it_returns(
 
     store = open_store(sql_url)
     try:
-        key = _key()
+        key = new_key()
         events = [ev(EventKind.STARTED, key, T0, function=b"f")]
         for i in range(300):
             events.append(ev(EventKind.DATA, key, T0 + i, payload=b"%d" % i * 100))
@@ -817,7 +718,7 @@ def test_sql_get_after_reads_only_the_chunks_it_returns(
             return real(row, chunk_rows, now)
 
         monkeypatch.setattr(sql_reading, "_record", counting)
-        statements = _count_reads(store)
+        statements = count_reads(store)
         whole = JobRecord.from_events(key, events)
         for after in (0, 1, 150, 298, 299, 300, 301, 10**6, 1 << 62):
             fetched.clear()
@@ -828,7 +729,7 @@ def test_sql_get_after_reads_only_the_chunks_it_returns(
             assert (got.warnings, got.status) == (whole.warnings, whole.status)
             assert fetched == [len(got.data) + 6]  # the data returned, 3 warnings, 3 status
             assert len(statements) == 1
-        assert get_after(store, JobRef(_handle("none")), 5) is None
+        assert get_after(store, JobRef(new_handle("none")), 5) is None
     finally:
         store.close()
 
@@ -850,14 +751,14 @@ def test_postgres_notify_wakes_a_watch_in_another_process(postgres_url: str) -> 
     store = open_store(postgres_url)
     try:
         assert "push" in store.capabilities
-        key, other = _key(), _key()
+        key, other = new_key(), new_key()
         store.write([ev(EventKind.STARTED, key, T0), ev(EventKind.STARTED, other, T0)])
         watcher = watch(store, [JobRef(key.handle)])
         try:
             assert watcher.wait(0) is False
             store.write([ev(EventKind.DATA, other, T0 + 1, payload=b"not watched")])
             assert watcher.wait(0.2) is False  # another job's write does not wake it
-            child = _processes().Process(target=_notify_in_child, args=(postgres_url, key, 0.2))
+            child = processes().Process(target=_notify_in_child, args=(postgres_url, key, 0.2))
             child.start()
             started = time.monotonic()
             assert watcher.wait(30) is True
@@ -887,7 +788,7 @@ def test_postgres_watch_close_reuse_and_lost_connection(postgres_url: str) -> No
     listener connection the server ends is replaced (the wait answers True: re-read)."""
     store = open_store(postgres_url)
     try:
-        key = _key()
+        key = new_key()
         watcher: Any = watch(store, [exact(key)])
         closer = threading.Timer(0.1, watcher.close)
         closer.start()
@@ -921,7 +822,7 @@ def test_postgres_notify_can_be_turned_off(postgres_url: str) -> None:
     store = open_store(_with(postgres_url, notify=0))
     try:
         assert "push" not in store.capabilities
-        key = _key()
+        key = new_key()
         store.write(full_job(key))
         assert_same(get(store, exact(key)), JobRecord.from_events(key, full_job(key)))
         watcher = watch(store, [exact(key)])

@@ -2,7 +2,7 @@
 Redis store promises — its documented key layout, TTLs and tombstones, pub/sub waits, AUTH, ACL
 users, TLS, unix sockets and its behaviour when Redis dies or restarts.
 
-Tests on the shared Redis (127.0.0.1:6379, db 15) use a key prefix unique to the test and delete
+Tests on the session's own Redis (db 15) use a key prefix unique to the test and delete
 their keys afterwards (never FLUSHDB). Tests that stop, restart or configure a server start their
 own ``redis-server`` on a free loopback port.
 """
@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -24,10 +23,11 @@ from typing import Any
 
 import pytest
 import redis
-import test_store_contract as contract
 from redis.crc import key_slot
-from servers import find_binary, need
-from test_store_contract import T0, assert_same, ev, full_job
+from support import stores as contract
+from support.need import need
+from support.stores import T0, assert_same, ev, full_job
+from support.waiting import wait_until
 
 from gearstash.errors import ConfigError, StoreError
 from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef, State
@@ -35,6 +35,7 @@ from gearstash.spine.manager import open_store
 from gearstash.store.contract import Store, get_after, watch
 from gearstash.testing.contract import StoreContract
 from gearstash.testing.gearmand import free_port
+from gearstash.testing.servers import PrivateServer, find_binary, redis_spec
 
 RUN = uuid.uuid4().hex[:8]
 _count = iter(range(1_000_000))
@@ -92,72 +93,16 @@ def _url(store_url: str, **options: Any) -> str:
     return store_url + "".join(f"&{k}={v}" for k, v in options.items())
 
 
-class PrivateRedis:
-    """A redis-server of one test's own (no persistence), on a free port or a unix socket."""
-
-    def __init__(self, workdir: Path, *args: str, port: int | None = None) -> None:
-        binary = find_binary("redis-server", "/usr/bin/redis-server")
-        need(binary is not None, "redis-server is not installed (Debian package redis-server)")
-        assert binary is not None
-        self.binary = binary
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port() if port is None else port
-        self.args = args
-        self.log = workdir / f"redis-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> PrivateRedis:
-        self.log.write_text("")
-        argv = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.workdir),
-            "--logfile",
-            str(self.log),
-            *self.args,
-        ]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while "Ready to accept connections" not in self.log.read_text(errors="replace"):
-            code = self.proc.poll()
-            if code is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start ({code}): {self.log.read_text()}")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        if proc is not None:
-            proc.wait(timeout=10)
-
-
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[Any]:
-    """``start(*args, port=None) -> PrivateRedis``; every server started is stopped afterwards."""
-    made: list[PrivateRedis] = []
+def private_redis(own_server: Any) -> Any:
+    """``start(*args) -> PrivateServer``: a redis-server of this test's own (no persistence) with
+    ``args`` added to its command line; removed after the test."""
 
-    def start(*args: str, port: int | None = None) -> PrivateRedis:
-        server = PrivateRedis(tmp_path / f"redis{len(made)}", *args, port=port)
-        made.append(server)
-        return server.start()
+    def start(*args: str) -> PrivateServer:
+        server: PrivateServer = own_server(lambda: redis_spec(extra=args))
+        return server
 
-    try:
-        yield start
-    finally:
-        for server in made:
-            server.stop()
+    return start
 
 
 # ---------------------------------------------------------------------------------- the contract
@@ -165,6 +110,11 @@ def private_redis(tmp_path: Path) -> Iterator[Any]:
 
 class TestRedisContract(StoreContract):
     """The shipped store contract (gearstash.testing.contract) on Redis; ``store_url`` is the module's."""
+
+    @pytest.fixture
+    def store_url_with_password(self, private_redis: Any) -> str:
+        server = private_redis("--requirepass", "redis-contract-secret")
+        return f"redis://:redis-contract-secret@127.0.0.1:{server.port}/0"
 
 
 # ---------------------------------------------------------------------------------- key layout
@@ -421,15 +371,21 @@ def test_ttl_zero_keeps_for_ever(store_url: str, raw: redis.Redis, prefix: str) 
 def test_expired_job_reads_expired_then_unknown(
     store_url: str, raw: redis.Redis, prefix: str
 ) -> None:
-    store = open_store(_url(store_url, ttl=0.5, grace=0.5))
+    # expired after 2 s, a tombstone for 4 s more: wide windows, polled
+    store = open_store(_url(store_url, ttl=2, grace=4))
     try:
         key = _key()
-        written = time.monotonic()
         store.write(full_job(key))
         refs = [_full(key), JobRef(key.handle), JobRef(key.handle, key.server)]
         assert [r.state if r else None for r in store.get_many(refs)] == [State.COMPLETE] * 3
-        time.sleep(written + 0.75 - time.monotonic())  # expired at 0.5 s, tombstone until 1 s
-        expired = store.get_many(refs)
+        expired = wait_until(
+            lambda: (
+                (got := store.get_many(refs))[0] is not None
+                and got[0].state is State.EXPIRED
+                and got
+            ),
+            what="the job to read expired",
+        )
         for record in expired:
             assert record is not None
             assert (record.key, record.state, record.data, record.result) == (
@@ -440,8 +396,7 @@ def test_expired_job_reads_expired_then_unknown(
             )
             assert record.expires_at is not None and record.expires_at < time.time()
         assert raw.exists(_base(prefix, key) + "job") == 0
-        time.sleep(written + 1.15 - time.monotonic())
-        assert store.get_many(refs) == [None, None, None]
+        wait_until(lambda: store.get_many(refs) == [None, None, None], what="the tombstone to go")
     finally:
         store.close()
 
@@ -623,7 +578,7 @@ def test_watch_wakes_on_a_write_from_another_thread(store: Store) -> None:
             thread = _write_later(store, [ev(EventKind.DATA, key, T0, payload=b"x")], 0.05)
             start = time.monotonic()
             assert with_watch.wait(5) is True
-            assert time.monotonic() - start < 1
+            assert time.monotonic() - start < 4  # woken, not timed out
             thread.join()
             assert with_watch.wait(0.05) is False  # the announcement was consumed
         finally:
@@ -637,7 +592,7 @@ def test_watch_misses_nothing_written_before_wait(store: Store) -> None:
         store.write([ev(EventKind.STARTED, key, T0)])  # after watch(), before wait()
         store.write([ev(EventKind.DATA, key, T0)])
         start = time.monotonic()
-        assert w.wait(5) is True and time.monotonic() - start < 0.5
+        assert w.wait(5) is True and time.monotonic() - start < 4  # woken, not timed out
         assert w.wait(0) is False  # both announcements were drained by the first wait
     finally:
         w.close()
@@ -671,7 +626,7 @@ def test_watch_wakes_on_a_write_from_another_process(store_url: str, store: Stor
     key = _key()
     w = watch(store, [_full(key)])
     try:
-        ctx = contract._processes()
+        ctx = contract.processes()
         proc = ctx.Process(target=_write_in_child, args=(store_url, key, 0.05))
         proc.start()
         assert w.wait(10) is True
@@ -689,37 +644,28 @@ def test_watch_closed_from_another_thread(store: Store) -> None:
     closer.start()
     start = time.monotonic()
     assert w.wait(5) is False
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 4  # ended by close(), not by the timeout
     closer.join()
 
 
-def test_watch_latency(store: Store) -> None:
-    """A waiter wakes within a few milliseconds of a write (median of 30)."""
+def test_watch_wakes_for_every_write_from_another_thread(store: Store) -> None:
+    """30 writes from another thread, each while the waiter waits: each one wakes it, and the
+    chunks all land. (How fast it wakes: bench/stores.py, section ``wait``.)"""
     key = _key()
     store.write([ev(EventKind.STARTED, key, T0)])
     w = watch(store, [_full(key)])
-    delays: list[float] = []
     try:
-        for _ in range(30):
-            written = threading.Event()
-            stamp: list[float] = []
-
-            def write(written: threading.Event = written, stamp: list[float] = stamp) -> None:
-                written.wait(5)
-                time.sleep(0.002)
-                stamp.append(time.perf_counter())
-                store.write([ev(EventKind.DATA, key, T0)])
-
-            thread = threading.Thread(target=write)
+        for i in range(30):
+            thread = threading.Thread(
+                target=store.write, args=([ev(EventKind.DATA, key, T0, payload=b"%d" % i)],)
+            )
             thread.start()
-            written.set()
-            assert w.wait(5) is True
-            delays.append(time.perf_counter() - stamp[0])
+            assert w.wait(30) is True, f"write {i} did not wake the waiter"
             thread.join()
     finally:
         w.close()
-    delays.sort()
-    assert delays[len(delays) // 2] < 0.005, delays
+    record = store.get_many([_full(key)])[0]
+    assert record is not None and record.data == [b"%d" % i for i in range(30)]
 
 
 # ---------------------------------------------------------------------------------- connections
@@ -995,7 +941,9 @@ echo json_encode([
 
 
 @pytest.mark.php
-def test_php_reads_the_documented_layout(store: Store, prefix: str, tmp_path: Path) -> None:
+def test_php_reads_the_documented_layout(
+    store: Store, prefix: str, tmp_path: Path, redis_server: PrivateServer
+) -> None:
     php = shutil.which("php")
     has_redis = (
         php is not None
@@ -1010,7 +958,7 @@ def test_php_reads_the_documented_layout(store: Store, prefix: str, tmp_path: Pa
     store.write(full_job(new))
     script = tmp_path / "reader.php"
     script.write_text(PHP_READER)
-    port, db = 6379, 15
+    port, db = redis_server.port, 15  # the session's own Redis
     out = subprocess.run(
         [php, str(script), str(port), str(db), prefix, handle.decode()],
         capture_output=True,

@@ -2,39 +2,38 @@
 unique (beyond the contract suite, which ``test_store_contract`` runs on every SQL database).
 
 Tests that build version 1 tables use a private database (a new SQLite file, PostgreSQL schema or
-MariaDB database: the ``private_sql_url`` fixture of ``test_store_contract``).
+MariaDB database: the ``private_sql_url`` fixture of ``support.stores``).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-import test_store_contract as contract
-from test_store_contract import (
+from support.seeds import seed
+from support.stores import (
     RUN,
     T0,
-    _count_reads,
-    _handle,
-    _key,
-    _processes,
-    _raw,
-    _server,
+    CountingCursor,
     assert_same,
+    count_reads,
     ev,
     exact,
     full_job,
     get,
+    new_handle,
+    new_key,
+    new_server,
+    processes,
+    raw_engine,
 )
 
 from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef, State
 from gearstash.spine.manager import open_store
 from gearstash.store.contract import Store, delete, get_after
-
-private_sql_url = contract.private_sql_url  # fixtures: a private database; each SQL database
-sql_url = contract.sql_url
 
 # ---------------------------------------------------------------------------------- version 1 tables
 
@@ -131,8 +130,9 @@ def _family(engine: sa.Engine) -> str:
 def _make_v1(url: str) -> tuple[JobKey, JobKey]:
     """Version 1 tables holding two jobs (one complete with chunks, one running), as 0.1 wrote
     them; returns their keys."""
-    done, running = JobKey(_server(), _handle(), b"u-done"), JobKey(_server(), _handle(), b"u-run")
-    engine = _raw(url)
+    done = JobKey(new_server(), new_handle(), b"u-done")
+    running = JobKey(new_server(), new_handle(), b"u-run")
+    engine = raw_engine(url)
     if engine.dialect.name == "sqlite":
         Path(str(engine.url.database)).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -221,7 +221,7 @@ def _v1_events(done: JobKey, running: JobKey) -> tuple[list[Event], list[Event]]
 
 def _schema(url: str) -> tuple[str, set[str], set[str]]:
     """(schema_version, columns of gearstash_jobs, its index names)."""
-    engine = _raw(url)
+    engine = raw_engine(url)
     try:
         with engine.connect() as conn:
             key = engine.dialect.identifier_preparer.quote("key")
@@ -259,7 +259,7 @@ def test_sql_version_1_tables_are_migrated(private_sql_url: str) -> None:
         assert_same(
             get(store, exact(running)), JobRecord.from_events(running, [*running_events, beat])
         )
-        key = _key()
+        key = new_key()
         store.write(full_job(key))
         assert_same(get(store, exact(key)), JobRecord.from_events(key, full_job(key)))
     finally:
@@ -272,7 +272,7 @@ def test_sql_interrupted_migration_is_finished(private_sql_url: str) -> None:
     """Version 1 tables that already have the column (a migration stopped after its first step,
     as MariaDB's DDL is not transactional) are finished by the next opener."""
     done, running = _make_v1(private_sql_url)
-    engine = _raw(private_sql_url)
+    engine = raw_engine(private_sql_url)
     try:
         double = "DOUBLE PRECISION" if engine.dialect.name == "postgresql" else "DOUBLE"
         with engine.begin() as conn:
@@ -301,7 +301,7 @@ def _open_and_read(url: str, key: JobKey, barrier: Any) -> None:
 
 def test_sql_version_1_migrated_by_racing_processes(private_sql_url: str) -> None:
     done, _running = _make_v1(private_sql_url)
-    ctx = _processes()
+    ctx = processes()
     barrier = ctx.Barrier(4)
     procs = [
         ctx.Process(target=_open_and_read, args=(private_sql_url, done, barrier)) for _ in range(4)
@@ -337,14 +337,14 @@ def test_sql_random_runs_match_the_reference(sql_url: str) -> None:
     """Random event runs (every kind, leases, several jobs per call or one, any batch split) read
     back as JobRecord.create + apply make them: the direct statements, the general path and the
     Python row changes agree."""
-    rng = random.Random(f"{RUN}-sql")
+    rng = random.Random(f"{seed()}-sql")  # replay: GEARSTASH_TEST_SEED (pytest's header)
     kinds = list(EventKind)
     store = open_store(sql_url)
     try:
-        server = _server()
-        keys = [JobKey(server, _handle(), b"u%d" % i) for i in range(12)]
+        server = new_server()
+        keys = [JobKey(server, new_handle(), b"u%d" % i) for i in range(12)]
         events: list[Event] = []
-        at = T0
+        at = time.time()  # now, not the session's T0: ttl=600 must not run out mid-suite
         for _ in range(400):
             at += 0.001
             key = rng.choice(keys)
@@ -361,7 +361,7 @@ def test_sql_random_runs_match_the_reference(sql_url: str) -> None:
                     denominator=5,
                     function=rng.choice([b"", b"f", b"g"]),
                     worker=rng.choice(["", "w1"]),
-                    lease=rng.choice([None, None, 30.0]),
+                    lease=rng.choice([None, None, 3600.0]),
                     ttl=rng.choice([None, 0, 600]),
                 )
             )
@@ -386,13 +386,13 @@ def test_sql_random_runs_match_the_reference(sql_url: str) -> None:
 
 def test_sql_random_runs_in_batch_order(sql_url: str) -> None:
     """The same with the batches taken exactly as written (no event dropped or reordered)."""
-    rng = random.Random(f"{RUN}-order")
+    rng = random.Random(f"{seed()}-order")  # replay: GEARSTASH_TEST_SEED
     store = open_store(sql_url)
     try:
-        server = _server()
-        keys = [JobKey(server, _handle(), b"") for _ in range(6)]
+        server = new_server()
+        keys = [JobKey(server, new_handle(), b"") for _ in range(6)]
         written: list[Event] = []
-        at = T0
+        at = time.time()  # now, not the session's T0: ttl=600 must not run out mid-suite
         for _ in range(120):
             batch = []
             for _ in range(rng.choice([1, 2, 4])):
@@ -407,7 +407,7 @@ def test_sql_random_runs_in_batch_order(sql_url: str) -> None:
                         numerator=1,
                         denominator=2,
                         function=b"f" if kind is EventKind.SUBMITTED else b"",
-                        lease=rng.choice([None, 10.0]),
+                        lease=rng.choice([None, 3600.0]),
                     )
                 )
             store.write(batch)
@@ -427,10 +427,10 @@ def test_sql_submitted_then_replayed_under_a_new_handle(sql_url: str) -> None:
     the reference by unique finds the run; get_after and delete work by unique too."""
     store = open_store(sql_url)
     try:
-        server = _server()
-        unique = f"replay-{RUN}-{_handle().decode()}".encode()
-        marker = JobKey(server, _handle(), unique)
-        replayed = JobKey(server, _handle(), unique)
+        server = new_server()
+        unique = f"replay-{RUN}-{new_handle().decode()}".encode()
+        marker = JobKey(server, new_handle(), unique)
+        replayed = JobKey(server, new_handle(), unique)
         store.write([ev(EventKind.SUBMITTED, marker, T0, function=b"resize")])
         by_unique = JobRef(b"", server, unique)
         got = get(store, by_unique)
@@ -452,8 +452,8 @@ def test_sql_reads_by_unique_are_bounded(sql_url: str) -> None:
     """Many references by unique and by handle: a fixed number of statements, right answers."""
     store = open_store(sql_url)
     try:
-        server = _server()
-        keys = [JobKey(server, _handle(), b"U-%s-%d" % (RUN.encode(), i)) for i in range(20)]
+        server = new_server()
+        keys = [JobKey(server, new_handle(), b"U-%s-%d" % (RUN.encode(), i)) for i in range(20)]
         store.write([ev(EventKind.STARTED, k, T0, function=b"%d" % i) for i, k in enumerate(keys)])
         refs: list[JobRef] = []
         want: list[bytes | None] = []
@@ -468,7 +468,7 @@ def test_sql_reads_by_unique_are_bounded(sql_url: str) -> None:
                 want.append(None)
                 continue
             want.append(b"%d" % (i % 20))
-        statements = _count_reads(store)
+        statements = count_reads(store)
         got = store.get_many(refs)
         assert [None if r is None else r.function for r in got] == want
         # handles: 1 query; uniques (40 of them): 1; the 20 jobs: 1
@@ -479,11 +479,10 @@ def test_sql_reads_by_unique_are_bounded(sql_url: str) -> None:
 
 def _count_writes(store: Store) -> list[str]:
     """The statements this thread's writes send from now on."""
-    from test_store_contract import _CountingCursor
 
     writer = store._writers.get()  # type: ignore[attr-defined]
     statements: list[str] = []
-    writer.cursor = _CountingCursor(writer.cursor, statements)
+    writer.cursor = CountingCursor(writer.cursor, statements)
     return statements
 
 
@@ -492,7 +491,7 @@ def test_sql_leases_stay_on_the_fast_path(sql_url: str) -> None:
     job with no row writes nothing."""
     store = open_store(sql_url)
     try:
-        key = _key()
+        key = new_key()
         statements = _count_writes(store)
         store.write([ev(EventKind.STARTED, key, T0, function=b"f", lease=60.0)])
         assert len(statements) == 1
@@ -503,7 +502,7 @@ def test_sql_leases_stay_on_the_fast_path(sql_url: str) -> None:
         got = get(store, exact(key))
         assert got is not None and (got.lease_until, got.updated_at) == (T0 + 80, T0 + 20)
         statements.clear()
-        nobody = _key()
+        nobody = new_key()
         store.write([ev(EventKind.HEARTBEAT, nobody, T0, lease=60.0)])
         assert get(store, exact(nobody)) is None
     finally:
@@ -516,7 +515,7 @@ def test_sqlite_lookup_by_unique_uses_the_index(tmp_sqlite_url: str) -> None:
         sql = store._reads.one(True, True, False, True)  # type: ignore[attr-defined]
     finally:
         store.close()
-    engine = _raw(tmp_sqlite_url)
+    engine = raw_engine(tmp_sqlite_url)
     try:
         with engine.connect() as conn:
             plan = conn.exec_driver_sql(
@@ -532,9 +531,9 @@ def test_sql_uniques_compare_exactly(sql_url: str) -> None:
     (MariaDB: VARBINARY, no padding or collation)."""
     store = open_store(sql_url)
     try:
-        server = _server()
+        server = new_server()
         uniques = [b"u", b"u ", b"u\x00", b"U", b"\xff", b"\xc3\xbf", b""]
-        keys = [JobKey(server, _handle(), unique) for unique in uniques]
+        keys = [JobKey(server, new_handle(), unique) for unique in uniques]
         store.write([ev(EventKind.SUBMITTED, k, T0 + i, function=b"f") for i, k in enumerate(keys)])
         refs = [JobRef(b"", server, unique) for unique in uniques]
         assert [r.key if r else None for r in store.get_many(refs)] == keys

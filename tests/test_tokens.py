@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servers import need
+from support.need import need
 from workers import running_worker
 
 import gearstash.client.tokens

@@ -14,9 +14,9 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from test_store_contract import delete_run_rows
 
 from gearstash.testing import contract as testing
+from support.stores import delete_run_rows
 
 ALL_STORES = [
     pytest.param("memory", id="memory"),
