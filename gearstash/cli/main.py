@@ -31,6 +31,7 @@ from gearstash.cli.common import (
     store_for,
     store_option,
 )
+from gearstash.cli.proxy import proxy
 from gearstash.cli.spool import spool
 from gearstash.cli.token import token
 from gearstash.client.client import Client
@@ -470,5 +471,6 @@ def demo(payloads: tuple[str, ...], steps: int, delay: float) -> None:
     run_demo(list(payloads) or ["ABC123", "DEF456"], steps=steps, delay=delay)
 
 
+main.add_command(proxy)
 main.add_command(spool)
 main.add_command(token)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from gearstash.errors import ConfigError
@@ -123,6 +123,23 @@ class JobKey(NamedTuple):
     server: str
     handle: bytes
     unique: bytes
+
+
+class JobInfo(Protocol):
+    """What observer hooks see of a job in a worker's hands: a :class:`gearstash.worker.Job` of the
+    Python worker or a job relayed by the capturing proxy (:mod:`gearstash.proxy`) alike."""
+
+    handle: bytes
+    unique: bytes
+    function: str
+    workload: bytes
+    server: str
+    key: JobKey
+
+    @property
+    def ref(self) -> JobRef:
+        """The reference a client can fetch this job with."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

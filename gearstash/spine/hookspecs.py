@@ -3,9 +3,10 @@
 Plugins implement these with ``@gearstash.hookimpl`` (never import pluggy yourself). Hooks discover
 things and observe events; objects (stores) do the work.
 
-Worker-event hooks are broadcast: every implementation is called, in the worker's thread, after the
-event has been handed to the store. An exception raised by an observer is logged and swallowed: an
-observer can never fail a job. Keep them fast; they run on the worker's hot path.
+Worker-event hooks are broadcast: every implementation is called, in the worker's thread (the
+proxy's event-loop thread for proxied jobs), after the event has been handed to the store. An
+exception raised by an observer is logged and swallowed: an observer can never fail a job. Keep
+them fast; they run on the worker's hot path.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from gearstash.model.records import JobError
-    from gearstash.worker.job import Job
+    from gearstash.model.records import JobError, JobInfo
 
 hookspec = pluggy.HookspecMarker("gearstash")
 
@@ -43,16 +43,17 @@ def register_stores(register: RegisterStore) -> None:
 
 
 @hookspec
-def job_started(job: Job) -> None:
+def job_started(job: JobInfo) -> None:
     """A worker took ``job`` from its server and is about to run the function.
 
-    :param job: the :class:`gearstash.worker.job.Job` (``handle``, ``unique``, ``function``,
-        ``workload``, ``server``, ``attempt`` is not known here).
+    :param job: a :class:`gearstash.model.records.JobInfo`: the :class:`gearstash.worker.job.Job`,
+        or for a job relayed by ``gearstash proxy`` its view (``handle``, ``unique``,
+        ``function``, ``workload``, ``server``, ``key``, ``ref``; ``attempt`` is not known here).
     """
 
 
 @hookspec
-def job_data(job: Job, data: bytes) -> None:
+def job_data(job: JobInfo, data: bytes) -> None:
     """The job function sent a WORK_DATA chunk.
 
     :param data: the chunk, as sent.
@@ -60,7 +61,7 @@ def job_data(job: Job, data: bytes) -> None:
 
 
 @hookspec
-def job_warning(job: Job, warning: bytes) -> None:
+def job_warning(job: JobInfo, warning: bytes) -> None:
     """The job function sent a WORK_WARNING.
 
     :param warning: the warning, as sent.
@@ -68,7 +69,7 @@ def job_warning(job: Job, warning: bytes) -> None:
 
 
 @hookspec
-def job_status(job: Job, numerator: int, denominator: int) -> None:
+def job_status(job: JobInfo, numerator: int, denominator: int) -> None:
     """The job function sent WORK_STATUS.
 
     :param numerator: progress so far.
@@ -77,7 +78,7 @@ def job_status(job: Job, numerator: int, denominator: int) -> None:
 
 
 @hookspec
-def job_completed(job: Job, result: bytes) -> None:
+def job_completed(job: JobInfo, result: bytes) -> None:
     """The job function returned; ``result`` was stored and is being sent as WORK_COMPLETE.
 
     :param result: the return value as bytes.
@@ -85,7 +86,7 @@ def job_completed(job: Job, result: bytes) -> None:
 
 
 @hookspec
-def job_failed(job: Job, error: JobError) -> None:
+def job_failed(job: JobInfo, error: JobError) -> None:
     """The job failed: the function raised ``gearstash.JobFailed`` (``error.kind == "fail"``) or any
     other exception (``error.kind == "exception"``, with ``error.traceback``).
 

@@ -24,8 +24,7 @@ from gearstash.store.contract import Store, StoreFactory, StoreType
 from gearstash.store.urls import redact_url, scrub, url_scheme
 
 if TYPE_CHECKING:
-    from gearstash.model.records import JobError
-    from gearstash.worker.job import Job
+    from gearstash.model.records import JobError, JobInfo
 
 log = logging.getLogger("gearstash.plugins")
 
@@ -224,32 +223,32 @@ class EventHooks:
         except Exception:
             log.exception("a gearstash observer hook raised; ignored")
 
-    def started(self, job: Job) -> None:
+    def started(self, job: JobInfo) -> None:
         """Call ``job_started``."""
         if self._started is not None:
             self._call(self._started, job=job)
 
-    def data(self, job: Job, data: bytes) -> None:
+    def data(self, job: JobInfo, data: bytes) -> None:
         """Call ``job_data``."""
         if self._data is not None:
             self._call(self._data, job=job, data=data)
 
-    def warning(self, job: Job, warning: bytes) -> None:
+    def warning(self, job: JobInfo, warning: bytes) -> None:
         """Call ``job_warning``."""
         if self._warning is not None:
             self._call(self._warning, job=job, warning=warning)
 
-    def status(self, job: Job, numerator: int, denominator: int) -> None:
+    def status(self, job: JobInfo, numerator: int, denominator: int) -> None:
         """Call ``job_status``."""
         if self._status is not None:
             self._call(self._status, job=job, numerator=numerator, denominator=denominator)
 
-    def completed(self, job: Job, result: bytes) -> None:
+    def completed(self, job: JobInfo, result: bytes) -> None:
         """Call ``job_completed``."""
         if self._completed is not None:
             self._call(self._completed, job=job, result=result)
 
-    def failed(self, job: Job, error: JobError) -> None:
+    def failed(self, job: JobInfo, error: JobError) -> None:
         """Call ``job_failed``."""
         if self._failed is not None:
             self._call(self._failed, job=job, error=error)

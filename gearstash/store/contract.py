@@ -9,12 +9,13 @@ registered the same way (see ``gearstash.spine.manager``).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from gearstash.errors import StoreError
-from gearstash.model.records import Event, JobRecord, JobRef
+from gearstash.model.records import FINAL_EVENTS, Event, EventKind, JobRecord, JobRef
 
 
 @runtime_checkable
@@ -147,6 +148,24 @@ def purge(store: Store) -> int:
 
 
 StoreFactory = Callable[[str], Store]
+
+
+_KEPT_WHEN_REFUSED = frozenset({EventKind.STARTED, EventKind.STATUS, EventKind.HEARTBEAT})
+
+
+def refusal_events(events: Sequence[Event], exc: Exception) -> list[Event]:
+    """What to store instead of one job's batch a store refused for good (a value over its
+    limit), so the record stays honest: the batch's small events, a warning with the reason, and
+    when the batch ended the job, a ``failed`` end saying the outcome could not be stored."""
+    last = events[-1]
+    key, ttl, now = last.key, last.ttl, time.time()
+    keep = [e for e in events if e.kind in _KEPT_WHEN_REFUSED]
+    note = f"gearstash: the store refused {len(events)} events: {exc}"
+    keep.append(Event(EventKind.WARNING, key, now, note.encode(), ttl=ttl))
+    if last.kind in FINAL_EVENTS:
+        why = f"gearstash: the job ended but its outcome could not be stored: {exc}"
+        keep.append(Event(EventKind.FAILED, key, now, why.encode(), ttl=ttl))
+    return keep
 
 
 @dataclass(frozen=True, slots=True)

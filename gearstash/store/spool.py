@@ -49,6 +49,28 @@ def default_spool_dir(store_url: str) -> Path:
     return config.gearstash_home() / "spool" / digest
 
 
+def spool_if_needed(
+    store: Store,
+    spool: str | os.PathLike[str] | None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    close_inner: bool = True,
+    on_failure: Callable[[str, Exception, int], None] | None = None,
+) -> Store:
+    """``store`` wrapped in a :class:`SpoolingStore` when ``spool`` (a folder) is given or the store
+    is ``shared`` or ``persistent`` (the folder then defaults to :func:`default_spool_dir`); else
+    ``store`` itself (a ``memory://`` or ``null://`` store is not worth spooling)."""
+    if spool is None and not store.capabilities & {"shared", "persistent"}:
+        return store
+    return SpoolingStore(
+        store,
+        spool if spool is not None else default_spool_dir(store.url),
+        max_bytes=max_bytes,
+        close_inner=close_inner,
+        on_failure=on_failure,
+    )
+
+
 class SpoolingStore:
     """A store that spools to disk what ``inner`` cannot take, and replays it when it can.
 

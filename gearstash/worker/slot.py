@@ -25,7 +25,7 @@ from gearstash.errors import (
     ProtocolError,
     ServerUnavailable,
 )
-from gearstash.model.records import FINAL_EVENTS, Event, EventKind, JobError, JobKey
+from gearstash.model.records import Event, EventKind, JobError, JobKey
 from gearstash.protocol.packets import JobAssignment, PacketType, encode_request, encode_work
 from gearstash.protocol.worker_side import (
     Assigned,
@@ -36,14 +36,13 @@ from gearstash.protocol.worker_side import (
     WorkerSide,
 )
 from gearstash.spine.manager import EventHooks
-from gearstash.store.contract import Store
+from gearstash.store.contract import Store, refusal_events
 from gearstash.transport.connection import Connection
 from gearstash.worker.job import Job, Registration, to_bytes
 
 log = logging.getLogger("gearstash.worker")
 
 _MAX_BACKOFF = 5.0
-_SMALL_EVENTS = frozenset({EventKind.STARTED, EventKind.STATUS, EventKind.HEARTBEAT})
 _SERVING = (LinkState.IDLE, LinkState.GRABBING)
 
 
@@ -386,22 +385,14 @@ class Slot:
             self.hooks.store_failed(self.store.url, exc, len(events))
 
     def _rejected(self, job: Job, events: list[Event], exc: Exception) -> None:
-        """The store refused a batch for good (a value over its limit): nothing of it was written.
-        Keep the record honest instead: its small events, a warning with the reason, and when
-        the batch ended the job, a ``failed`` end saying the outcome could not be stored."""
+        """The store refused a batch for good (a value over its limit): nothing of it was
+        written; store :func:`~gearstash.store.contract.refusal_events` instead."""
         log.error(
             "store %s refused %d events of job %r: %s", self.store.url, len(events), job.handle, exc
         )
         self.hooks.store_failed(self.store.url, exc, len(events))
-        now = time.time()
-        keep = [e for e in events if e.kind in _SMALL_EVENTS]
-        note = f"gearstash: the store refused {len(events)} events: {exc}"
-        keep.append(Event(EventKind.WARNING, job.key, now, note.encode(), ttl=job.ttl))
-        if events[-1].kind in FINAL_EVENTS:
-            why = f"gearstash: the job ended but its outcome could not be stored: {exc}"
-            keep.append(Event(EventKind.FAILED, job.key, now, why.encode(), ttl=job.ttl))
         try:
-            self.store.write(keep)
+            self.store.write(refusal_events(events, exc))
         except Exception as again:
             log.error("store %s: cannot record the refusal either: %s", self.store.url, again)
 

@@ -115,19 +115,18 @@ class Worker:
             self._owns_store = False
         self.on_store_down = on_store_down
         spool = config.spool_folder(spool, settings)  # option > environment > config file
-        if on_store_down == "spool" and (
-            spool is not None or self.store.capabilities & {"shared", "persistent"}
-        ):
-            from gearstash.store.spool import SpoolingStore, default_spool_dir
+        if on_store_down == "spool":
+            from gearstash.store.spool import spool_if_needed
 
-            self.store = SpoolingStore(
-                self.store,
-                spool if spool is not None else default_spool_dir(self.store.url),
+            inner = self.store
+            self.store = spool_if_needed(
+                inner,
+                spool,
                 max_bytes=spool_max_bytes,
                 close_inner=self._owns_store,
                 on_failure=lambda url, exc, n: self.hooks.store_failed(url, exc, n),
             )
-            self._owns_store = True
+            self._owns_store = self._owns_store or self.store is not inner
         self.concurrency = concurrency
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.client_id = client_id or f"gearstash-{socket.gethostname()}-{os.getpid()}"
