@@ -60,11 +60,16 @@ class CaptureWriter:
         self._thread.start()
 
     def add(self, events: list[Event]) -> None:
-        """Queue events that need no acknowledgement (written within ``flush_interval``)."""
+        """Queue events that need no acknowledgement (written within ``flush_interval``).
+
+        The writer is not woken for them: it looks every ``flush_interval`` seconds anyway, and a
+        job's final events (which do wake it) take them along.
+        """
         with self._cond:
             if not self._events:
                 self._since = time.monotonic()
-                self._cond.notify()
+                if not self.flush_interval:
+                    self._cond.notify()
             self._events += events
 
     def add_final(self, events: list[Event], stored: Callback) -> None:
@@ -98,7 +103,7 @@ class CaptureWriter:
                 elif self._closing:
                     return None
                 else:
-                    self._cond.wait()
+                    self._cond.wait(self.flush_interval or None)
             events, callbacks = self._events, self._callbacks
             self._events, self._callbacks = [], []
             return events, callbacks

@@ -1,0 +1,559 @@
+"""The capturing proxy (issue 12), end to end: ``gearstash proxy`` between a private gearmand and
+workers gearstash did not write (PHP pecl gearman, the C ``gearman -w`` tool, Perl's
+Gearman::Worker, raw sockets), capturing into private SQLite and Redis stores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers import find_binary, need
+from test_store_redis import PrivateRedis
+
+from gearstash.errors import ProtocolError
+from gearstash.gearmand import Gearmand, free_port
+from gearstash.plugins import open_store
+from gearstash.protocol import Decoder, PacketType, encode_request, parse_status
+from gearstash.proxy.framing import TEXT, Splitter, split_args
+from gearstash.records import JobRecord, JobRef, State
+
+HERE = Path(__file__).parent
+PHP_WORKER = HERE / "php" / "reverse_worker.php"
+PHP_SUBMIT = HERE / "php" / "submit_background.php"
+PERL_WORKER = HERE / "perl" / "reverse_worker.pl"
+GEARSTASH = str(Path(sys.executable).with_name("gearstash"))
+WAIT = 60.0  # generous bound of every poll: timing is bench/'s business
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class ProxyProcess:
+    """``gearstash proxy`` as a process of its own, in front of ``upstream``."""
+
+    def __init__(self, upstream: str, store: str, home: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log = home / f"proxy-{self.port}.log"
+        argv = [GEARSTASH, "-v", "proxy", "--listen", self.address, "--upstream", upstream]
+        argv += ["--store", store, *extra]
+        env = {**os.environ, "GEARSTASH_HOME": str(home)}
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env
+            )
+        wait_for(f"the proxy to listen ({self.log})", self._listening, 30)
+
+    def _listening(self) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
+    """``start_proxy(upstream, store, *options)``; every proxy started is stopped afterwards."""
+    made: list[ProxyProcess] = []
+
+    def start(upstream: str, store: str, *extra: str) -> ProxyProcess:
+        made.append(ProxyProcess(upstream, store, tmp_path, *extra))
+        return made[-1]
+
+    try:
+        yield start
+    finally:
+        for proxy in made:
+            if proxy.proc.poll() is None:
+                proxy.proc.kill()
+                proxy.proc.wait()
+
+
+@pytest.fixture
+def processes() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """``spawn(argv, log=path)``: worker processes, killed afterwards."""
+    made: list[subprocess.Popen[bytes]] = []
+
+    def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            made.append(
+                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+            )
+        return made[-1]
+
+    try:
+        yield spawn
+    finally:
+        for proc in made:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def _php() -> str:
+    php = find_binary("php", "/usr/bin/php")
+    need(php is not None, "php-cli is not installed")
+    assert php is not None
+    return php
+
+
+def php_worker(spawn: Any, port: int, tmp: Path, tick: float = 0.02, steps: int = 10) -> Any:
+    argv = [_php(), str(PHP_WORKER), "127.0.0.1", str(port), str(tick), str(steps)]
+    return spawn(argv, tmp / "php-worker.log")
+
+
+def php_submit(g: Gearmand, *workloads: str, function: str = "reverse") -> list[bytes]:
+    out = subprocess.run(
+        [_php(), str(PHP_SUBMIT), "127.0.0.1", str(g.port), function, *workloads],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    handles = out.split()
+    assert len(handles) == len(workloads), out
+    return handles
+
+
+def record(store_url: str, ref: JobRef) -> JobRecord | None:
+    store = open_store(store_url)
+    try:
+        return store.get_many([ref])[0]
+    finally:
+        store.close()
+
+
+def finished(store_url: str, ref: JobRef) -> JobRecord | None:
+    rec = record(store_url, ref)
+    return rec if rec is not None and rec.state in (State.COMPLETE, State.FAILED) else None
+
+
+def workers_on(g: Gearmand, function: str) -> int:
+    for row in parse_status(g.admin("status").splitlines()):
+        if row.function == function:
+            return row.workers
+    return 0
+
+
+# ---------------------------------------------------------------------------- workers of others
+
+
+@pytest.mark.php
+def test_php_worker_behind_the_proxy_fetched_by_the_clients_handle(
+    gearmand: Gearmand, start_proxy: Any, processes: Any, tmp_path: Path, tmp_sqlite_url: str
+) -> None:
+    proxy = start_proxy(gearmand.address, tmp_sqlite_url)
+    php_worker(processes, proxy.port, tmp_path)
+    wait_for("the PHP worker to register", lambda: workers_on(gearmand, "reverse"))
+    (handle,) = php_submit(gearmand, "Rasmus")
+    ref = JobRef(handle, gearmand.address)
+    rec = wait_for("the job's record to end", lambda: finished(tmp_sqlite_url, ref))
+    assert rec.state == State.COMPLETE and rec.result == b"sumsaR"
+    assert rec.attempt == 1 and rec.unique, rec  # GRAB_JOB_UNIQ: the unique gearmand gave it
+    assert [c.split(b" by ")[0] for c in rec.data] == [
+        b"step %d of Rasmus" % i for i in range(1, 11)
+    ]
+    assert [(p.numerator, p.denominator) for p in rec.status] == [(i, 10) for i in range(1, 11)]
+    assert rec.worker.startswith("gearstash-proxy@")
+    fetched = subprocess.run(
+        [GEARSTASH, "fetch", "--json", "-s", gearmand.address, "--store", tmp_sqlite_url,
+         handle.decode()],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    doc = json.loads(fetched.splitlines()[0])
+    assert doc["state"] == "complete", doc
+    assert len(doc["data"]) == 10 and len(doc["status"]) == 10, doc
+    assert proxy.stop() == 0
+
+
+@pytest.mark.gearman_tools
+def test_c_tool_worker_and_client_through_the_proxy(
+    gearmand: Gearmand, gearman_tool: str, start_proxy: Any, processes: Any, tmp_path: Path,
+    tmp_sqlite_url: str,
+) -> None:
+    proxy = start_proxy(gearmand.address, tmp_sqlite_url)
+    processes(
+        [gearman_tool, "-h", "127.0.0.1", "-p", str(proxy.port), "-w", "-f", "rev", "--", "rev"],
+        tmp_path / "c-worker.log",
+    )
+    wait_for("the C worker to register", lambda: workers_on(gearmand, "rev"))
+    # a background job from the C tool, straight to gearmand, with a unique we choose
+    subprocess.run(
+        [gearman_tool, "-h", "127.0.0.1", "-p", str(gearmand.port), "-b", "-u", "u-c-1",
+         "-f", "rev", "abc"],
+        check=True, timeout=30, capture_output=True,
+    )
+    ref = JobRef(b"", gearmand.address, b"u-c-1")
+    rec = wait_for("the C worker's job record", lambda: finished(tmp_sqlite_url, ref))
+    assert rec.state == State.COMPLETE and rec.result == b"cba\n"
+    # a foreground job from the C tool *through the proxy* (clients are relayed untouched)
+    out = subprocess.run(
+        [gearman_tool, "-h", "127.0.0.1", "-p", str(proxy.port), "-f", "rev", "xyz"],
+        check=True, timeout=30, capture_output=True,
+    ).stdout
+    assert out.strip() == b"zyx"
+
+
+def test_perl_worker_grab_job_gets_job_assign_and_the_record_its_unique(
+    gearmand: Gearmand, start_proxy: Any, processes: Any, tmp_path: Path, tmp_sqlite_url: str
+) -> None:
+    perl = find_binary("perl", "/usr/bin/perl")
+    probe = subprocess.run([perl or "perl", "-MGearman::Worker", "-e", "1"], capture_output=True)
+    need(probe.returncode == 0, "Perl Gearman::Worker is missing (libgearman-client-perl)")
+    proxy = start_proxy(gearmand.address, tmp_sqlite_url)
+    processes([perl or "perl", str(PERL_WORKER), proxy.address, "3"], tmp_path / "perl.log")
+    wait_for("the Perl worker to register", lambda: workers_on(gearmand, "reverse"))
+    handles = php_submit(gearmand, "one", "two")
+    for handle, word in zip(handles, ("one", "two"), strict=True):
+        ref = JobRef(handle, gearmand.address)
+        rec = wait_for(f"job {handle!r}", lambda ref=ref: finished(tmp_sqlite_url, ref))
+        assert rec.result == word[::-1].encode()
+        assert rec.data == [b"perl step %d of %s" % (i, word.encode()) for i in (1, 2, 3)]
+        assert [(p.numerator, p.denominator) for p in rec.status] == [(1, 3), (2, 3), (3, 3)]
+        assert rec.unique, "GRAB_JOB was asked upstream as GRAB_JOB_UNIQ"
+
+
+def _raw(address: str) -> socket.socket:
+    host, port = address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _read(sock: socket.socket, decoder: Decoder) -> Any:
+    while True:
+        packet = decoder.next_packet()
+        if packet is not None:
+            return packet
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed"
+        decoder.feed(chunk)
+
+
+def test_raw_grab_job_worker_stray_work_and_admin_lines(
+    gearmand: Gearmand, start_proxy: Any, tmp_sqlite_url: str
+) -> None:
+    proxy = start_proxy(gearmand.address, tmp_sqlite_url)
+    with _raw(proxy.address) as worker, _raw(gearmand.address) as client:
+        worker.sendall(encode_request(PacketType.CAN_DO, b"raw"))
+        client.sendall(encode_request(PacketType.SUBMIT_JOB_BG, b"raw", b"u-raw", b"payload"))
+        created = _read(client, Decoder())
+        assert created.kind == PacketType.JOB_CREATED
+        decoder = Decoder()
+        worker.sendall(encode_request(PacketType.GRAB_JOB))
+        assign = _read(worker, decoder)
+        assert assign.kind == PacketType.JOB_ASSIGN  # what it asked for, not JOB_ASSIGN_UNIQ
+        handle, function, workload = assign.args
+        assert (function, workload) == (b"raw", b"payload")
+        # a work packet for a handle this connection never got is relayed, never captured
+        worker.sendall(encode_request(PacketType.WORK_DATA, b"H:nobody:1", b"stray"))
+        stray = _read(worker, decoder)
+        assert stray.kind == PacketType.ERROR and stray.args[0] == b"JOB_NOT_FOUND"
+        assert decoder.buffered == 0
+        worker.sendall(
+            encode_request(PacketType.WORK_DATA, handle, b"chunk")
+            + encode_request(PacketType.WORK_COMPLETE, handle, b"done")
+            + b"version\n"
+        )
+        assert worker.recv(200).startswith(b"OK ")  # the admin line went through
+    ref = JobRef(handle, gearmand.address, b"u-raw")
+    rec = wait_for("the raw job's record", lambda: finished(tmp_sqlite_url, ref))
+    assert rec.data == [b"chunk"] and rec.result == b"done" and rec.key.unique == b"u-raw"
+    assert record(tmp_sqlite_url, JobRef(b"H:nobody:1")) is None
+
+
+class FakeUpstream:
+    """A job server that records what it receives and answers with what the test gives it (for
+    what gearmand cannot do: send an unknown packet type, or garbage)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.answer = answer
+        self.received = b""
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            received = b""
+            while len(received) < 12:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                received += chunk
+            self.received = received
+            conn.sendall(self.answer)
+            with contextlib.suppress(OSError):
+                while conn.recv(65536):
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _frame(magic: bytes, num: int, body: bytes) -> bytes:
+    return magic + num.to_bytes(4, "big") + len(body).to_bytes(4, "big") + body
+
+
+def test_unknown_packet_types_are_relayed_both_ways(start_proxy: Any) -> None:
+    upstream = FakeUpstream(_frame(b"\0RES", 99, b"from the server\0x"))
+    try:
+        proxy = start_proxy(upstream.address, "null://")
+        with _raw(proxy.address) as sock:
+            sock.sendall(_frame(b"\0REQ", 77, b"to the server"))
+            expected = _frame(b"\0RES", 99, b"from the server\0x")
+            got = b""
+            while len(got) < len(expected):
+                chunk = sock.recv(65536)
+                assert chunk, "connection closed"
+                got += chunk
+            assert got == expected
+        assert upstream.received == _frame(b"\0REQ", 77, b"to the server")
+    finally:
+        upstream.close()
+
+
+def test_garbage_from_upstream_closes_that_pair_with_a_reason(start_proxy: Any) -> None:
+    upstream = FakeUpstream(b"\0REQ" + bytes(8))  # a request magic from a server
+    try:
+        proxy = start_proxy(upstream.address, "null://")
+        with _raw(proxy.address) as sock:
+            sock.sendall(encode_request(PacketType.ECHO_REQ, b"x"))
+            assert sock.recv(100) == b""
+        wait_for("the reason in the log", lambda: "bad magic" in proxy.output())
+        assert "upstream" in proxy.output()
+    finally:
+        upstream.close()
+
+
+def test_malformed_packet_closes_only_that_pair(
+    gearmand: Gearmand, start_proxy: Any, tmp_sqlite_url: str
+) -> None:
+    proxy = start_proxy(gearmand.address, tmp_sqlite_url, "--max-packet", "4096")
+    with _raw(proxy.address) as good, _raw(proxy.address) as bad, _raw(proxy.address) as big:
+        good.sendall(encode_request(PacketType.ECHO_REQ, b"before"))
+        assert _read(good, Decoder()).args == (b"before",)
+        bad.sendall(b"\0REX" + bytes(8))
+        big.sendall(b"\0REQ" + (16).to_bytes(4, "big") + (1 << 20).to_bytes(4, "big"))
+        for sock in (bad, big):
+            sock.settimeout(30)
+            assert sock.recv(100) == b"", "the proxy closes a pair that broke the framing"
+        decoder = Decoder()
+        good.sendall(encode_request(PacketType.ECHO_REQ, b"after"))
+        assert _read(good, decoder).args == (b"after",)
+    log = wait_for("the reasons in the log", lambda: "bad magic" in proxy.output() and proxy.output())
+    assert "over the limit of 4096" in log
+
+
+def test_a_thousand_connections_in_one_process(
+    gearmand: Gearmand, start_proxy: Any
+) -> None:
+    proxy = start_proxy(gearmand.address, "null://")
+    socks = []
+    try:
+        for _ in range(1000):
+            socks.append(_raw(proxy.address))
+        for i, sock in enumerate(socks):
+            sock.sendall(encode_request(PacketType.ECHO_REQ, b"%d" % i))
+        for i, sock in enumerate(socks):
+            assert _read(sock, Decoder()).args == (b"%d" % i,)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+# ---------------------------------------------------------------------------- faults
+
+
+@pytest.mark.php
+def test_sigkill_mid_job_then_the_rerun_is_attempt_2_with_only_its_chunks(
+    gearmand: Gearmand, start_proxy: Any, processes: Any, tmp_path: Path, tmp_sqlite_url: str
+) -> None:
+    proxy = start_proxy(gearmand.address, tmp_sqlite_url, "--lease", "3")
+    first = php_worker(processes, proxy.port, tmp_path, tick=0.3)
+    wait_for("the first worker", lambda: workers_on(gearmand, "reverse"))
+    (handle,) = php_submit(gearmand, "killed")
+    ref = JobRef(handle, gearmand.address)
+
+    def some_chunks() -> bool:
+        rec = record(tmp_sqlite_url, ref)
+        return rec is not None and len(rec.data) >= 2
+
+    wait_for("the first attempt's chunks", some_chunks)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    second = php_worker(processes, proxy.port, tmp_path, tick=0.01)
+    rec = wait_for("the re-run to end", lambda: finished(tmp_sqlite_url, ref))
+    assert rec.attempt == 2 and rec.result == b"dellik"
+    by = f" by {second.pid}".encode()
+    assert len(rec.data) == 10 and all(c.endswith(by) for c in rec.data), rec.data
+
+
+@pytest.mark.php
+def test_gearmand_restart_workers_reconnect_and_no_record_mixes_jobs(
+    gearmand_factory: Any, start_proxy: Any, processes: Any, tmp_path: Path, tmp_sqlite_url: str
+) -> None:
+    g = gearmand_factory()
+    proxy = start_proxy(g.address, tmp_sqlite_url)
+    for _ in range(2):
+        php_worker(processes, proxy.port, tmp_path, tick=0.01, steps=3)
+    wait_for("two workers", lambda: workers_on(g, "reverse") == 2)
+    before = php_submit(g, "before-1", "before-2")
+    refs = [JobRef(h, g.address) for h in before]
+    recs = [wait_for("jobs before", lambda r=r: finished(tmp_sqlite_url, r)) for r in refs]
+    g.stop()
+    time.sleep(0.5)
+    g.start()  # same port; handles start again at H:<host>:1
+    wait_for("the workers to come back through the proxy", lambda: workers_on(g, "reverse") == 2)
+    after = php_submit(g, "after-1", "after-2")
+    assert set(after) & set(before), "gearmand reuses handles after a restart"
+    for handle, word in zip(after, ("after-1", "after-2"), strict=True):
+        ref = JobRef(handle, g.address)
+        rec = wait_for(f"{word}", lambda ref=ref: finished(tmp_sqlite_url, ref))
+        assert rec.result == word[::-1].encode() and rec.attempt == 1
+        assert all(f" of {word} by ".encode() in c for c in rec.data) and len(rec.data) == 3
+    for rec, word in zip(recs, ("before-1", "before-2"), strict=True):
+        again = record(tmp_sqlite_url, JobRef(rec.key.handle, g.address, rec.key.unique))
+        assert again is not None and again.result == word[::-1].encode()
+        assert all(f" of {word} by ".encode() in c for c in again.data)
+    assert "closed the connection" in proxy.output()
+
+
+@pytest.mark.php
+def test_store_outage_during_proxied_jobs_spooled_and_replayed(
+    gearmand: Gearmand, start_proxy: Any, processes: Any, tmp_path: Path
+) -> None:
+    redis = PrivateRedis(tmp_path / "redis").start()
+    try:
+        url = f"redis://127.0.0.1:{redis.port}/0?prefix=px"
+        proxy = start_proxy(gearmand.address, url, "--spool", str(tmp_path / "spool"))
+        php_worker(processes, proxy.port, tmp_path, tick=0.05, steps=5)
+        wait_for("the worker", lambda: workers_on(gearmand, "reverse"))
+        early = php_submit(gearmand, *(f"early-{i}" for i in range(3)))
+        time.sleep(0.3)
+        redis.stop()
+        during = php_submit(gearmand, *(f"during-{i}" for i in range(3)))
+        wait_for("the jobs to run while the store is down", lambda: _queue_empty(gearmand))
+        redis.start()
+        words = [f"early-{i}" for i in range(3)] + [f"during-{i}" for i in range(3)]
+        for handle, word in zip(early + during, words, strict=True):
+            ref = JobRef(handle, gearmand.address)
+            rec = wait_for(f"{word} replayed", lambda ref=ref: finished(url, ref))
+            assert rec.result == word[::-1].encode(), rec
+            assert [c.split(b" by ")[0] for c in rec.data] == [
+                b"step %d of %s" % (i, word.encode()) for i in range(1, 6)
+            ]
+        assert "spooling" in proxy.output()
+        assert proxy.stop() == 0
+    finally:
+        redis.stop()
+
+
+def _queue_empty(g: Gearmand) -> bool:
+    rows = parse_status(g.admin("status").splitlines())
+    return all(row.queued == 0 for row in rows if row.function == "reverse")
+
+
+def test_upstream_down_closes_workers_and_the_proxy_keeps_listening(
+    gearmand_factory: Any, start_proxy: Any, tmp_sqlite_url: str
+) -> None:
+    g = gearmand_factory()
+    proxy = start_proxy(g.address, tmp_sqlite_url)
+    with _raw(proxy.address) as sock:
+        sock.sendall(encode_request(PacketType.ECHO_REQ, b"up"))
+        assert _read(sock, Decoder()).args == (b"up",)
+        g.stop()
+        assert sock.recv(100) == b""
+    with _raw(proxy.address) as sock:  # still listening; closes at once while upstream is down
+        assert sock.recv(100) == b""
+    g.start()
+
+    def echoes() -> bool:
+        try:
+            with _raw(proxy.address) as sock:
+                sock.sendall(encode_request(PacketType.ECHO_REQ, b"back"))
+                return bool(_read(sock, Decoder()).args == (b"back",))
+        except (OSError, AssertionError):
+            return False
+
+    wait_for("the proxy to reach gearmand again", echoes)
+    assert "unreachable" in proxy.output()
+
+
+# ---------------------------------------------------------------------------- framing (sans-IO)
+
+
+def test_splitter_keeps_frames_as_they_came_in_any_chunking() -> None:
+    stream = (
+        encode_request(PacketType.CAN_DO, b"f")
+        + b"status\n"
+        + b"\0REQ" + (77).to_bytes(4, "big") + (3).to_bytes(4, "big") + b"a\0b"
+        + encode_request(PacketType.WORK_DATA, b"H:x:1", b"da\0ta")
+    )
+    for size in (1, 2, 5, 13, len(stream)):
+        splitter = Splitter(b"\0REQ", 1024)
+        frames = []
+        for i in range(0, len(stream), size):
+            frames += splitter.feed(stream[i : i + size])
+        assert b"".join(f.raw for f in frames) == stream
+        assert [f.num for f in frames] == [1, TEXT, 77, 28]
+        assert split_args(frames[3]) == (b"H:x:1", b"da\0ta")
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\0RES" + bytes(8), "bad magic"),
+        (b"\0REQ" + (1).to_bytes(4, "big") + (2048).to_bytes(4, "big"), "over the limit"),
+        (b"x" * 70_000, "text line longer"),
+    ],
+)
+def test_splitter_refuses_what_it_cannot_frame(data: bytes, reason: str) -> None:
+    splitter = Splitter(b"\0REQ", 1024)
+    with pytest.raises(ProtocolError, match=reason):
+        splitter.feed(data)
+    with pytest.raises(ProtocolError, match=reason):  # and stays broken
+        splitter.feed(b"")
