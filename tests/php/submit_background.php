@@ -4,15 +4,19 @@
 [$host, $port, $function] = array_slice($argv, 1, 3);
 $client = new GearmanClient();
 $client->addServer($host, (int)$port);
-$client->setOptions(GEARMAN_CLIENT_FREE_TASKS, 0);
-$tasks = [];
-foreach (array_slice($argv, 4) as $workload) {
-    $tasks[] = $client->addTaskBackground($function, $workload);
+$handles = [];
+$client->setCreatedCallback(function (GearmanTask $task) use (&$handles) {
+    $handles[$task->unique()] = $task->jobHandle();  // JOB_CREATED: the handle the client got
+});
+$uniques = [];
+foreach (array_slice($argv, 4) as $i => $workload) {
+    $uniques[] = $unique = "php-" . getmypid() . "-$i";
+    $client->addTaskBackground($function, $workload, null, $unique);
 }
 if (!$client->runTasks()) {
     fwrite(STDERR, "runTasks failed: " . $client->error() . "\n");
     exit(1);
 }
-foreach ($tasks as $task) {
-    echo $task->jobHandle(), "\n";
+foreach ($uniques as $unique) {
+    echo $handles[$unique], "\n";
 }
