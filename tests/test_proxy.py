@@ -133,16 +133,17 @@ def php_worker(spawn: Any, port: int, tmp: Path, tick: float = 0.02, steps: int 
     return spawn(argv, tmp / "php-worker.log")
 
 
-def php_submit(g: Gearmand, *workloads: str, function: str = "reverse") -> list[bytes]:
+def php_submit(g: Gearmand, *workloads: str, function: str = "reverse") -> list[JobRef]:
+    """Submit background jobs with the PHP client; the full reference of each."""
     out = subprocess.run(
         [_php(), str(PHP_SUBMIT), "127.0.0.1", str(g.port), function, *workloads],
         capture_output=True,
         check=True,
         timeout=30,
     ).stdout
-    handles = out.split()
-    assert len(handles) == len(workloads), out
-    return handles
+    lines = [line.split() for line in out.splitlines()]
+    assert len(lines) == len(workloads) and all(len(x) == 2 for x in lines), out
+    return [JobRef(handle, g.address, unique) for handle, unique in lines]
 
 
 def record(store_url: str, ref: JobRef) -> JobRecord | None:
@@ -175,8 +176,9 @@ def test_php_worker_behind_the_proxy_fetched_by_the_clients_handle(
     proxy = start_proxy(gearmand.address, tmp_sqlite_url)
     php_worker(processes, proxy.port, tmp_path)
     wait_for("the PHP worker to register", lambda: workers_on(gearmand, "reverse"))
-    (handle,) = php_submit(gearmand, "Rasmus")
-    ref = JobRef(handle, gearmand.address)
+    (full,) = php_submit(gearmand, "Rasmus")
+    handle = full.handle
+    ref = JobRef(handle, gearmand.address)  # the handle alone, as the client got it
     rec = wait_for("the job's record to end", lambda: finished(tmp_sqlite_url, ref))
     assert rec.state == State.COMPLETE and rec.result == b"sumsaR"
     assert rec.attempt == 1 and rec.key.unique.startswith(b"php-"), rec  # the client's unique
@@ -236,14 +238,13 @@ def test_perl_worker_grab_job_gets_job_assign_and_the_record_its_unique(
     proxy = start_proxy(gearmand.address, tmp_sqlite_url)
     processes([perl or "perl", str(PERL_WORKER), proxy.address, "3"], tmp_path / "perl.log")
     wait_for("the Perl worker to register", lambda: workers_on(gearmand, "reverse"))
-    handles = php_submit(gearmand, "one", "two")
-    for handle, word in zip(handles, ("one", "two"), strict=True):
-        ref = JobRef(handle, gearmand.address)
-        rec = wait_for(f"job {handle!r}", lambda ref=ref: finished(tmp_sqlite_url, ref))
+    refs = php_submit(gearmand, "one", "two")
+    for ref, word in zip(refs, ("one", "two"), strict=True):
+        rec = wait_for(f"job {ref}", lambda ref=ref: finished(tmp_sqlite_url, ref))
         assert rec.result == word[::-1].encode()
         assert rec.data == [b"perl step %d of %s" % (i, word.encode()) for i in (1, 2, 3)]
         assert [(p.numerator, p.denominator) for p in rec.status] == [(1, 3), (2, 3), (3, 3)]
-        assert rec.key.unique.startswith(b"php-"), "GRAB_JOB went upstream as GRAB_JOB_UNIQ"
+        assert rec.key.unique == ref.unique, "GRAB_JOB went upstream as GRAB_JOB_UNIQ"
 
 
 def _raw(address: str) -> socket.socket:
@@ -415,8 +416,7 @@ def test_sigkill_mid_job_then_the_rerun_is_attempt_2_with_only_its_chunks(
     proxy = start_proxy(gearmand.address, tmp_sqlite_url, "--lease", "3")
     first = php_worker(processes, proxy.port, tmp_path, tick=0.3)
     wait_for("the first worker", lambda: workers_on(gearmand, "reverse"))
-    (handle,) = php_submit(gearmand, "killed")
-    ref = JobRef(handle, gearmand.address)
+    (ref,) = php_submit(gearmand, "killed")
 
     def some_chunks() -> bool:
         rec = record(tmp_sqlite_url, ref)
@@ -442,23 +442,19 @@ def test_gearmand_restart_workers_reconnect_and_no_record_mixes_jobs(
         php_worker(processes, proxy.port, tmp_path, tick=0.01, steps=3)
     wait_for("two workers", lambda: workers_on(g, "reverse") == 2)
     before = php_submit(g, "before-1", "before-2")
-    refs = [JobRef(h, g.address) for h in before]
-    recs = [wait_for("jobs before", lambda r=r: finished(tmp_sqlite_url, r)) for r in refs]
+    for ref in before:
+        wait_for("jobs before", lambda ref=ref: finished(tmp_sqlite_url, ref))
     g.stop()
     time.sleep(0.5)
     g.start()  # same port; handles start again at H:<host>:1
     wait_for("the workers to come back through the proxy", lambda: workers_on(g, "reverse") == 2)
     after = php_submit(g, "after-1", "after-2")
-    assert set(after) & set(before), "gearmand reuses handles after a restart"
-    for handle, word in zip(after, ("after-1", "after-2"), strict=True):
-        ref = JobRef(handle, g.address)
-        rec = wait_for(f"{word}", lambda ref=ref: finished(tmp_sqlite_url, ref))
+    assert {r.handle for r in after} & {r.handle for r in before}, "handles are reused"
+    words = ("before-1", "before-2", "after-1", "after-2")
+    for ref, word in zip(before + after, words, strict=True):
+        rec = wait_for(word, lambda ref=ref: finished(tmp_sqlite_url, ref))
         assert rec.result == word[::-1].encode() and rec.attempt == 1
-        assert all(f" of {word} by ".encode() in c for c in rec.data) and len(rec.data) == 3
-    for rec, word in zip(recs, ("before-1", "before-2"), strict=True):
-        again = record(tmp_sqlite_url, JobRef(rec.key.handle, g.address, rec.key.unique))
-        assert again is not None and again.result == word[::-1].encode()
-        assert all(f" of {word} by ".encode() in c for c in again.data)
+        assert len(rec.data) == 3 and all(f" of {word} by ".encode() in c for c in rec.data)
     assert "closed the connection" in proxy.output()
 
 
@@ -466,7 +462,9 @@ def test_gearmand_restart_workers_reconnect_and_no_record_mixes_jobs(
 def test_store_outage_during_proxied_jobs_spooled_and_replayed(
     gearmand: Gearmand, start_proxy: Any, processes: Any, tmp_path: Path
 ) -> None:
-    redis = PrivateRedis(tmp_path / "redis").start()
+    # append-only with fsync: what was stored before the outage survives the restart
+    redis = PrivateRedis(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always")
+    redis.start()
     try:
         url = f"redis://127.0.0.1:{redis.port}/0?prefix=px"
         proxy = start_proxy(gearmand.address, url, "--spool", str(tmp_path / "spool"))
@@ -479,8 +477,7 @@ def test_store_outage_during_proxied_jobs_spooled_and_replayed(
         wait_for("the jobs to run while the store is down", lambda: _queue_empty(gearmand))
         redis.start()
         words = [f"early-{i}" for i in range(3)] + [f"during-{i}" for i in range(3)]
-        for handle, word in zip(early + during, words, strict=True):
-            ref = JobRef(handle, gearmand.address)
+        for ref, word in zip(early + during, words, strict=True):
             rec = wait_for(f"{word} replayed", lambda ref=ref: finished(url, ref))
             assert rec.result == word[::-1].encode(), rec
             assert [c.split(b" by ")[0] for c in rec.data] == [

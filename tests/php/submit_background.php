@@ -1,5 +1,6 @@
 <?php
-// The seed's client: submit background jobs with addTaskBackground and print each job handle.
+// The seed's client: submit background jobs with addTaskBackground; print each job's handle and
+// unique, one job a line, in the order of the workloads.
 // usage: php submit_background.php HOST PORT FUNCTION WORKLOAD...
 [$host, $port, $function] = array_slice($argv, 1, 3);
 $client = new GearmanClient();
@@ -18,5 +19,5 @@ if (!$client->runTasks()) {
     exit(1);
 }
 foreach ($uniques as $unique) {
-    echo $handles[$unique], "\n";
+    echo $handles[$unique], " ", $unique, "\n";
 }
