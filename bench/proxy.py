@@ -16,8 +16,8 @@ the last one's exit. Cases, interleaved within each repeat:
 
 Latency: one PHP worker, one client submitting foreground jobs one at a time (SUBMIT_JOB, wait
 for WORK_COMPLETE) straight to gearmand; p50/p90 of the round trip with the worker direct and
-through the proxy (Redis and null). The targets: proxy redis ≥ 1.0× direct by hand, proxy null ≥
-0.5× direct plain, added p50 ≤ 0.3 ms. Writes bench/results/proxy.json.
+through the proxy (Redis and null). The targets: proxy redis ≥ 1.0 x direct by hand, proxy null ≥
+0.5 x direct plain, added p50 ≤ 0.3 ms. Writes bench/results/proxy.json.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from pathlib import Path
 import servers
 from run import BENCH, check_captured, fill, queued, wait_drained
 
-from gearstash.gearmand import Gearmand, free_port
-from gearstash.protocol import Decoder, PacketType, encode_request
+from gearstash.protocol.packets import Decoder, PacketType, encode_request
+from gearstash.testing.gearmand import Gearmand, free_port
 
 CASES = ("direct plain", "direct by hand", "proxy redis", "proxy null")
 
@@ -196,8 +196,11 @@ def main() -> None:
                     results[case].append(rate)
                     print(f"repeat {r + 1}: {case:16s} {rate:9.0f} jobs/s", flush=True)
             if args.latency:
-                runs = {"direct": None, "proxy redis": f"redis://127.0.0.1:{redis.port}/0?prefix=lat",
-                        "proxy null": "null://"}
+                runs = {
+                    "direct": None,
+                    "proxy redis": f"redis://127.0.0.1:{redis.port}/0?prefix=lat",
+                    "proxy null": "null://",
+                }
                 for name, store in runs.items():
                     proxy = ProxyProcess(g, store, home) if store else None
                     try:
@@ -208,8 +211,11 @@ def main() -> None:
                             proxy.stop()
                     q = statistics.quantiles(times, n=10)
                     lat[name] = {"p50_ms": statistics.median(times) * 1e3, "p90_ms": q[8] * 1e3}
-                    print(f"latency {name:12s} p50 {lat[name]['p50_ms']:.3f} ms  "
-                          f"p90 {lat[name]['p90_ms']:.3f} ms", flush=True)
+                    print(
+                        f"latency {name:12s} p50 {lat[name]['p50_ms']:.3f} ms  "
+                        f"p90 {lat[name]['p90_ms']:.3f} ms",
+                        flush=True,
+                    )
         finally:
             g.stop()
     best = {c: max(v) for c, v in results.items()}

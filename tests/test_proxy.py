@@ -5,6 +5,7 @@ Gearman::Worker, raw sockets), capturing into private SQLite and Redis stores.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -23,11 +24,14 @@ from servers import find_binary, need
 from test_store_redis import PrivateRedis
 
 from gearstash.errors import ProtocolError
-from gearstash.gearmand import Gearmand, free_port
-from gearstash.plugins import open_store
-from gearstash.protocol import Decoder, PacketType, encode_request, parse_status
+from gearstash.model.records import JobInfo, JobRecord, JobRef, State
+from gearstash.protocol.admin import parse_status
+from gearstash.protocol.packets import Decoder, PacketType, encode_request
 from gearstash.proxy.framing import TEXT, Splitter, split_args
-from gearstash.records import JobRecord, JobRef, State
+from gearstash.proxy.routes import Route
+from gearstash.proxy.server import Proxy, Settings
+from gearstash.spine.manager import get_plugin_manager, hookimpl, open_store
+from gearstash.testing.gearmand import Gearmand, free_port
 
 HERE = Path(__file__).parent
 PHP_WORKER = HERE / "php" / "reverse_worker.php"
@@ -107,9 +111,7 @@ def processes() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
 
     def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
-            made.append(
-                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-            )
+            made.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out))
         return made[-1]
 
     try:
@@ -188,8 +190,16 @@ def test_php_worker_behind_the_proxy_fetched_by_the_clients_handle(
     assert [(p.numerator, p.denominator) for p in rec.status] == [(i, 10) for i in range(1, 11)]
     assert rec.worker.startswith("gearstash-proxy@")
     fetched = subprocess.run(
-        [GEARSTASH, "fetch", "--json", "-s", gearmand.address, "--store", tmp_sqlite_url,
-         handle.decode()],
+        [
+            GEARSTASH,
+            "fetch",
+            "--json",
+            "-s",
+            gearmand.address,
+            "--store",
+            tmp_sqlite_url,
+            handle.decode(),
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -203,7 +213,11 @@ def test_php_worker_behind_the_proxy_fetched_by_the_clients_handle(
 
 @pytest.mark.gearman_tools
 def test_c_tool_worker_and_client_through_the_proxy(
-    gearmand: Gearmand, gearman_tool: str, start_proxy: Any, processes: Any, tmp_path: Path,
+    gearmand: Gearmand,
+    gearman_tool: str,
+    start_proxy: Any,
+    processes: Any,
+    tmp_path: Path,
     tmp_sqlite_url: str,
 ) -> None:
     proxy = start_proxy(gearmand.address, tmp_sqlite_url)
@@ -214,9 +228,22 @@ def test_c_tool_worker_and_client_through_the_proxy(
     wait_for("the C worker to register", lambda: workers_on(gearmand, "rev"))
     # a background job from the C tool, straight to gearmand, with a unique we choose
     subprocess.run(
-        [gearman_tool, "-h", "127.0.0.1", "-p", str(gearmand.port), "-b", "-u", "u-c-1",
-         "-f", "rev", "abc"],
-        check=True, timeout=30, capture_output=True,
+        [
+            gearman_tool,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(gearmand.port),
+            "-b",
+            "-u",
+            "u-c-1",
+            "-f",
+            "rev",
+            "abc",
+        ],
+        check=True,
+        timeout=30,
+        capture_output=True,
     )
     ref = JobRef(b"", gearmand.address, b"u-c-1")
     rec = wait_for("the C worker's job record", lambda: finished(tmp_sqlite_url, ref))
@@ -224,7 +251,9 @@ def test_c_tool_worker_and_client_through_the_proxy(
     # a foreground job from the C tool *through the proxy* (clients are relayed untouched)
     out = subprocess.run(
         [gearman_tool, "-h", "127.0.0.1", "-p", str(proxy.port), "-f", "rev", "xyz"],
-        check=True, timeout=30, capture_output=True,
+        check=True,
+        timeout=30,
+        capture_output=True,
     ).stdout
     assert out.strip() == b"zyx"
 
@@ -302,7 +331,7 @@ class FakeUpstream:
 
     def __init__(self, answer: bytes) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.answer = answer
         self.received = b""
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -385,13 +414,13 @@ def test_malformed_packet_closes_only_that_pair(
         decoder = Decoder()
         good.sendall(encode_request(PacketType.ECHO_REQ, b"after"))
         assert _read(good, decoder).args == (b"after",)
-    log = wait_for("the reasons in the log", lambda: "bad magic" in proxy.output() and proxy.output())
+    log = wait_for(
+        "the reasons in the log", lambda: "bad magic" in proxy.output() and proxy.output()
+    )
     assert "over the limit of 4096" in log
 
 
-def test_a_thousand_connections_in_one_process(
-    gearmand: Gearmand, start_proxy: Any
-) -> None:
+def test_a_thousand_connections_in_one_process(gearmand: Gearmand, start_proxy: Any) -> None:
     proxy = start_proxy(gearmand.address, "null://")
     socks = []
     try:
@@ -527,7 +556,10 @@ def test_splitter_keeps_frames_as_they_came_in_any_chunking() -> None:
     stream = (
         encode_request(PacketType.CAN_DO, b"f")
         + b"status\n"
-        + b"\0REQ" + (77).to_bytes(4, "big") + (3).to_bytes(4, "big") + b"a\0b"
+        + b"\0REQ"
+        + (77).to_bytes(4, "big")
+        + (3).to_bytes(4, "big")
+        + b"a\0b"
         + encode_request(PacketType.WORK_DATA, b"H:x:1", b"da\0ta")
     )
     for size in (1, 2, 5, 13, len(stream)):
@@ -554,3 +586,124 @@ def test_splitter_refuses_what_it_cannot_frame(data: bytes, reason: str) -> None
         splitter.feed(data)
     with pytest.raises(ProtocolError, match=reason):  # and stays broken
         splitter.feed(b"")
+
+
+# ---------------------------------------------------------------------------- stopping, processes
+
+
+@pytest.mark.php
+def test_sigterm_lets_the_job_in_hand_finish_then_exits(
+    gearmand: Gearmand, start_proxy: Any, processes: Any, tmp_path: Path, tmp_sqlite_url: str
+) -> None:
+    proxy = start_proxy(gearmand.address, tmp_sqlite_url, "--grace", "60")
+    php_worker(processes, proxy.port, tmp_path, tick=0.15, steps=10)
+    wait_for("the worker", lambda: workers_on(gearmand, "reverse"))
+    (ref,) = php_submit(gearmand, "in-hand")
+    wait_for("the job to start", lambda: record(tmp_sqlite_url, ref))
+    proxy.proc.send_signal(signal.SIGTERM)
+    assert proxy.stop() == 0
+    rec = record(tmp_sqlite_url, ref)
+    assert rec is not None and rec.state == State.COMPLETE and len(rec.data) == 10, rec
+    assert "proxy stopping" in proxy.output() and "proxy stopped" in proxy.output()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=2).close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def test_processes_share_the_port_and_stop_together(
+    gearmand: Gearmand, start_proxy: Any, tmp_sqlite_url: str
+) -> None:
+    proxy = start_proxy(gearmand.address, tmp_sqlite_url, "--processes", "2")
+    assert len(_children(proxy.proc.pid)) == 2
+    socks = [_raw(proxy.address) for _ in range(20)]
+    try:
+        for i, sock in enumerate(socks):
+            sock.sendall(encode_request(PacketType.ECHO_REQ, b"%d" % i))
+        for i, sock in enumerate(socks):
+            assert _read(sock, Decoder()).args == (b"%d" % i,)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert proxy.stop() == 0
+    assert _children(proxy.proc.pid) == []
+
+
+def test_observer_hooks_see_proxied_jobs(gearmand: Gearmand, tmp_sqlite_url: str) -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    class Observer:
+        @hookimpl
+        def job_started(self, job: JobInfo) -> None:
+            seen.append(("started", job.function, job.ref))
+
+        @hookimpl
+        def job_status(self, job: JobInfo, numerator: int, denominator: int) -> None:
+            seen.append(("status", numerator, denominator))
+
+        @hookimpl
+        def job_data(self, job: JobInfo, data: bytes) -> None:
+            seen.append(("data", data))
+
+        @hookimpl
+        def job_completed(self, job: JobInfo, result: bytes) -> None:
+            seen.append(("completed", result))
+
+    pm = get_plugin_manager()
+    observer = Observer()
+    pm.register(observer)
+    loop = asyncio.new_event_loop()
+    port = free_port()
+    settings = Settings([Route.parse(f"127.0.0.1:{port}={gearmand.address}")], tmp_sqlite_url)
+    try:
+        proxy = Proxy(settings, loop)
+        thread = threading.Thread(target=loop.run_until_complete, args=(proxy.serve(False),))
+        thread.start()
+        wait_for("the in-process proxy", lambda: _connects(port))
+        with _raw(f"127.0.0.1:{port}") as worker, _raw(gearmand.address) as client:
+            worker.sendall(encode_request(PacketType.CAN_DO, b"hooked"))
+            client.sendall(encode_request(PacketType.SUBMIT_JOB_BG, b"hooked", b"u-h", b"w"))
+            assert _read(client, Decoder()).kind == PacketType.JOB_CREATED
+            decoder = Decoder()
+            worker.sendall(encode_request(PacketType.GRAB_JOB_UNIQ))
+            assign = _read(worker, decoder)
+            assert assign.kind == PacketType.JOB_ASSIGN_UNIQ
+            handle = assign.args[0]
+            worker.sendall(
+                encode_request(PacketType.WORK_STATUS, handle, b"1", b"2")
+                + encode_request(PacketType.WORK_DATA, handle, b"half")
+                + encode_request(PacketType.WORK_COMPLETE, handle, b"whole")
+                + encode_request(PacketType.ECHO_REQ, b"after")
+            )
+            assert _read(worker, decoder).args == (b"after",)  # relayed behind the final packet
+        loop.call_soon_threadsafe(proxy.stop)
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    finally:
+        pm.unregister(observer)
+        loop.close()
+    assert seen == [
+        ("started", "hooked", JobRef(handle, gearmand.address, b"u-h")),
+        ("status", 1, 2),
+        ("data", b"half"),
+        ("completed", b"whole"),
+    ]
+    rec = record(tmp_sqlite_url, JobRef(handle, gearmand.address, b"u-h"))
+    assert rec is not None and rec.result == b"whole" and rec.data == [b"half"]
+
+
+def _connects(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True

@@ -32,6 +32,9 @@ from gearstash.transport.connection import split_address
 
 log = logging.getLogger("gearstash.proxy")
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 
 
 @dataclass
@@ -168,8 +171,12 @@ def run_one(settings: Settings, reuse_port: bool = False) -> None:
     asyncio.set_event_loop(loop)
     try:
         proxy = Proxy(settings, loop)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, proxy.stop)
+        # forked by run(): a stop signal that came during start-up was held back for us
+        if signal.sigpending() & _STOP_SIGNALS:
+            proxy.stop()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         loop.run_until_complete(proxy.serve(reuse_port))
     finally:
         asyncio.set_event_loop(None)
@@ -182,6 +189,8 @@ def run(settings: Settings) -> int:
         run_one(settings)
         return 0
     children: list[int] = []
+    # children start with the stop signals blocked until their own handlers are in place
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     for _ in range(settings.processes):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child's exit code tells
@@ -200,8 +209,9 @@ def run(settings: Settings) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     status = 0
     for child in children:
         while True:
