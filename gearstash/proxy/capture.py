@@ -35,7 +35,12 @@ Callback = Callable[[], None]
 
 
 class CaptureWriter:
-    """Queues events from the event loop and writes them to ``store`` from a thread of its own."""
+    """Queues events from the event loop and writes them to ``store`` from a thread of its own.
+
+    ``inline=True`` writes on the event loop instead, at the end of each pass of the loop: for
+    in-process stores (``memory://``, ``null://``), whose writes cost less than a hand-over to a
+    thread.
+    """
 
     def __init__(
         self,
@@ -44,45 +49,74 @@ class CaptureWriter:
         loop: asyncio.AbstractEventLoop,
         *,
         flush_interval: float = 0.05,
+        inline: bool = False,
     ) -> None:
         self.store = store
+        self.inline = inline
         self.hooks = hooks
         self.loop = loop
         self.flush_interval = max(flush_interval, 0.0)
         self.batches = 0  # store writes made (for the log and tests)
         self.events = 0
         self._cond = threading.Condition(threading.Lock())
-        self._events: list[Event] = []
+        self._events: list[Event] = []  # handed over, guarded by _cond
         self._callbacks: list[Callback] = []
+        self._local: list[Event] = []  # queued during this pass of the loop (loop thread only)
+        self._local_callbacks: list[Callback] = []
         self._since = 0.0
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name="gearstash-proxy-store", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if not inline:
+            self._thread = threading.Thread(
+                target=self._run, name="gearstash-proxy-store", daemon=True
+            )
+            self._thread.start()
 
     def add(self, events: list[Event]) -> None:
         """Queue events that need no acknowledgement (written within ``flush_interval``).
 
-        The writer is not woken for them: it looks every ``flush_interval`` seconds anyway, and a
-        job's final events (which do wake it) take them along.
+        Called on the event loop only. Events queued during one pass of the loop are handed to
+        the writer thread together, at the end of the pass (one lock, at most one wake-up).
         """
-        with self._cond:
-            if not self._events:
-                self._since = time.monotonic()
-                if not self.flush_interval:
-                    self._cond.notify()
-            self._events += events
+        if not self._local and not self._local_callbacks:
+            self.loop.call_soon(self.hand_over)
+        self._local += events
 
     def add_final(self, events: list[Event], stored: Callback) -> None:
-        """Queue a job's last events; ``stored()`` runs on the loop once they were written."""
+        """Queue a job's last events; ``stored()`` runs on the loop once they were written.
+        Called on the event loop only."""
+        if not self._local and not self._local_callbacks:
+            self.loop.call_soon(self.hand_over)
+        self._local += events
+        self._local_callbacks.append(stored)
+
+    def hand_over(self) -> None:
+        """Give what this pass of the loop queued to the writer thread (loop thread only)."""
+        events, callbacks = self._local, self._local_callbacks
+        self._local, self._local_callbacks = [], []
+        if self.inline:
+            if events:
+                self._write(events)
+            _run_all(callbacks)
+            return
         with self._cond:
             if not self._events:
                 self._since = time.monotonic()
+                wake = not self.flush_interval
+            else:
+                wake = False
             self._events += events
-            self._callbacks.append(stored)
-            self._cond.notify()
+            if callbacks:
+                self._callbacks += callbacks
+                wake = True
+            if wake:
+                self._cond.notify()
 
     def close(self) -> None:
-        """Write what is queued, run the last callbacks' hand-over, stop the thread. Idempotent."""
+        """Write what is queued, hand the last callbacks to the loop, stop the thread.
+        Idempotent; may be called from any thread once :meth:`hand_over` ran on the loop."""
+        if self._thread is None:
+            return
         with self._cond:
             self._closing = True
             self._cond.notify()

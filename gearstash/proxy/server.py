@@ -69,7 +69,12 @@ class Proxy:
             on_failure=lambda url, exc, n: self.hooks.store_failed(url, exc, n),
         )
         self.writer = CaptureWriter(
-            self.store, self.hooks, loop, flush_interval=settings.flush_interval
+            self.store,
+            self.hooks,
+            loop,
+            flush_interval=settings.flush_interval,
+            # an in-process store (memory://, null://) is written on the loop: no I/O to wait for
+            inline=self.store is inner and not inner.capabilities & {"shared", "persistent"},
         )
         self.lease: float | None = settings.lease or None
         self.max_packet = settings.max_packet
@@ -139,6 +144,7 @@ class Proxy:
         for pair in list(self.pairs):
             pair.close("grace period over")
         await asyncio.sleep(0)  # let the transports close
+        self.writer.hand_over()
         await self.loop.run_in_executor(None, self.writer.close)
         await self.loop.run_in_executor(None, self.store.close)
         log.info(
