@@ -71,11 +71,7 @@ class ProxyProcess:
 
     def _listening(self) -> bool:
         assert self.proc.poll() is None, self.log.read_text()
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            return False
-        return True
+        return _connects(self.port)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -420,16 +416,21 @@ def test_malformed_packet_closes_only_that_pair(
     assert "over the limit of 4096" in log
 
 
+def _echo_on_each(socks: list[socket.socket]) -> None:
+    """ECHO_REQ on every connection at once, then each must get its own answer back."""
+    for i, sock in enumerate(socks):
+        sock.sendall(encode_request(PacketType.ECHO_REQ, b"%d" % i))
+    for i, sock in enumerate(socks):
+        assert _read(sock, Decoder()).args == (b"%d" % i,)
+
+
 def test_a_thousand_connections_in_one_process(gearmand: Gearmand, start_proxy: Any) -> None:
     proxy = start_proxy(gearmand.address, "null://")
     socks = []
     try:
         for _ in range(1000):
             socks.append(_raw(proxy.address))
-        for i, sock in enumerate(socks):
-            sock.sendall(encode_request(PacketType.ECHO_REQ, b"%d" % i))
-        for i, sock in enumerate(socks):
-            assert _read(sock, Decoder()).args == (b"%d" % i,)
+        _echo_on_each(socks)
     finally:
         for sock in socks:
             sock.close()
@@ -627,10 +628,7 @@ def test_processes_share_the_port_and_stop_together(
     assert len(_children(proxy.proc.pid)) == 2
     socks = [_raw(proxy.address) for _ in range(20)]
     try:
-        for i, sock in enumerate(socks):
-            sock.sendall(encode_request(PacketType.ECHO_REQ, b"%d" % i))
-        for i, sock in enumerate(socks):
-            assert _read(sock, Decoder()).args == (b"%d" % i,)
+        _echo_on_each(socks)
     finally:
         for sock in socks:
             sock.close()

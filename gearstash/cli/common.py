@@ -64,6 +64,37 @@ def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def capture_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--lease``, ``--spool`` and ``--spool-max-bytes``: what the worker and the proxy share."""
+    options = [
+        click.option(
+            "--lease",
+            type=click.FloatRange(min=0),
+            default=60.0,
+            show_default=True,
+            help="Seconds a running job's lease lasts (renewed every third of it while its "
+            "worker is alive); a job whose worker died reads 'lost' once it ran out. 0: no lease.",
+        ),
+        click.option(
+            "--spool",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Folder where events wait while the store is down (default $GEARSTASH_SPOOL, "
+            "the config file's spool, else spool/<hash of the store URL> in the gearstash home).",
+        ),
+        click.option(
+            "--spool-max-bytes",
+            type=click.IntRange(min=1),
+            default=config.DEFAULT_SPOOL_MAX_BYTES,
+            show_default=True,
+            help="Bound of the spool; beyond it new events are lost (logged).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def _servers(values: Sequence[str]) -> list[str] | None:
     return list(values) or None
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import click
 
-from gearstash import config
 from gearstash.cli.common import (
     EXIT_FAILED,
     ExitCodeGroup,
+    capture_options,
     client_for,
     describe,
     server_option,
@@ -98,28 +98,7 @@ def load_function(spec: str) -> tuple[str, Callable[..., Any]]:
     help="Serve the Python function FUNCTION under the Gearman name NAME (repeatable).",
 )
 @click.option("--max-jobs", type=int, default=None, help="Stop after this many jobs.")
-@click.option(
-    "--lease",
-    type=click.FloatRange(min=0),
-    default=60.0,
-    show_default=True,
-    help="Seconds a running job's lease lasts (renewed every third of it); a job whose worker "
-    "died reads 'lost' once it ran out. 0: no lease.",
-)
-@click.option(
-    "--spool",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder where events wait while the store is down (default $GEARSTASH_SPOOL, the "
-    "config file's spool, else spool/<hash of the store URL> in the gearstash home).",
-)
-@click.option(
-    "--spool-max-bytes",
-    type=click.IntRange(min=1),
-    default=config.DEFAULT_SPOOL_MAX_BYTES,
-    show_default=True,
-    help="Bound of the spool; beyond it new events are lost (logged).",
-)
+@capture_options
 @click.option(
     "--on-store-down",
     type=click.Choice(["spool", "fail"]),

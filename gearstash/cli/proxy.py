@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gearstash.cli.common import settings_for, store_option
+from gearstash.cli.common import capture_options, settings_for, store_option
 from gearstash.errors import ConfigError
 
 
@@ -46,14 +46,7 @@ from gearstash.errors import ConfigError
     show_default=True,
     help="Processes sharing the listening ports (SO_REUSEPORT) to use more cores.",
 )
-@click.option(
-    "--lease",
-    type=click.FloatRange(min=0),
-    default=60.0,
-    show_default=True,
-    help="Seconds a running job's lease lasts (renewed every third of it while its worker's "
-    "connection is open); a job whose worker died reads 'lost' once it ran out. 0: no lease.",
-)
+@capture_options
 @click.option(
     "--grace",
     type=click.FloatRange(min=0),
@@ -68,13 +61,6 @@ from gearstash.errors import ConfigError
     show_default=True,
     help="Longest time an event of a running job waits before it is written (a job's last "
     "packet always waits for its events to be stored).",
-)
-@click.option(
-    "--spool",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder where events wait while the store is down (default as the worker: "
-    "$GEARSTASH_SPOOL, the config file's spool, else spool/<hash of the store URL>).",
 )
 @click.option(
     "--max-packet",
@@ -94,6 +80,7 @@ def proxy(
     grace: float,
     flush_interval: float,
     spool: str | None,
+    spool_max_bytes: int,
     max_packet: int,
 ) -> None:
     """Relay workers of any language to the job server and capture what their jobs say.
@@ -122,6 +109,7 @@ def proxy(
         grace=grace,
         flush_interval=flush_interval,
         spool=spool or settings.spool,
+        spool_max_bytes=spool_max_bytes,
         max_packet=max_packet,
         processes=processes,
     )
