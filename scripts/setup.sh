@@ -9,10 +9,11 @@
 #      tools, memcached, redis-server, postgresql and mariadb-server (the tests start servers
 #      of their own from these binaries: nothing needs to run as a service), openssl,
 #      ca-certificates, php-cli + the gearman, redis, memcached, pgsql, sqlite3 and mysql
-#      extensions, chromium + chromium-driver (the web pages' tests). No service manager is
+#      extensions, chromium + chromium-driver (the web pages' tests), Perl's Gearman::Worker (a worker
+#      behind the proxy in the tests). No service manager is
 #      needed: where none runs, the packages' service starts are declined (policy-rc.d).
 #   2. .venv with python3 (>= 3.11), created when missing or broken;
-#   3. pip install -e '.[test,postgres,mysql,redis,memcache]' pygearman into .venv, with the
+#   3. pip install -e '.[test,postgres,mysql,redis,memcache,proxy]' pygearman into .venv, with the
 #      tools that judge the code (pytest, ruff, mypy, hypothesis, ...) pinned by
 #      constraints/tools.txt (skipped when pyproject.toml and the constraints have not changed
 #      since the last install; GEARSTASH_SETUP_FORCE=1 forces it).
@@ -26,7 +27,8 @@ say() { printf 'setup: %s\n' "$*"; }
 APT_PACKAGES=(python3 python3-venv ca-certificates openssl
               gearman-job-server gearman-tools memcached redis-server postgresql mariadb-server
               php-cli php-gearman php-redis php-memcached php-pgsql php-sqlite3 php-mysql
-              chromium chromium-driver)
+              chromium chromium-driver
+              libgearman-client-perl)
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
 
@@ -40,6 +42,7 @@ system_missing() {
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || { echo "python3-venv"; return; }
     [ -s /etc/ssl/certs/ca-certificates.crt ] || { echo "ca-certificates"; return; }
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || { echo "postgresql"; return; }
+    perl -MGearman::Worker -e 1 >/dev/null 2>&1 || { echo "libgearman-client-perl"; return; }
     php -r 'foreach (["gearman", "redis", "memcached", "pgsql", "pdo_sqlite", "pdo_mysql"] as $e)
                 if (!extension_loaded($e)) exit(1);' >/dev/null 2>&1 || { echo "php extensions"; return; }
 }
@@ -107,7 +110,7 @@ else
 fi
 
 # -- 3. python packages -------------------------------------------------------------------------
-EXTRAS='test,postgres,mysql,redis,memcache'
+EXTRAS='test,postgres,mysql,redis,memcache,proxy'
 STAMP=.venv/.gearstash-setup
 CONSTRAINTS=constraints/tools.txt
 WANT="$(cat pyproject.toml "$CONSTRAINTS" | sha256sum | cut -d' ' -f1) $EXTRAS pygearman"
