@@ -705,3 +705,44 @@ def _connects(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _raw_job(proxy_address: str, g: Gearmand, function: bytes, unique: bytes) -> bytes:
+    """Run one background job with a raw-socket worker through the proxy; return its handle."""
+    with _raw(proxy_address) as worker, _raw(g.address) as client:
+        worker.sendall(encode_request(PacketType.CAN_DO, function))
+        client.sendall(encode_request(PacketType.SUBMIT_JOB_BG, function, unique, b"w"))
+        assert _read(client, Decoder()).kind == PacketType.JOB_CREATED
+        decoder = Decoder()
+        worker.sendall(encode_request(PacketType.GRAB_JOB_UNIQ))
+        assign = _read(worker, decoder)
+        assert assign.kind == PacketType.JOB_ASSIGN_UNIQ
+        handle: bytes = assign.args[0]
+        worker.sendall(
+            encode_request(PacketType.WORK_COMPLETE, handle, b"done:" + unique)
+            + encode_request(PacketType.ECHO_REQ, b"sync")
+        )
+        assert _read(worker, decoder).args == (b"sync",)
+    return handle
+
+
+def test_routes_and_server_names_key_the_records(
+    gearmand_factory: Any, start_proxy: Any, tmp_sqlite_url: str
+) -> None:
+    first, second = gearmand_factory(), gearmand_factory()
+    extra = free_port()
+    proxy = start_proxy(
+        first.address,
+        tmp_sqlite_url,
+        "--server-name",
+        "jobs.example:4730",
+        "--route",
+        f"127.0.0.1:{extra}={second.address}",
+    )
+    one = _raw_job(proxy.address, first, b"routed", b"u-first")
+    two = _raw_job(f"127.0.0.1:{extra}", second, b"routed", b"u-second")
+    rec = wait_for("the first", lambda: finished(tmp_sqlite_url, JobRef(one, "jobs.example:4730")))
+    assert rec.result == b"done:u-first"
+    rec = wait_for("the second", lambda: finished(tmp_sqlite_url, JobRef(two, second.address)))
+    assert rec.result == b"done:u-second"
+    assert record(tmp_sqlite_url, JobRef(one, first.address, b"u-first")) is None
