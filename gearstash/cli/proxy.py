@@ -46,6 +46,14 @@ from gearstash.errors import ConfigError
     show_default=True,
     help="Processes sharing the listening ports (SO_REUSEPORT) to use more cores.",
 )
+@click.option(
+    "--store-writers",
+    type=click.IntRange(min=1, max=64),
+    default=1,
+    show_default=True,
+    help="Threads writing to the store at once (each job is written by one of them, in order); "
+    "more overlap the round trips of a store far away, one batches best.",
+)
 @capture_options
 @click.option(
     "--grace",
@@ -76,6 +84,7 @@ def proxy(
     routes: tuple[str, ...],
     store: str | None,
     processes: int,
+    store_writers: int,
     lease: float,
     grace: float,
     flush_interval: float,
@@ -112,6 +121,7 @@ def proxy(
         spool_max_bytes=spool_max_bytes,
         max_packet=max_packet,
         processes=processes,
+        writers=store_writers,
     )
     click.echo(
         "gearstash proxy: "

@@ -35,8 +35,6 @@ log = logging.getLogger("gearstash.proxy")
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-
-
 @dataclass
 class Settings:
     """What ``gearstash proxy`` was asked to do (see the CLI's help for each field)."""
@@ -51,6 +49,7 @@ class Settings:
     max_packet: int = DEFAULT_MAX_PACKET
     connect_timeout: float = 5.0
     processes: int = 1
+    writers: int = 1
     backlog: int = 1024
 
 
@@ -75,6 +74,7 @@ class Proxy:
             flush_interval=settings.flush_interval,
             # an in-process store (memory://, null://) is written on the loop: no I/O to wait for
             inline=self.store is inner and not inner.capabilities & {"shared", "persistent"},
+            writers=settings.writers,
         )
         self.lease: float | None = settings.lease or None
         self.max_packet = settings.max_packet
