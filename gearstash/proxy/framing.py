@@ -77,8 +77,13 @@ class Splitter:
         """Add received bytes; return every frame now complete, in order."""
         if self._error is not None:
             raise self._error.with_traceback(None)
-        buf = self._buf
-        buf += data
+        rest = self._buf
+        if rest:
+            rest += data
+            buf = bytes(rest)
+            rest.clear()
+        else:  # the usual case: nothing left over, frame straight from the bytes received
+            buf = bytes(data)
         frames: list[Frame] = []
         pos = 0
         have = len(buf)
@@ -91,12 +96,12 @@ class Splitter:
                         if have - pos > MAX_LINE:
                             self._fail(f"text line longer than {MAX_LINE} bytes")
                         break
-                    frames.append(Frame(TEXT, bytes(buf[pos : end + 1])))
+                    frames.append(Frame(TEXT, buf[pos : end + 1]))
                     pos = end + 1
                     continue
                 if have - pos < HEADER_SIZE:
-                    if not magic.startswith(bytes(buf[pos : pos + 4])):
-                        self._fail(f"bad magic {bytes(buf[pos : pos + 4])!r}, expected {magic!r}")
+                    if not magic.startswith(buf[pos : pos + 4]):
+                        self._fail(f"bad magic {buf[pos : pos + 4]!r}, expected {magic!r}")
                     break
                 seen, num, size = _HEADER.unpack_from(buf, pos)
                 if seen != magic:
@@ -109,11 +114,11 @@ class Splitter:
                 end = pos + HEADER_SIZE + size
                 if end > have:
                     break
-                frames.append(Frame(num, bytes(buf[pos:end])))
+                frames.append(Frame(num, buf if (pos == 0 and end == have) else buf[pos:end]))
                 pos = end
         finally:
-            if pos:
-                del buf[:pos]
+            if pos < have and self._error is None:
+                rest += memoryview(buf)[pos:]
         return frames
 
     def _fail(self, message: str) -> NoReturn:

@@ -211,9 +211,10 @@ class Pair:
             return
         self._relay_up(frames, 0)
 
-    def _relay_up(self, frames: list[Frame], start: int) -> None:
-        """Pass ``frames[start:]`` upstream; stop behind a final packet of a captured job."""
-        out: list[bytes] = []
+    def _relay_up(self, frames: list[Frame], start: int, first: bytes = b"") -> None:
+        """Pass ``first`` and ``frames[start:]`` upstream; stop behind a final packet of a
+        captured job."""
+        out: list[bytes] = [first] if first else []
         jobs = self.jobs
         try:
             for index in range(start, len(frames)):
@@ -232,10 +233,13 @@ class Pair:
                 else:
                     out.append(frame.raw)
         except ProtocolError as exc:
+            if out and self.up is not None:
+                self.up.write(b"".join(out))
+                out = []
             self.close(f"worker {self.peer}: {exc}")
             return
-        finally:
-            if out and self.up is not None:
+        finally:  # what came before a bad frame still goes up, before the pair closes
+            if out and self.up is not None and not self.up.is_closing():
                 self.up.write(b"".join(out))
 
     def _work(self, job: ProxyJob, num: int, args: tuple[bytes, ...], raw: bytes) -> bool:
@@ -277,30 +281,29 @@ class Pair:
 
         def stored() -> None:
             self.finals -= 1
-            if self.up is not None and not self.up.is_closing():
-                self.up.write(raw)
             done()
-            if self.closed:
-                if not self.finals and self.up is not None:
+            if self.closed or (self.draining and not self.jobs):
+                if self.up is not None and not self.up.is_closing():
+                    self.up.write(raw)
+                if not self.closed:
+                    self.close(None)
+                elif not self.finals and self.up is not None:
                     self.up.close()
                 return
-            if self.draining and not self.jobs:
-                self.close(None)
-                return
-            self._release()
+            self._release(raw)  # the final packet, and what waited behind it, in one write
 
         self.writer.add_final([event], stored)
         return True
 
-    def _release(self) -> None:
-        """Relay what waited (for the upstream connection or behind a final packet)."""
+    def _release(self, first: bytes = b"") -> None:
+        """Relay ``first`` (a stored final packet) and what waited (for the upstream connection
+        or behind that packet)."""
         held = self.held
         self.held = None
         if self.paused and self.worker is not None:
             self.paused = False
             self.worker.resume_reading()
-        if held:
-            self._relay_up(held, 0)
+        self._relay_up(held or [], 0, first)
 
     # ------------------------------------------------------------ upstream -> worker
 
