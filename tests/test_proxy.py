@@ -747,3 +747,47 @@ def test_routes_and_server_names_key_the_records(
     rec = wait_for("the second", lambda: finished(tmp_sqlite_url, JobRef(two, second.address)))
     assert rec.result == b"done:u-second"
     assert record(tmp_sqlite_url, JobRef(one, first.address, b"u-first")) is None
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_reader_that_does_not_read_cannot_make_the_proxy_hoard(
+    gearmand: Gearmand, start_proxy: Any
+) -> None:
+    proxy = start_proxy(gearmand.address, "null://")
+    chunk = encode_request(PacketType.ECHO_REQ, b"x" * (256 << 10))
+    total = 256  # 64 MiB of echoes, sent without reading the answers
+    with _raw(proxy.address) as sock:
+        base = _rss_kib(proxy.proc.pid)
+        sent = [0]
+
+        def send() -> None:
+            with contextlib.suppress(OSError):
+                for _ in range(total):
+                    sock.sendall(chunk)
+                    sent[0] += 1
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        # gearmand takes every request and keeps the answers itself; the proxy, whose worker
+        # side is not read, must stop reading gearmand instead of holding the answers
+        wait_for("the sender to finish or stall", lambda: sent[0] == total or _stalled(sent), 120)
+        time.sleep(1.0)
+        grown = _rss_kib(proxy.proc.pid) - base
+        assert grown < 24 * 1024, f"the proxy grew by {grown} KiB while nobody read"
+        decoder = Decoder(max_packet=1 << 20)
+        for _ in range(total):
+            assert _read(sock, decoder).args == (b"x" * (256 << 10),)
+        sender.join(timeout=60)
+        assert sent[0] == total
+
+
+def _stalled(sent: list[int]) -> bool:
+    before = sent[0]
+    time.sleep(0.5)
+    return sent[0] == before and before > 0

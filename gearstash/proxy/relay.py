@@ -127,6 +127,12 @@ class _Side(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.pair.lost(self.upstream, exc)
 
+    def pause_writing(self) -> None:
+        self.pair.backlog(self.upstream, True)
+
+    def resume_writing(self) -> None:
+        self.pair.backlog(self.upstream, False)
+
 
 class Pair:
     """A worker-side connection, its own upstream connection, and the jobs assigned on it."""
@@ -146,7 +152,10 @@ class Pair:
         self.finals = 0  # final packets waiting for the store
         self.closed = False
         self.draining = False
-        self.paused = False
+        self.paused = False  # the worker side's reading (too much held, or upstream backlogged)
+        self.up_paused = False
+        self.backlogged = {False: False, True: False}  # side -> its send buffer is full
+        self._connecting: asyncio.Task[None] | None = None
         self._from_worker = Splitter(REQ, proxy.max_packet)
         self._from_up = Splitter(RES, proxy.max_packet)
 
@@ -165,7 +174,7 @@ class Pair:
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
         self.proxy.pairs.add(self)
-        asyncio.get_running_loop().create_task(self._connect())
+        self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
         route = self.route
@@ -205,11 +214,27 @@ class Pair:
             return
         if self.held is not None:
             self.held += frames
-            if len(self.held) > _HOLD_PAUSE and self.worker is not None and not self.paused:
-                self.paused = True
-                self.worker.pause_reading()
+            self._flow()
             return
         self._relay_up(frames, 0)
+
+    def backlog(self, upstream: bool, full: bool) -> None:
+        """A side's send buffer went over (or back under) asyncio's high-water mark: stop (or
+        go on) reading from the other side, so a slow reader cannot make the proxy hoard."""
+        self.backlogged[upstream] = full
+        self._flow()
+
+    def _flow(self) -> None:
+        """Pause or resume reading on each side as the held frames and the backlogs ask."""
+        held = self.held is not None and len(self.held) > _HOLD_PAUSE
+        pause_worker = held or self.backlogged[True]
+        if self.worker is not None and pause_worker != self.paused and not self.closed:
+            self.paused = pause_worker
+            (self.worker.pause_reading if pause_worker else self.worker.resume_reading)()
+        pause_up = self.backlogged[False]
+        if self.up is not None and pause_up != self.up_paused and not self.closed:
+            self.up_paused = pause_up
+            (self.up.pause_reading if pause_up else self.up.resume_reading)()
 
     def _relay_up(self, frames: list[Frame], start: int, first: bytes = b"") -> None:
         """Pass ``first`` and ``frames[start:]`` upstream; stop behind a final packet of a
@@ -300,9 +325,7 @@ class Pair:
         or behind that packet)."""
         held = self.held
         self.held = None
-        if self.paused and self.worker is not None:
-            self.paused = False
-            self.worker.resume_reading()
+        self._flow()
         self._relay_up(held or [], 0, first)
 
     # ------------------------------------------------------------ upstream -> worker
