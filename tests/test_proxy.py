@@ -791,3 +791,25 @@ def _stalled(sent: list[int]) -> bool:
     before = sent[0]
     time.sleep(0.5)
     return sent[0] == before and before > 0
+
+
+def test_sigterm_with_capture_off_relays_the_last_final_and_nothing_after_it(
+    gearmand: Gearmand, start_proxy: Any
+) -> None:
+    proxy = start_proxy(gearmand.address, "null://", "--grace", "60")
+    with _raw(proxy.address) as worker, _raw(gearmand.address) as client:
+        worker.sendall(encode_request(PacketType.CAN_DO, b"last"))
+        client.sendall(encode_request(PacketType.SUBMIT_JOB_BG, b"last", b"u-last", b"w"))
+        assert _read(client, Decoder()).kind == PacketType.JOB_CREATED
+        worker.sendall(encode_request(PacketType.GRAB_JOB_UNIQ))
+        handle = _read(worker, Decoder()).args[0]
+        proxy.proc.send_signal(signal.SIGTERM)
+        wait_for("the proxy to stop listening", lambda: not _connects(proxy.port))
+        worker.sendall(
+            encode_request(PacketType.WORK_COMPLETE, handle, b"ok")
+            + encode_request(PacketType.GRAB_JOB_UNIQ)
+        )
+        assert worker.recv(100) == b"", "closed after its last job, the grab not relayed"
+    assert proxy.stop() == 0
+    rows = [r for r in parse_status(gearmand.admin("status").splitlines()) if r.function == "last"]
+    assert all(r.queued == 0 and r.running == 0 for r in rows), rows

@@ -98,6 +98,16 @@ class CaptureWriter:
         self.add(events)
         self._shard(events[0].key).local_callbacks.append(stored)
 
+    def write_now(self, events: list[Event]) -> bool:
+        """``inline`` only: write everything queued and ``events`` at once, on the loop, and
+        return True (the caller may then go on as if :meth:`add_final` had called back); without
+        ``inline`` do nothing and return False."""
+        if not self.inline:
+            return False
+        self.add(events)
+        self.hand_over()
+        return True
+
     def hand_over(self) -> None:
         """Give what this pass of the loop queued to the writer threads."""
         self._pending = False

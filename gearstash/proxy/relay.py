@@ -59,6 +59,7 @@ _WORK_COMPLETE, _WORK_FAIL, _WORK_EXCEPTION = (
     int(_T.WORK_EXCEPTION),
 )
 _GRABS = frozenset({_GRAB_JOB, _GRAB_JOB_UNIQ, _GRAB_JOB_ALL})
+_FINALS = frozenset({_WORK_COMPLETE, _WORK_FAIL, _WORK_EXCEPTION})
 _ASSIGNS = frozenset({_JOB_ASSIGN, _JOB_ASSIGN_UNIQ, _JOB_ASSIGN_ALL})
 _WORK = frozenset(
     {_WORK_STATUS, _WORK_DATA, _WORK_WARNING, _WORK_COMPLETE, _WORK_FAIL, _WORK_EXCEPTION}
@@ -255,6 +256,8 @@ class Pair:
                         self.held = frames[index + 1 :]
                         break
                     out.append(frame.raw)
+                    if self.draining and not self.jobs and num in _FINALS and job is not None:
+                        break  # stopping: its last job ended; nothing after it goes up
                 else:
                     out.append(frame.raw)
         except ProtocolError as exc:
@@ -266,6 +269,8 @@ class Pair:
         finally:  # what came before a bad frame still goes up, before the pair closes
             if out and self.up is not None and not self.up.is_closing():
                 self.up.write(b"".join(out))
+        if self.draining and not self.jobs and not self.finals and not self.closed:
+            self.close(None)  # stopping, and its last job just ended
 
     def _work(self, job: ProxyJob, num: int, args: tuple[bytes, ...], raw: bytes) -> bool:
         """Capture one WORK_* packet of ``job``; True when it ended the job (``raw`` then goes
@@ -302,6 +307,9 @@ class Pair:
             event = Event(EventKind.EXCEPTION, key, now, args[1])
             text = args[1].decode("utf-8", "replace").replace("\0", "\\x00")
             done = lambda: hooks.failed(job, JobError("exception", text))  # noqa: E731
+        if self.writer.write_now([event]):  # an in-process store: stored already
+            done()
+            return False
         self.finals += 1
 
         def stored() -> None:
