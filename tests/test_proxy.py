@@ -26,7 +26,7 @@ from test_outage import OwnRedis
 from gearstash.errors import ProtocolError
 from gearstash.model.records import JobInfo, JobRecord, JobRef, State
 from gearstash.protocol.admin import parse_status
-from gearstash.protocol.packets import Decoder, PacketType, encode_request
+from gearstash.protocol.packets import Decoder, PacketType, encode_request, encode_response
 from gearstash.proxy.framing import TEXT, Splitter, split_args
 from gearstash.proxy.routes import Route
 from gearstash.proxy.server import Proxy, Settings
@@ -708,16 +708,23 @@ def _connects(port: int) -> bool:
     return True
 
 
-def _raw_job(proxy_address: str, g: Gearmand, function: bytes, unique: bytes) -> bytes:
-    """Run one background job with a raw-socket worker through the proxy; return its handle."""
+def _raw_job(
+    proxy_address: str,
+    g: Gearmand,
+    function: bytes,
+    unique: bytes,
+    grab: PacketType = PacketType.GRAB_JOB_UNIQ,
+) -> bytes:
+    """Run one background job with a raw-socket worker through the proxy (asking with
+    ``grab``); return its handle."""
     with _raw(proxy_address) as worker, _raw(g.address) as client:
         worker.sendall(encode_request(PacketType.CAN_DO, function))
         client.sendall(encode_request(PacketType.SUBMIT_JOB_BG, function, unique, b"w"))
         assert _read(client, Decoder()).kind == PacketType.JOB_CREATED
         decoder = Decoder()
-        worker.sendall(encode_request(PacketType.GRAB_JOB_UNIQ))
+        worker.sendall(encode_request(grab))
         assign = _read(worker, decoder)
-        assert assign.kind == PacketType.JOB_ASSIGN_UNIQ
+        assert assign.kind == PacketType.JOB_ASSIGN_UNIQ  # gearmand's answer to either grab
         handle: bytes = assign.args[0]
         worker.sendall(
             encode_request(PacketType.WORK_COMPLETE, handle, b"done:" + unique)
@@ -741,7 +748,7 @@ def test_routes_and_server_names_key_the_records(
         f"127.0.0.1:{extra}={second.address}",
     )
     one = _raw_job(proxy.address, first, b"routed", b"u-first")
-    two = _raw_job(f"127.0.0.1:{extra}", second, b"routed", b"u-second")
+    two = _raw_job(f"127.0.0.1:{extra}", second, b"routed", b"u-second", PacketType.GRAB_JOB_ALL)
     rec = wait_for("the first", lambda: finished(tmp_sqlite_url, JobRef(one, "jobs.example:4730")))
     assert rec.result == b"done:u-first"
     rec = wait_for("the second", lambda: finished(tmp_sqlite_url, JobRef(two, second.address)))
@@ -813,3 +820,24 @@ def test_sigterm_with_capture_off_relays_the_last_final_and_nothing_after_it(
     assert proxy.stop() == 0
     rows = [r for r in parse_status(gearmand.admin("status").splitlines()) if r.function == "last"]
     assert all(r.queued == 0 and r.running == 0 for r in rows), rows
+
+
+def test_grab_job_all_then_job_assign_all_is_captured(
+    start_proxy: Any, tmp_sqlite_url: str
+) -> None:
+    # gearmand 1.1.20 answers GRAB_JOB_ALL with JOB_ASSIGN_UNIQ for the jobs a client can
+    # submit it, so a server of the test's own sends the JOB_ASSIGN_ALL
+    assign = encode_response(PacketType.JOB_ASSIGN_ALL, b"H:fake:1", b"all", b"u-all", b"r", b"w")
+    upstream = FakeUpstream(assign)
+    try:
+        proxy = start_proxy(upstream.address, tmp_sqlite_url)
+        with _raw(proxy.address) as worker:
+            worker.sendall(encode_request(PacketType.GRAB_JOB_ALL))
+            got = _read(worker, Decoder())
+            assert got.kind == PacketType.JOB_ASSIGN_ALL and got.args[0] == b"H:fake:1"
+            worker.sendall(encode_request(PacketType.WORK_COMPLETE, b"H:fake:1", b"reduced"))
+            ref = JobRef(b"H:fake:1", upstream.address, b"u-all")
+            rec = wait_for("the record", lambda: finished(tmp_sqlite_url, ref))
+        assert rec.result == b"reduced" and rec.function == b"all"
+    finally:
+        upstream.close()
