@@ -194,6 +194,9 @@ def run(settings: Settings) -> int:
     if settings.processes <= 1:
         run_one(settings)
         return 0
+    # open (and close) the store once first: a bad URL fails here, not in every child, and a new
+    # store's tables are made by one process, not raced for by all of them
+    open_store(settings.store_url).close()
     children: list[int] = []
     # children start with the stop signals blocked until their own handlers are in place
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
