@@ -3,18 +3,21 @@
 The proxy's event loop hands events to a :class:`CaptureWriter` and never blocks on the store.
 Each job belongs to one of a few writer threads; a thread takes *everything* queued for it
 (events of any number of jobs and connections) and writes it in one ``store.write`` call, so
-under load many jobs share one store round trip, and the threads' round trips overlap.
+under load many jobs share one store round trip, and the threads' round trips overlap. An
+in-process store (``memory://``, ``null://``) is written on the event loop instead (no I/O to
+wait for, cheaper than a hand-over to a thread).
 
 Guarantees:
 
 * a job's events are written in the order they were queued (one thread writes all of them);
 * :meth:`CaptureWriter.add_final` runs its callback, on the event loop, only after a write that
-  contained its events returned (stored, or spooled by :class:`~gearstash.spool.SpoolingStore`),
+  contained its events returned (stored, or spooled by
+  :class:`~gearstash.store.spool.SpoolingStore`),
   or failed (logged, ``store_failed`` hook): the proxy then tells the server the job ended;
 * events without a callback (start, status, data, warnings, heartbeats) wait at most
   ``flush_interval`` seconds before they are written;
 * a batch the store refuses for good (a value over its limit) is retried job by job, and for the
-  job refused the record is kept honest with :func:`gearstash.slot.refusal_events`.
+  job refused the record is kept honest with :func:`gearstash.store.contract.refusal_events`.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ _HOLD_PAUSE = 256  # frames waiting behind a final packet before the worker is p
 
 class ProxyJob:
     """A job in the hands of a proxied worker, as observers see it (a
-    :class:`gearstash.records.JobInfo`)."""
+    :class:`gearstash.model.records.JobInfo`)."""
 
     __slots__ = ("function", "handle", "key", "leased", "server", "unique", "workload")
 
