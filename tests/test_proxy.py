@@ -714,9 +714,11 @@ def _raw_job(
     function: bytes,
     unique: bytes,
     grab: PacketType = PacketType.GRAB_JOB_UNIQ,
+    end: Callable[[bytes], bytes] | None = None,
 ) -> bytes:
     """Run one background job with a raw-socket worker through the proxy (asking with
-    ``grab``); return its handle."""
+    ``grab``, ending it with ``end(handle)``: by default WORK_COMPLETE ``done:UNIQUE``); return
+    its handle."""
     with _raw(proxy_address) as worker, _raw(g.address) as client:
         worker.sendall(encode_request(PacketType.CAN_DO, function))
         client.sendall(encode_request(PacketType.SUBMIT_JOB_BG, function, unique, b"w"))
@@ -726,11 +728,9 @@ def _raw_job(
         assign = _read(worker, decoder)
         assert assign.kind == PacketType.JOB_ASSIGN_UNIQ  # gearmand's answer to either grab
         handle: bytes = assign.args[0]
-        worker.sendall(
-            encode_request(PacketType.WORK_COMPLETE, handle, b"done:" + unique)
-            + encode_request(PacketType.ECHO_REQ, b"sync")
-        )
-        assert _read(worker, decoder).args == (b"sync",)
+        ending = encode_request(PacketType.WORK_COMPLETE, handle, b"done:" + unique)
+        worker.sendall((end(handle) if end else ending) + encode_request(PacketType.ECHO_REQ, b"s"))
+        assert _read(worker, decoder).args == (b"s",)
     return handle
 
 
@@ -841,3 +841,26 @@ def test_grab_job_all_then_job_assign_all_is_captured(
         assert rec.result == b"reduced" and rec.function == b"all"
     finally:
         upstream.close()
+
+
+def test_work_fail_and_work_exception_end_the_records_failed(
+    gearmand: Gearmand, start_proxy: Any, tmp_sqlite_url: str
+) -> None:
+    proxy = start_proxy(gearmand.address, tmp_sqlite_url)
+
+    def fail(handle: bytes) -> bytes:
+        return encode_request(PacketType.WORK_WARNING, handle, b"careful") + encode_request(
+            PacketType.WORK_FAIL, handle
+        )
+
+    def exception(handle: bytes) -> bytes:
+        return encode_request(PacketType.WORK_EXCEPTION, handle, b"ValueError: no")
+
+    failed = _raw_job(proxy.address, gearmand, b"ends", b"u-fail", end=fail)
+    raised = _raw_job(proxy.address, gearmand, b"ends", b"u-exc", end=exception)
+    rec = wait_for("the fail", lambda: finished(tmp_sqlite_url, JobRef(failed, gearmand.address)))
+    assert rec.state == State.FAILED and rec.error is not None and rec.error.kind == "fail"
+    assert rec.warnings == [b"careful"]
+    rec = wait_for("the raise", lambda: finished(tmp_sqlite_url, JobRef(raised, gearmand.address)))
+    assert rec.state == State.FAILED and rec.error is not None
+    assert (rec.error.kind, rec.error.message) == ("exception", "ValueError: no")
