@@ -864,3 +864,15 @@ def test_work_fail_and_work_exception_end_the_records_failed(
     rec = wait_for("the raise", lambda: finished(tmp_sqlite_url, JobRef(raised, gearmand.address)))
     assert rec.state == State.FAILED and rec.error is not None
     assert (rec.error.kind, rec.error.message) == ("exception", "ValueError: no")
+
+
+def test_processes_stop_when_their_parent_is_killed(
+    gearmand: Gearmand, start_proxy: Any, tmp_sqlite_url: str
+) -> None:
+    proxy = start_proxy(gearmand.address, tmp_sqlite_url, "--processes", "2")
+    children = _children(proxy.proc.pid)
+    assert len(children) == 2
+    proxy.proc.kill()
+    proxy.proc.wait()
+    wait_for("the orphans to stop", lambda: not any(Path(f"/proc/{c}").exists() for c in children))
+    assert "parent process" in proxy.output() and "proxy stopped" in proxy.output()

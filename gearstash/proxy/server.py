@@ -84,7 +84,7 @@ class Proxy:
         self.servers: list[asyncio.AbstractServer] = []
         self.stopping = asyncio.Event()
 
-    async def serve(self, reuse_port: bool) -> None:
+    async def serve(self, reuse_port: bool, parent: int | None = None) -> None:
         """Listen on every route until :meth:`stop`; then drain, flush and close."""
         for route in self.settings.routes:
             host, port = split_address(route.listen)
@@ -105,16 +105,25 @@ class Proxy:
                 self.store.url,
             )
         beat = self.loop.create_task(self._heartbeats()) if self.lease else None
+        orphan = self.loop.create_task(self._stop_when_orphaned(parent)) if parent else None
         try:
             await self.stopping.wait()
         finally:
-            if beat is not None:
-                beat.cancel()
+            for task in (beat, orphan):
+                if task is not None:
+                    task.cancel()
             await self._shut_down()
 
     def stop(self) -> None:
         """Ask the proxy to stop (safe from a signal handler on the loop)."""
         self.stopping.set()
+
+    async def _stop_when_orphaned(self, parent: int) -> None:
+        """One of ``--processes``: stop as on SIGTERM once the parent is gone (killed)."""
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        log.warning("proxy parent process %d is gone; stopping", parent)
+        self.stop()
 
     async def _heartbeats(self) -> None:
         lease = self.lease
@@ -170,8 +179,9 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_one(settings: Settings, reuse_port: bool = False) -> None:
-    """Run one proxy process until SIGTERM/SIGINT (then stop as the module says)."""
+def run_one(settings: Settings, reuse_port: bool = False, parent: int | None = None) -> None:
+    """Run one proxy process until SIGTERM/SIGINT (then stop as the module says), or, for one
+    of ``--processes`` (``parent`` is the forking process), until its parent is gone."""
     _raise_fd_limit()
     loop = _new_loop()
     asyncio.set_event_loop(loop)
@@ -183,7 +193,7 @@ def run_one(settings: Settings, reuse_port: bool = False) -> None:
         if signal.sigpending() & _STOP_SIGNALS:
             proxy.stop()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        loop.run_until_complete(proxy.serve(reuse_port))
+        loop.run_until_complete(proxy.serve(reuse_port, parent))
     finally:
         asyncio.set_event_loop(None)
         loop.close()
@@ -200,12 +210,13 @@ def run(settings: Settings) -> int:
     children: list[int] = []
     # children start with the stop signals blocked until their own handlers are in place
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    parent = os.getpid()
     for _ in range(settings.processes):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child's exit code tells
             code = 0
             try:
-                run_one(settings, reuse_port=True)
+                run_one(settings, reuse_port=True, parent=parent)
             except BaseException:
                 log.exception("proxy process %d failed", os.getpid())
                 code = 1
