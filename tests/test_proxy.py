@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import find_binary, need
-from test_outage import OwnRedis
+from support.need import need
+from support.waiting import wait_until
 
 from gearstash.errors import ProtocolError
 from gearstash.model.records import JobInfo, JobRecord, JobRef, State
@@ -32,6 +32,7 @@ from gearstash.proxy.routes import Route
 from gearstash.proxy.server import Proxy, Settings
 from gearstash.spine.manager import get_plugin_manager, hookimpl, open_store
 from gearstash.testing.gearmand import Gearmand, free_port
+from gearstash.testing.servers import PrivateServer, find_binary, redis_spec
 
 HERE = Path(__file__).parent
 PHP_WORKER = HERE / "php" / "reverse_worker.php"
@@ -43,14 +44,7 @@ WAIT = 60.0  # generous bound of every poll: timing is bench/'s business
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
     """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return wait_until(check, timeout, what)
 
 
 class ProxyProcess:
@@ -490,12 +484,15 @@ def test_gearmand_restart_workers_reconnect_and_no_record_mixes_jobs(
 
 @pytest.mark.php
 def test_store_outage_during_proxied_jobs_spooled_and_replayed(
-    gearmand: Gearmand, start_proxy: Any, processes: Any, tmp_path: Path
+    gearmand: Gearmand,
+    start_proxy: Any,
+    processes: Any,
+    tmp_path: Path,
+    own_server: Callable[..., PrivateServer],
 ) -> None:
-    # append-only with fsync, stopped with SIGTERM: an outage, not a crash of Redis (a write
-    # applied by a Redis killed before it answered is replayed again: at least once)
-    redis = OwnRedis(tmp_path / "redis")
-    redis.start()
+    # append-only with fsync, stopped cleanly: an outage, not a crash of Redis (a write applied
+    # by a Redis killed before it answered is replayed again: at least once)
+    redis = own_server(lambda: redis_spec(persistent=True))
     try:
         url = f"{redis.url}?prefix=px"
         proxy = start_proxy(gearmand.address, url, "--spool", str(tmp_path / "spool"))
