@@ -12,7 +12,7 @@
 #      extensions, chromium + chromium-driver (the web pages' tests). No service manager is
 #      needed: where none runs, the packages' service starts are declined (policy-rc.d).
 #   2. .venv with python3 (>= 3.11), created when missing or broken;
-#   3. pip install -e '.[test,postgres,mysql,redis,memcache]' pygearman into .venv, with the
+#   3. pip install -e '.[test,postgres,mysql,redis,memcache,web]' pygearman into .venv, with the
 #      tools that judge the code (pytest, ruff, mypy, hypothesis, ...) pinned by
 #      constraints/tools.txt (skipped when pyproject.toml and the constraints have not changed
 #      since the last install; GEARSTASH_SETUP_FORCE=1 forces it).
@@ -107,7 +107,7 @@ else
 fi
 
 # -- 3. python packages -------------------------------------------------------------------------
-EXTRAS='test,postgres,mysql,redis,memcache'
+EXTRAS='test,postgres,mysql,redis,memcache,web'
 STAMP=.venv/.gearstash-setup
 CONSTRAINTS=constraints/tools.txt
 WANT="$(cat pyproject.toml "$CONSTRAINTS" | sha256sum | cut -d' ' -f1) $EXTRAS pygearman"
