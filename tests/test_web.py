@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
-from gearstash.cli import main
+from gearstash.cli.main import main
 from gearstash.client.tokens import TokenSigner
 from gearstash.model.records import Event, EventKind, JobKey, JobRef
 from gearstash.spine.manager import open_store
