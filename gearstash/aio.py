@@ -2,7 +2,7 @@
 
 :class:`AsyncClient` offers :meth:`~AsyncClient.fetch`, :meth:`~AsyncClient.fetch_many`,
 :meth:`~AsyncClient.wait` and :meth:`~AsyncClient.follow`. Fetches run the blocking
-:class:`gearstash.client.Client` on the event loop's default executor; waits and follows share
+:class:`gearstash.client.client.Client` on the event loop's default executor; waits and follows share
 one subscription hub (:class:`gearstash.web.hub.Hub`) per client, so a thousand waiters cost one
 store read per round and no thread each::
 
@@ -31,7 +31,7 @@ from gearstash.web.hub import Hub
 class AsyncClient:
     """asyncio access to jobs (see the module doc).
 
-    :param servers: as for :class:`gearstash.client.Client`.
+    :param servers: as for :class:`gearstash.client.client.Client`.
     :param store: a store object or URL, as for ``Client``.
     :param client: an existing ``Client`` to use instead (not closed by :meth:`aclose`).
     :param interval: seconds between two reads of a store without push, while anything is
@@ -73,11 +73,11 @@ class AsyncClient:
             await asyncio.to_thread(self._client.close)
 
     async def fetch(self, ref: RefLike) -> JobView:
-        """:meth:`Client.fetch <gearstash.client.Client.fetch>` without blocking the loop."""
+        """:meth:`Client.fetch <gearstash.client.client.Client.fetch>` without blocking the loop."""
         return await asyncio.to_thread(self._client.fetch, ref)
 
     async def fetch_many(self, refs: Sequence[RefLike]) -> list[JobView]:
-        """:meth:`Client.fetch_many <gearstash.client.Client.fetch_many>` without blocking."""
+        """:meth:`Client.fetch_many <gearstash.client.client.Client.fetch_many>` without blocking."""
         return await asyncio.to_thread(self._client.fetch_many, list(refs))
 
     def _the_hub(self) -> Hub:
@@ -89,7 +89,7 @@ class AsyncClient:
         self, ref: RefLike, *, after: int = 0, timeout: float | None = None
     ) -> AsyncIterator[Update]:
         """Yield :class:`~gearstash.client.Update` objects as the job progresses, ending with its
-        final state — like :meth:`Client.follow <gearstash.client.Client.follow>`, driven by the
+        final state — like :meth:`Client.follow <gearstash.client.client.Client.follow>`, driven by the
         store's records (an ``update.view`` has no live server status: ``status`` is None).
 
         Chunks from index ``after`` on; a new attempt restarts them from 0 (``restarted``).

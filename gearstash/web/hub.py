@@ -149,7 +149,7 @@ class Hub:
         The watch of ``refs`` is made before the read it follows, so a write landing between a
         read and the next wait still wakes that wait. A store whose watch can wake (push, or a
         SQLite file's ``data_version``) is read when woken, and at least every
-        :data:`PUSH_WAIT` seconds; one that cannot (a :class:`~gearstash.store.PollWatch`) is read
+        :data:`PUSH_WAIT` seconds; one that cannot (a :class:`~gearstash.store.contract.PollWatch`) is read
         every ``interval`` seconds.
         """
         with self._watch_lock:

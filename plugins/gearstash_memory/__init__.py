@@ -154,7 +154,7 @@ class MemoryStore:
 
     def list_jobs(self, filter: JobFilter, limit: int, cursor: str | None) -> JobPage:
         """Jobs matching ``filter``, newest first, ``limit`` at most (see
-        :func:`gearstash.store.list_jobs`); the cursor is the serial of the last one listed."""
+        :func:`gearstash.store.contract.list_jobs`); the cursor is the serial of the last one listed."""
         before = read_cursor(self._CURSOR, cursor)
         now = time.time()
         jobs: list[JobSummary] = []

@@ -145,7 +145,7 @@ class Listing:
 
     def list_jobs(self, filter: JobFilter, limit: int, cursor: str | None) -> JobPage:
         """Jobs matching ``filter``, newest first, at most ``limit`` (see
-        :func:`gearstash.store.list_jobs`). One statement. Raises StoreError, BadCursor."""
+        :func:`gearstash.store.contract.list_jobs`). One statement. Raises StoreError, BadCursor."""
         before = read_cursor(CURSOR_KIND, cursor)
         now = time.time()
         where = conditions(filter, now)
