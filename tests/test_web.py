@@ -515,3 +515,44 @@ def test_admin_submits_a_job_when_enabled(gearmand: Gearmand, store: Store) -> N
         assert ref.server == gearmand.address
         view = client.get("/api/jobs/" + quote(str(ref), safe="")).json()
         assert view["state"] == "queued" and view["known"] is True
+
+
+def test_hub_close_waits_for_the_read_in_progress(tmp_path: Any) -> None:
+    """close() returns only after the worker thread's read ended, so closing the store right
+    after is safe (closing a SQLite connection mid-read can crash the interpreter)."""
+    store = open_store(f"sqlite:///{tmp_path}/close.db")
+    key = new_key()
+    store.write([Event(EventKind.STARTED, key, time.time(), function=b"f")])
+    reading = threading.Event()
+    release = threading.Event()
+    finished: list[bool] = []
+    real = store.get_many
+
+    def slow(refs: Any) -> Any:
+        reading.set()
+        release.wait(5)
+        got = real(refs)
+        finished.append(True)
+        return got
+
+    store.get_many = slow  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        hub = Hub(store, interval=0.01)
+
+        async def follower() -> None:
+            async for _record in hub.follow(JobRef(key.handle, key.server, key.unique)):
+                pass
+
+        task = asyncio.create_task(follower())
+        await asyncio.to_thread(reading.wait, 5)
+        threading.Timer(0.3, release.set).start()
+        await hub.close()
+        assert finished  # the read ended before close() returned
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()

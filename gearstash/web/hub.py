@@ -29,6 +29,7 @@ from gearstash.store.contract import PollWatch, Store, Watch, watch
 log = logging.getLogger("gearstash.web.hub")
 
 PUSH_WAIT = 1.0  # seconds one round waits on a push store's watch at most
+CLOSE_WAIT = 10.0  # seconds close() waits for a read in progress
 
 
 def _signature(record: JobRecord | None) -> tuple[object, ...] | None:
@@ -72,6 +73,7 @@ class Hub:
         self._watch: Watch | None = None
         self._watch_lock = threading.Lock()
         self._set_changed = True
+        self._stopping = False
         self.rounds = 0  # reads done (tests and benchmarks look)
 
     @property
@@ -108,20 +110,30 @@ class Hub:
             current.close()  # ends a wait in progress: the next round reads the new set
 
     def _ensure_task(self) -> None:
+        if self._stopping:
+            return
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="gearstash-hub")
 
     async def close(self) -> None:
-        """Stop reading (followers still waiting never get another version)."""
+        """Stop reading (followers still waiting never get another version).
+
+        Waits for a read in progress on the worker thread to end (closing the watch ends its
+        wait), so the store may be closed right after.
+        """
+        self._stopping = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         self._membership_changed()
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), CLOSE_WAIT)
+            except TimeoutError:  # a store read that hangs: give up on it
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _run(self) -> None:
-        while self._entries:
+        while self._entries and not self._stopping:
             refs = list(self._entries)
             fresh, self._set_changed = self._set_changed, False
             try:
@@ -130,6 +142,8 @@ class Hub:
                 log.warning("reading %d followed jobs failed: %s", len(refs), exc)
                 await asyncio.sleep(max(self.interval, 0.5))
                 continue
+            if self._stopping:
+                break
             self.rounds += 1
             for ref, record in zip(refs, records, strict=True):
                 entry = self._entries.get(ref)
@@ -161,6 +175,8 @@ class Hub:
                 current.wait(PUSH_WAIT)
         elif wait_first:
             threading.Event().wait(self.interval)
+        if self._stopping:  # close() is waiting: read nothing more
+            return [None] * len(refs)
         with self._watch_lock:
             if self._watch is None and not self._set_changed:
                 self._watch = watch(self.store, refs)
