@@ -22,6 +22,7 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from gearstash.cli.main import main
+from gearstash.client.client import Client
 from gearstash.client.tokens import TokenSigner
 from gearstash.model.records import Event, EventKind, JobKey, JobRef
 from gearstash.spine.manager import open_store
@@ -556,3 +557,22 @@ def test_hub_close_waits_for_the_read_in_progress(tmp_path: Any) -> None:
         asyncio.run(scenario())
     finally:
         store.close()
+
+
+def test_metrics_describe_the_store_and_the_job_servers(gearmand: Gearmand, store: Store) -> None:
+    server = new_server("m")
+    for i in range(3):
+        store.write(full_job(JobKey(server, b"H:m:%d" % i, b"m%d" % i)))
+    store.write(
+        [Event(EventKind.STARTED, JobKey(server, b"H:m:9", b"m9"), time.time(), function=b"f2")]
+    )
+    app = create_app(store=store, servers=[gearmand.address, "127.0.0.1:9"], token_secret=SECRET)
+    with _client(app) as client, Client([gearmand.address], store=store) as gearman:
+        gearman.submit_background("queued-fn", b"x")  # no worker: it stays queued
+        text = client.get("/metrics").text
+    assert 'gearstash_jobs{state="complete"} 3.0' in text
+    assert 'gearstash_jobs{state="running"} 1.0' in text
+    assert 'gearstash_jobs_by_function{function="resize",state="complete"} 3.0' in text
+    assert f'gearman_server_up{{server="{gearmand.address}"}} 1.0' in text
+    assert 'gearman_server_up{server="127.0.0.1:9"} 0.0' in text
+    assert f'gearman_queued{{function="queued-fn",server="{gearmand.address}"}} 1.0' in text
