@@ -205,3 +205,35 @@ def test_admin_actions_need_login_and_csrf_in_the_browser(store: Store) -> None:
         driver.switch_to.alert.accept()
         wait_for(lambda: "forgotten" in _text(driver, "error-line"), 20)
         assert store.get_many([ref]) == [None]
+
+
+_VISIBILITY = (
+    "Object.defineProperty(document, 'visibilityState', {value: arguments[0], configurable: true});"
+    "document.dispatchEvent(new Event('visibilitychange'));"
+)
+
+
+def test_hidden_tab_pauses_and_resumes_without_losing_or_repeating(store: Store) -> None:
+    key = new_key()
+    now = time.time()
+    store.write(
+        [Event(EventKind.STARTED, key, now, function=b"f")]
+        + [Event(EventKind.DATA, key, now, b"chunk %d" % i) for i in range(2)]
+    )
+    app = create_app(store=store, servers=["127.0.0.1:9"], token_secret=SECRET, hub_interval=0.05)
+    hub = app.state.face.hub
+    with serving(app) as base, chrome() as driver:
+        driver.get(_page(base, key))
+        wait_for(lambda: _chunks(driver) == ["chunk 0", "chunk 1"] and hub.followed == 1, 20)
+        driver.execute_script(_VISIBILITY, "hidden")
+        wait_for(lambda: hub.followed == 0, 20)  # the page closed its stream: nobody follows
+        store.write([Event(EventKind.DATA, key, now + 1, b"chunk %d" % i) for i in (2, 3)])
+        store.write([Event(EventKind.STATUS, key, now + 1, numerator=1, denominator=2)])
+        time.sleep(1)  # a live page would show the new chunks by now
+        assert _chunks(driver) == ["chunk 0", "chunk 1"]
+        driver.execute_script(_VISIBILITY, "visible")
+        wait_for(lambda: len(_chunks(driver)) >= 4, 20)
+        store.write([Event(EventKind.COMPLETED, key, now + 2, b"fine")])
+        wait_for(lambda: _text(driver, "state") == "complete", 20)
+        assert _chunks(driver) == [f"chunk {i}" for i in range(4)]  # nothing lost, nothing twice
+        assert _text(driver, "percent").startswith("50.0 %")
