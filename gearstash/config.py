@@ -12,7 +12,13 @@ job servers        ``GEARSTASH_SERVERS``                       ``servers`` (list
 token secret       ``GEARSTASH_TOKEN_SECRET`` /                ``token_secret`` /
                    ``GEARSTASH_TOKEN_SECRET_FILE``             ``token_secret_file``
 worker spool       ``GEARSTASH_SPOOL``                         ``spool``
+web admin          ``GEARSTASH_WEB_ADMIN`` /                   ``web_admin`` /
+credential         ``GEARSTASH_WEB_ADMIN_FILE``                ``web_admin_file``
 =================  ==========================================  =========================
+
+The web admin credential (``gearstash web``) is a password hash made by ``gearstash web
+hash-password`` (``scrypt$…``; one logs in with the password) or any other secret of at least 16
+characters (one logs in with the secret itself).
 
 The config file is TOML: ``--config FILE``, else ``$GEARSTASH_CONFIG``, else
 ``$XDG_CONFIG_HOME/gearstash/config.toml`` (``~/.config/gearstash/config.toml``); only the last one
@@ -47,6 +53,7 @@ SERVERS_ENV = "GEARSTASH_SERVERS"
 TOKEN_SECRET_ENV = "GEARSTASH_TOKEN_SECRET"
 SPOOL_ENV = "GEARSTASH_SPOOL"
 HOME_ENV = "GEARSTASH_HOME"
+WEB_ADMIN_ENV = "GEARSTASH_WEB_ADMIN"
 
 DEFAULT_SPOOL_MAX_BYTES = 1 << 30
 """A worker spool holds at most this many bytes unless told otherwise (``--spool-max-bytes``)."""
@@ -54,7 +61,16 @@ STRICT_PLUGINS_ENV = "GEARSTASH_STRICT_PLUGINS"
 FILE_SUFFIX = "_FILE"
 
 KNOWN_KEYS = frozenset(
-    {"store", "store_file", "servers", "token_secret", "token_secret_file", "spool"}
+    {
+        "store",
+        "store_file",
+        "servers",
+        "token_secret",
+        "token_secret_file",
+        "spool",
+        "web_admin",
+        "web_admin_file",
+    }
 )
 """Keys of the config file gearstash reads; others are logged as unknown and ignored."""
 
@@ -73,6 +89,7 @@ class Settings:
     servers: list[str] | None = None
     token_secret: str | None = field(default=None, repr=False)
     spool: str | None = None
+    web_admin: str | None = field(default=None, repr=False)
     config_file: Path | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -255,7 +272,11 @@ def resolve(
         values["servers"], sources["servers"] = list(servers), "--server"
     if spool:
         values["spool"], sources["spool"] = spool, "--spool"
-    for key, name in (("store", STORE_ENV), ("token_secret", TOKEN_SECRET_ENV)):
+    for key, name in (
+        ("store", STORE_ENV),
+        ("token_secret", TOKEN_SECRET_ENV),
+        ("web_admin", WEB_ADMIN_ENV),
+    ):
         if key not in values:
             value, origin = _from_env(env, name)
             if value is not None:
@@ -268,19 +289,19 @@ def resolve(
 
     path, required = config_path(config, env)
     used: Path | None = None
-    missing = {"store", "servers", "token_secret", "spool"} - set(values)
+    missing = {"store", "servers", "token_secret", "spool", "web_admin"} - set(values)
     if missing and (required or path.is_file()):
         data = load_file(path)
         used = path
         origin = f"config file {path}"
         holds_secret = False
-        for key in ("store", "token_secret"):
+        for key in ("store", "token_secret", "web_admin"):
             secret_here = data.get(key) is not None
             if key in missing:
                 value = _from_file(data, key, path)
                 if value is not None:
                     values[key], sources[key] = value, origin
-            if key == "token_secret":
+            if key != "store":
                 holds_secret = holds_secret or secret_here
             elif isinstance(data.get(key), str):
                 holds_secret = holds_secret or url_has_secret(data[key])
@@ -297,6 +318,7 @@ def resolve(
         servers=values.get("servers"),
         token_secret=values.get("token_secret"),
         spool=values.get("spool"),
+        web_admin=values.get("web_admin"),
         config_file=used,
         sources=sources,
     )
@@ -370,6 +392,7 @@ __all__ = [
     "SERVERS_ENV",
     "STORE_ENV",
     "TOKEN_SECRET_ENV",
+    "WEB_ADMIN_ENV",
     "Settings",
     "config_path",
     "default_store_url",

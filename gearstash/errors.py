@@ -68,6 +68,10 @@ class ConfigError(GearstashError):
     """Bad configuration: an unknown store scheme, a malformed server address or URL."""
 
 
+class BadCursor(GearstashError, ValueError):
+    """A listing cursor the store did not hand out (altered, or from another store or kind)."""
+
+
 class JobNotFound(GearstashError, KeyError):
     """Neither the job server nor the store knows the job asked for."""
 

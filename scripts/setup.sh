@@ -13,7 +13,7 @@
 #      behind the proxy in the tests). No service manager is
 #      needed: where none runs, the packages' service starts are declined (policy-rc.d).
 #   2. .venv with python3 (>= 3.11), created when missing or broken;
-#   3. pip install -e '.[test,postgres,mysql,redis,memcache,proxy]' pygearman into .venv, with the
+#   3. pip install -e '.[test,postgres,mysql,redis,memcache,proxy,web]' pygearman into .venv, with the
 #      tools that judge the code (pytest, ruff, mypy, hypothesis, ...) pinned by
 #      constraints/tools.txt (skipped when pyproject.toml and the constraints have not changed
 #      since the last install; GEARSTASH_SETUP_FORCE=1 forces it).
@@ -110,7 +110,7 @@ else
 fi
 
 # -- 3. python packages -------------------------------------------------------------------------
-EXTRAS='test,postgres,mysql,redis,memcache,proxy'
+EXTRAS='test,postgres,mysql,redis,memcache,proxy,web'
 STAMP=.venv/.gearstash-setup
 CONSTRAINTS=constraints/tools.txt
 WANT="$(cat pyproject.toml "$CONSTRAINTS" | sha256sum | cut -d' ' -f1) $EXTRAS pygearman"

@@ -546,12 +546,13 @@ def test_delete_forgets_every_match(store: Store, raw: redis.Redis, prefix: str)
     assert not raw.keys(_base(prefix, b) + "*")
     assert store.delete([JobRef(handle, "a:1")]) == 2  # type: ignore[attr-defined]
     assert store.get_many([_full(a), _full(c), JobRef(handle)]) == [None, None, None]
-    assert raw.keys(f"{prefix}:*") == []  # every key, index included
+    # every key, indexes included; the listing serial counter stays
+    assert raw.keys(f"{prefix}:*") == [f"{prefix}:serial".encode()]
     assert store.delete([JobRef(handle)]) == 0  # type: ignore[attr-defined]
 
 
 def test_capabilities_and_purge(store: Store) -> None:
-    assert store.capabilities == {"shared", "push", "expires", "delete"}
+    assert store.capabilities == {"shared", "push", "expires", "delete", "list"}
     assert store.purge() == 0  # type: ignore[attr-defined]
 
 
@@ -829,7 +830,9 @@ def test_unix_socket_url(private_redis: Any, tmp_path: Path) -> None:
             store.get_many([JobRef(key.handle)])[0], JobRecord.from_events(key, full_job(key))
         )
         client = redis.Redis(port=server.port, db=3)
-        assert client.dbsize() == 7  # db 3: job, data, warnings, status, gone, 2 indexes
+        # db 3: job, data, warnings, status, gone, 2 indexes, the listing index and its serial,
+        # the state index
+        assert client.dbsize() == 10
         client.close()
     finally:
         store.close()
@@ -1045,3 +1048,34 @@ def test_malformed_record_raises_store_error(store: Store, raw: redis.Redis, pre
         store.get_many([JobRef(_name().encode()), _full(key)])
     raw.hset(_base(prefix, key) + "job", "attempt", "1")
     assert store.get_many([_full(key)])[0] is not None  # the connection is still usable
+
+
+def test_counting_everything_reads_the_state_indexes(store: Store, raw: redis.Redis) -> None:
+    """Unfiltered counts come from the state indexes (kept by the write script as jobs change
+    state, expire and are deleted) and agree with the walk a filter takes."""
+    from gearstash.store.contract import JobFilter, count_by_state
+
+    now = time.time()
+    queued, moving, done, failed, short, forever = (_key() for _ in range(6))
+    store.write([ev(EventKind.SUBMITTED, queued, now, function=b"f")])
+    store.write([ev(EventKind.SUBMITTED, moving, now, function=b"f")])
+    store.write([ev(EventKind.STARTED, moving, now + 1, function=b"f")])  # queued -> running
+    store.write(full_job(done, now))
+    store.write([ev(EventKind.STARTED, failed, now), ev(EventKind.FAILED, failed, now + 1)])
+    store.write([ev(EventKind.STARTED, short, now, ttl=0.5)])
+    store.write([ev(EventKind.STARTED, forever, now, ttl=0)])
+    time.sleep(0.7)
+    want = {
+        State.QUEUED: 1,
+        State.RUNNING: 2,
+        State.COMPLETE: 1,
+        State.FAILED: 1,
+        State.EXPIRED: 1,
+    }
+    assert count_by_state(store) == want
+    everything = JobFilter(prefix=b"")  # a filter that keeps every job: the walk
+    assert count_by_state(store, everything) == want
+    store.delete([_full(done)])  # type: ignore[attr-defined]
+    store.write([ev(EventKind.COMPLETED, moving, time.time())])  # running -> complete
+    assert count_by_state(store) == {**want, State.RUNNING: 1}
+    assert count_by_state(store, everything) == count_by_state(store)

@@ -8,6 +8,7 @@ MariaDB database: the ``private_sql_url`` fixture of ``support.stores``).
 from __future__ import annotations
 
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from support.stores import (
 
 from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef, State
 from gearstash.spine.manager import open_store
-from gearstash.store.contract import Store, delete, get_after
+from gearstash.store.contract import Store, delete, get_after, watch
 
 # ---------------------------------------------------------------------------------- version 1 tables
 
@@ -237,15 +238,15 @@ def _schema(url: str) -> tuple[str, set[str], set[str]]:
 
 
 def test_sql_version_1_tables_are_migrated(private_sql_url: str) -> None:
-    """Opening version 1 tables adds lease_until and the unique index, sets version 2 and keeps
+    """Opening version 1 tables adds lease_until, the unique and state indexes, sets version 3, keeps
     every record; the new features then work on the old rows."""
     done, running = _make_v1(private_sql_url)
     assert _schema(private_sql_url)[0] == "1"
     store = open_store(private_sql_url)
     try:
         version, columns, indexes = _schema(private_sql_url)
-        assert version == "2" and "lease_until" in columns
-        assert "ix_gearstash_jobs_unique_key" in indexes
+        assert version == "3" and "lease_until" in columns
+        assert {"ix_gearstash_jobs_unique_key", "ix_gearstash_jobs_state"} <= indexes
         done_events, running_events = _v1_events(done, running)
         got_done, got_running = store.get_many([exact(done), JobRef(running.handle)])
         assert_same(got_done, JobRecord.from_events(done, done_events))
@@ -265,7 +266,7 @@ def test_sql_version_1_tables_are_migrated(private_sql_url: str) -> None:
     finally:
         store.close()
     open_store(private_sql_url).close()  # again: nothing left to do
-    assert _schema(private_sql_url)[0] == "2"
+    assert _schema(private_sql_url)[0] == "3"
 
 
 def test_sql_interrupted_migration_is_finished(private_sql_url: str) -> None:
@@ -282,7 +283,7 @@ def test_sql_interrupted_migration_is_finished(private_sql_url: str) -> None:
     store = open_store(private_sql_url)
     try:
         version, _columns, indexes = _schema(private_sql_url)
-        assert version == "2" and "ix_gearstash_jobs_unique_key" in indexes
+        assert version == "3" and "ix_gearstash_jobs_unique_key" in indexes
         got = get(store, JobRef(b"", done.server, done.unique))
         assert_same(got, JobRecord.from_events(done, _v1_events(done, running)[0]))
     finally:
@@ -312,8 +313,37 @@ def test_sql_version_1_migrated_by_racing_processes(private_sql_url: str) -> Non
         proc.join(timeout=120)
     assert [proc.exitcode for proc in procs] == [0] * 4
     version, columns, indexes = _schema(private_sql_url)
-    assert version == "2" and "lease_until" in columns
-    assert "ix_gearstash_jobs_unique_key" in indexes
+    assert version == "3" and "lease_until" in columns
+    assert {"ix_gearstash_jobs_unique_key", "ix_gearstash_jobs_state"} <= indexes
+
+
+def test_sql_version_2_tables_get_the_state_index(private_sql_url: str) -> None:
+    """Version 2 tables (no state index) are migrated to version 3 on open; records kept."""
+    store = open_store(private_sql_url)
+    key = new_key()
+    try:
+        store.write(full_job(key))
+    finally:
+        store.close()
+    engine = raw_engine(private_sql_url)
+    try:
+        with engine.begin() as conn:
+            on = " ON gearstash_jobs" if engine.dialect.name in ("mysql", "mariadb") else ""
+            conn.exec_driver_sql(f"DROP INDEX ix_gearstash_jobs_state{on}")
+            quoted = engine.dialect.identifier_preparer.quote("key")
+            conn.exec_driver_sql(
+                f"UPDATE gearstash_meta SET value = '2' WHERE {quoted} = 'schema_version'"
+            )
+    finally:
+        engine.dispose()
+    assert _schema(private_sql_url)[0] == "2"
+    store = open_store(private_sql_url)
+    try:
+        version, _columns, indexes = _schema(private_sql_url)
+        assert version == "3" and "ix_gearstash_jobs_state" in indexes
+        assert_same(get(store, exact(key)), JobRecord.from_events(key, full_job(key)))
+    finally:
+        store.close()
 
 
 # ---------------------------------------------------------------------------------- semantics
@@ -362,7 +392,8 @@ def test_sql_random_runs_match_the_reference(sql_url: str) -> None:
                     function=rng.choice([b"", b"f", b"g"]),
                     worker=rng.choice(["", "w1"]),
                     lease=rng.choice([None, None, 3600.0]),
-                    ttl=rng.choice([None, 0, 600]),
+                    ttl=rng.choice([None, 0, 86400]),  # T0 is taken at import: a slow suite
+                    # outlives a short TTL (600 s expired in a 14-minute run on a busy host)
                 )
             )
         start = 0
@@ -540,5 +571,45 @@ def test_sql_uniques_compare_exactly(sql_url: str) -> None:
         assert [r.key if r else None for r in (get(store, ref) for ref in refs)] == keys
         assert delete(store, refs[:2]) == 2
         assert [r.key if r else None for r in store.get_many(refs)] == [None, None, *keys[2:]]
+    finally:
+        store.close()
+
+
+def _write_in_child(url: str, key: JobKey, delay: float) -> None:
+    time.sleep(delay)
+    store = open_store(url)
+    try:
+        store.write([ev(EventKind.DATA, key, T0 + 1, payload=b"from the child")])
+    finally:
+        store.close()
+
+
+def test_sqlite_watch_wakes_on_commits_from_another_process(tmp_sqlite_url: str) -> None:
+    """A SQLite file's watch (PRAGMA data_version) wakes on another process's commit, times out
+    cleanly without one, and ends at once when closed from another thread."""
+    store = open_store(tmp_sqlite_url)
+    try:
+        key = new_key()
+        store.write([ev(EventKind.STARTED, key, T0)])
+        watcher = watch(store, [exact(key)])
+        try:
+            assert watcher.wait(0.05) is False  # nothing written since the watch was made
+            child = processes().Process(target=_write_in_child, args=(tmp_sqlite_url, key, 0.2))
+            child.start()
+            assert watcher.wait(30) is True
+            child.join(30)
+            assert child.exitcode == 0
+            got = get(store, exact(key))
+            assert got is not None and got.data == [b"from the child"]
+            store.write([ev(EventKind.DATA, key, T0 + 2, payload=b"here")])  # this process
+            assert watcher.wait(5) is True
+            closer = threading.Timer(0.1, watcher.close)
+            closer.start()
+            started = time.monotonic()
+            assert watcher.wait(30) is False
+            assert time.monotonic() - started < 10
+            closer.join()
+        finally:
+            watcher.close()
     finally:
         store.close()

@@ -34,6 +34,7 @@ from gearstash.cli.common import (
 from gearstash.cli.proxy import proxy
 from gearstash.cli.spool import spool
 from gearstash.cli.token import token
+from gearstash.cli.web import web
 from gearstash.client.client import Client
 from gearstash.errors import ConfigError, GearstashError
 from gearstash.model.records import JobRef, State
@@ -107,6 +108,13 @@ def load_function(spec: str) -> tuple[str, Callable[..., Any]]:
     help="spool: jobs go on, events wait on disk and are replayed in order; "
     "fail: jobs fail (WORK_FAIL) while the store is down.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (jobs run, store write latency, "
+    "spool size, store-down time; needs gearstash[web]).",
+)
 @click.argument("functions", nargs=-1, required=True, metavar="MODULE:FUNCTION...")
 def worker(
     servers: tuple[str, ...],
@@ -118,6 +126,7 @@ def worker(
     spool: str | None,
     spool_max_bytes: int,
     on_store_down: str,
+    metrics_port: int | None,
     functions: tuple[str, ...],
 ) -> None:
     """Serve MODULE:FUNCTION... and capture every job event into the store.
@@ -155,6 +164,20 @@ def worker(
         + ("; jobs fail while the store is down" if on_store_down == "fail" else ""),
         err=True,
     )
+    if metrics_port is not None:
+        try:
+            from gearstash.worker import metrics as worker_metrics
+        except ImportError as exc:
+            raise ConfigError(
+                f"--metrics-port needs prometheus-client (gearstash[web]): {exc}"
+            ) from None
+        try:
+            worker_metrics.serve(worker_metrics.instrument(w), metrics_port)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on 127.0.0.1:{metrics_port}: {exc}") from None
+        click.echo(
+            f"gearstash worker: metrics on http://127.0.0.1:{metrics_port}/metrics", err=True
+        )
     try:
         w.work(max_jobs=max_jobs)
     finally:
@@ -453,3 +476,4 @@ def demo(payloads: tuple[str, ...], steps: int, delay: float) -> None:
 main.add_command(proxy)
 main.add_command(spool)
 main.add_command(token)
+main.add_command(web)

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from gearstash.errors import StoreError
-from gearstash.model.records import FINAL_EVENTS, Event, EventKind, JobRecord, JobRef
+from gearstash.errors import BadCursor, ConfigError, StoreError
+from gearstash.model.records import FINAL_EVENTS, Event, EventKind, JobKey, JobRecord, JobRef, State
 
 
 @runtime_checkable
@@ -36,11 +36,13 @@ class Store(Protocol):
     * ``capabilities`` is a set of words: ``shared`` (several processes/hosts see the same records),
       ``persistent`` (survives a restart of the process), ``evicts`` (may drop records under memory
       pressure before they expire), ``push`` (can wake waiters), ``expires`` (honours TTLs),
-      ``delete``.
+      ``delete``, ``list`` (can list and count its jobs; memcached cannot).
 
     Optional methods (see the functions below for their contracts and fallbacks):
     ``get_after(ref, after) -> JobRecord | None`` (cursor read), ``watch(refs) -> Watch`` (push),
-    ``delete(refs) -> int``, ``purge() -> int``. Every store should honour ``Event.ttl`` and its
+    ``delete(refs) -> int``, ``purge() -> int``, and — for a store that claims the ``list``
+    capability — ``list_jobs(filter, limit, cursor) -> JobPage`` and ``count_by_state(filter) ->
+    dict[State, int]`` (see :func:`list_jobs`). Every store should honour ``Event.ttl`` and its
     own default TTL, and set ``JobRecord.expires_at``.
     """
 
@@ -145,6 +147,182 @@ def purge(store: Store) -> int:
     """Remove expired records now (stores that expire by themselves return 0)."""
     method = getattr(store, "purge", None)
     return int(method()) if method is not None else 0
+
+
+# ------------------------------------------------------------------ listing and counting
+
+LISTED_STATES = frozenset(
+    {State.QUEUED, State.RUNNING, State.COMPLETE, State.FAILED, State.EXPIRED}
+)
+"""The states a store can list and count: what it stores, plus ``expired`` (past ``expires_at``).
+``lost`` and ``unknown`` are a client's conclusions, never stored."""
+
+MAX_LIST_LIMIT = 1000
+"""The most jobs one :func:`list_jobs` call returns."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which jobs :func:`list_jobs` and :func:`count_by_state` consider (every field optional).
+
+    ``states``: the job's state as read now (a job past ``expires_at`` is ``expired``), one of
+    :data:`LISTED_STATES`; empty = any. ``function``/``server``: equal to. ``since``/``until``:
+    ``since <= updated_at < until`` (Unix seconds; a job never updated does not match a time
+    bound). ``prefix``: the handle or the unique starts with these bytes.
+    """
+
+    states: frozenset[State] = frozenset()
+    function: bytes | None = None
+    server: str | None = None
+    since: float | None = None
+    until: float | None = None
+    prefix: bytes | None = None
+
+    def __post_init__(self) -> None:
+        odd = set(self.states) - LISTED_STATES
+        if odd:
+            names = ", ".join(sorted(str(s) for s in odd))
+            raise ConfigError(
+                f"cannot list jobs by state {names}: stores keep only "
+                f"{', '.join(sorted(LISTED_STATES))}"
+            )
+
+    def matches(self, summary: JobSummary) -> bool:
+        """True when ``summary`` (whose ``state`` is already the state as read) passes."""
+        key = summary.key
+        if self.states and summary.state not in self.states:
+            return False
+        if self.function is not None and summary.function != self.function:
+            return False
+        if self.server is not None and key.server != self.server:
+            return False
+        if self.since is not None or self.until is not None:
+            at = summary.updated_at
+            if at is None:
+                return False
+            if self.since is not None and at < self.since:
+                return False
+            if self.until is not None and at >= self.until:
+                return False
+        prefix = self.prefix
+        return not prefix or key.handle.startswith(prefix) or key.unique.startswith(prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """One line of a job list: a stored job without its chunks, result or error text.
+
+    ``state`` is the state as read now (``expired`` past ``expires_at``); ``numerator`` and
+    ``denominator`` are the job's last status point (0/0 without one); ``error_kind`` is
+    ``fail``/``exception`` for a failed job, else None.
+    """
+
+    key: JobKey
+    function: bytes
+    state: State
+    attempt: int
+    worker: str
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float | None
+    expires_at: float | None
+    lease_until: float | None
+    numerator: int = 0
+    denominator: int = 0
+    error_kind: str | None = None
+
+    @classmethod
+    def of(cls, record: JobRecord, now: float) -> JobSummary:
+        """The summary of a whole record (its state turned ``expired`` past ``expires_at``)."""
+        expired = record.expires_at is not None and record.expires_at <= now
+        last = record.status[-1] if record.status and not expired else None
+        return cls(
+            record.key,
+            record.function,
+            State.EXPIRED if expired else record.state,
+            record.attempt,
+            record.worker,
+            record.started_at,
+            record.finished_at,
+            record.updated_at,
+            record.expires_at,
+            record.lease_until,
+            last.numerator if last else 0,
+            last.denominator if last else 0,
+            None if record.error is None or expired else record.error.kind,
+        )
+
+    @property
+    def ref(self) -> JobRef:
+        """The job's full reference."""
+        return JobRef(self.key.handle, self.key.server, self.key.unique)
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of :func:`list_jobs`: ``jobs`` newest first, and the ``cursor`` of the next page
+    (None when there is none)."""
+
+    jobs: list[JobSummary]
+    cursor: str | None
+
+
+def make_cursor(kind: str, position: int) -> str:
+    """A listing cursor of store kind ``kind`` (a short tag) at ``position`` (an int ≥ 0)."""
+    return f"{kind}.{position}"
+
+
+def read_cursor(kind: str, cursor: str | None) -> int | None:
+    """The position in a cursor :func:`make_cursor` made for ``kind``; None for no cursor.
+
+    Raises :class:`~gearstash.errors.BadCursor` for anything else (another store kind's cursor,
+    an altered one).
+    """
+    if cursor is None or cursor == "":
+        return None
+    tag, dot, number = cursor.partition(".")
+    if tag != kind or not dot or not number.isdigit() or len(number) > 19:
+        raise BadCursor("this cursor was not made by this store: start from the first page")
+    return int(number)
+
+
+def check_limit(limit: int) -> int:
+    """``limit`` when 1 ≤ limit ≤ :data:`MAX_LIST_LIMIT`, else ConfigError."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise ConfigError(f"a page holds 1 to {MAX_LIST_LIMIT} jobs, not {limit!r}")
+    return limit
+
+
+def can_list(store: Store) -> bool:
+    """True when ``store`` can list and count its jobs (the ``list`` capability)."""
+    return "list" in store.capabilities and hasattr(store, "list_jobs")
+
+
+def list_jobs(
+    store: Store, filter: JobFilter | None = None, limit: int = 50, cursor: str | None = None
+) -> JobPage:
+    """Stored jobs matching ``filter``, newest first (the order the store first saw them).
+
+    ``cursor`` is the ``JobPage.cursor`` of the previous page (None: the first page); a job
+    created after the first page was read never shows up on a later page, and no job shows up
+    twice. Raises :class:`~gearstash.errors.BadCursor` for a cursor the store did not make,
+    ConfigError for a ``limit`` out of 1..:data:`MAX_LIST_LIMIT`, StoreError when the store
+    cannot list (no ``list`` capability: look jobs up by handle instead) or fails.
+    """
+    check_limit(limit)
+    if not can_list(store):
+        raise StoreError(f"store {store.url} cannot list jobs: look a job up by its handle")
+    page: JobPage = store.list_jobs(filter or JobFilter(), limit, cursor)  # type: ignore[attr-defined]
+    return page
+
+
+def count_by_state(store: Store, filter: JobFilter | None = None) -> dict[State, int]:
+    """How many stored jobs match ``filter``, by state as read now (every state of
+    :data:`LISTED_STATES` is a key, 0 included). Raises StoreError like :func:`list_jobs`."""
+    if not can_list(store):
+        raise StoreError(f"store {store.url} cannot count jobs: look a job up by its handle")
+    counts: dict[State, int] = store.count_by_state(filter or JobFilter())  # type: ignore[attr-defined]
+    return {state: int(counts.get(state, 0)) for state in sorted(LISTED_STATES)}
 
 
 StoreFactory = Callable[[str], Store]

@@ -127,6 +127,11 @@ class SpoolingStore:
         return getattr(self.inner, name)
 
     @property
+    def down_for(self) -> float:
+        """Seconds since the store stopped taking writes (0.0 while writes go straight to it)."""
+        return time.monotonic() - self._down_since if self._spooling else 0.0
+
+    @property
     def spooled(self) -> int:
         """Batches waiting in the spool."""
         with self._lock:

@@ -35,10 +35,20 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from gearstash.errors import StoreError
+from gearstash.errors import BadCursor, ConfigError, StoreError
 from gearstash.model.records import Event, EventKind, JobError, JobKey, JobRecord, JobRef, State
 from gearstash.spine.manager import open_store
-from gearstash.store.contract import Store, delete, get_after, watch
+from gearstash.store.contract import (
+    JobFilter,
+    JobSummary,
+    Store,
+    can_list,
+    count_by_state,
+    delete,
+    get_after,
+    list_jobs,
+    watch,
+)
 
 __all__ = ["RUN", "StoreContract", "full_job", "new_key"]
 
@@ -485,3 +495,125 @@ class StoreContract:
             assert urlsplit(opened.url).password == "***", opened.url
         finally:
             opened.close()
+
+    # ---------------------------------------------------------------- listing and counting
+
+    def _listed_jobs(self, store: Store) -> tuple[str, list[JobKey]]:
+        """Six jobs on a server of their own, made in this order: queued, running (with a
+        status point), complete, failed (exception), expired, running again (attempt 2)."""
+        server = new_server("list")
+        keys = [JobKey(server, new_handle(), f"list-{RUN}-{i}".encode()) for i in range(6)]
+        now = time.time()
+        store.write([Event(EventKind.SUBMITTED, keys[0], now - 50, function=b"queued-fn")])
+        store.write(full_job(keys[1], now - 40)[:5])
+        store.write(full_job(keys[2], now - 30))
+        store.write(
+            [
+                Event(EventKind.STARTED, keys[3], now - 20, function=b"resize", worker="w"),
+                Event(EventKind.EXCEPTION, keys[3], now - 19, b"boom", traceback="tb"),
+            ]
+        )
+        store.write([Event(EventKind.STARTED, keys[4], now - 10, function=b"resize", ttl=0.5)])
+        store.write(full_job(keys[5], now - 5)[:2])
+        store.write([Event(EventKind.STARTED, keys[5], now - 4, function=b"resize", worker="w2")])
+        time.sleep(0.6)  # keys[4] expires
+        return server, keys
+
+    def test_list_jobs_newest_first_in_pages(self, store: Store) -> None:
+        if "list" not in store.capabilities:
+            assert not can_list(store)
+            with pytest.raises(StoreError):
+                list_jobs(store, JobFilter())
+            with pytest.raises(StoreError):
+                count_by_state(store)
+            return
+        server, keys = self._listed_jobs(store)
+        mine = JobFilter(server=server)
+        seen: list[JobSummary] = []
+        cursor: str | None = None
+        pages = 0
+        while True:
+            page = list_jobs(store, mine, 4, cursor)
+            pages += 1
+            seen += page.jobs
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+            if pages == 1:  # a job made after the first page is not on a later one
+                store.write([Event(EventKind.STARTED, JobKey(server, new_handle(), b"late"), T0)])
+            assert pages < 10
+        assert [s.key for s in seen[:6]] == keys[::-1]
+        assert len(seen) in (6, 7) and all(s.key.unique != b"late" for s in seen)
+        states = [s.state for s in seen[:6]]
+        assert states == [
+            State.RUNNING,
+            State.EXPIRED,
+            State.FAILED,
+            State.COMPLETE,
+            State.RUNNING,
+            State.QUEUED,
+        ]
+        again, expired, failed, complete, running, queued = seen[:6]
+        assert (again.attempt, again.worker, again.function) == (2, "w2", b"resize")
+        assert (running.numerator, running.denominator) == (1, 3)
+        assert (complete.numerator, complete.denominator) == (3, 3)
+        assert complete.finished_at is not None and complete.started_at is not None
+        assert failed.error_kind == "exception" and complete.error_kind is None
+        assert (queued.attempt, queued.function) == (0, b"queued-fn")
+        assert expired.expires_at is not None and expired.expires_at <= time.time()
+        assert seen[0].ref == JobRef(keys[5].handle, server, keys[5].unique)
+
+    def test_list_jobs_filters(self, store: Store) -> None:
+        if "list" not in store.capabilities:
+            return
+        server, keys = self._listed_jobs(store)
+
+        def listed(**fields: Any) -> list[JobKey]:
+            page = list_jobs(store, JobFilter(server=server, **fields), 100)
+            assert page.cursor is None
+            return [s.key for s in page.jobs]
+
+        assert listed(states=frozenset({State.RUNNING})) == [keys[5], keys[1]]
+        assert listed(states=frozenset({State.COMPLETE, State.FAILED})) == [keys[3], keys[2]]
+        assert listed(states=frozenset({State.EXPIRED})) == [keys[4]]
+        assert listed(states=frozenset({State.QUEUED})) == [keys[0]]
+        assert listed(function=b"queued-fn") == [keys[0]]
+        assert listed(function=b"nothing") == []
+        assert listed(prefix=keys[2].handle) == [keys[2]]
+        assert listed(prefix=f"list-{RUN}-3".encode()) == [keys[3]]  # a unique prefix
+        assert listed(prefix=b"no such prefix") == []
+        now = time.time()
+        # a store may forget an expired job's function and times (it keeps its key and expiry)
+        assert listed(since=now - 25) in ([keys[5], keys[4], keys[3]], [keys[5], keys[3]])
+        assert listed(since=now - 25, until=now - 8) in ([keys[4], keys[3]], [keys[3]])
+        assert list_jobs(store, JobFilter(server=new_server())).jobs == []
+
+    def test_count_by_state(self, store: Store) -> None:
+        if "list" not in store.capabilities:
+            return
+        server, _keys = self._listed_jobs(store)
+        counts = count_by_state(store, JobFilter(server=server))
+        assert counts == {
+            State.QUEUED: 1,
+            State.RUNNING: 2,
+            State.COMPLETE: 1,
+            State.FAILED: 1,
+            State.EXPIRED: 1,
+        }
+        resized = count_by_state(store, JobFilter(server=server, function=b"resize"))
+        assert resized.pop(State.EXPIRED) in (0, 1)  # its function may be forgotten
+        assert resized == {State.QUEUED: 0, State.RUNNING: 2, State.COMPLETE: 1, State.FAILED: 1}
+        assert sum(count_by_state(store, JobFilter(server=new_server())).values()) == 0
+
+    def test_list_jobs_refuses_foreign_cursors_and_limits(self, store: Store) -> None:
+        if "list" not in store.capabilities:
+            return
+        server, _keys = self._listed_jobs(store)
+        for cursor in ("nonsense", "x.5", "1.-3", "\x00", "9" * 40, "m.1.2"):
+            with pytest.raises(BadCursor):
+                list_jobs(store, JobFilter(server=server), 10, cursor)
+        for limit in (0, -1, 100_000):
+            with pytest.raises(ConfigError):
+                list_jobs(store, JobFilter(server=server), limit)
+        with pytest.raises(ConfigError):
+            JobFilter(states=frozenset({State.LOST}))

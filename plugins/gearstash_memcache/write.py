@@ -166,7 +166,9 @@ class Writer:
             unique_at = 0
             if unique_key is not None:
                 if listing:
-                    unique_command = protocol.store(b"add", unique_key, b" " + j.encode(), gone_time)
+                    unique_command = protocol.store(
+                        b"add", unique_key, b" " + j.encode(), gone_time
+                    )
                 else:
                     unique_command = protocol.touch(unique_key, gone_time)
                 step.setdefault(unique_server, []).append(unique_command)

@@ -20,7 +20,14 @@ from collections.abc import Sequence
 from gearstash import hookimpl
 from gearstash.model.records import Event, EventKind, JobKey, JobRecord, JobRef, State
 from gearstash.spine.hookspecs import RegisterStore
-from gearstash.store.contract import PollWatch
+from gearstash.store.contract import (
+    JobFilter,
+    JobPage,
+    JobSummary,
+    PollWatch,
+    make_cursor,
+    read_cursor,
+)
 from gearstash.store.urls import ttl_from_query
 
 _shared: dict[str, MemoryStore] = {}
@@ -56,7 +63,8 @@ class MemoryWatch:
 class MemoryStore:
     """Records in a dict, guarded by a condition variable. Thread-safe; not shared across processes."""
 
-    capabilities = frozenset({"push", "expires", "delete"})
+    capabilities = frozenset({"push", "expires", "delete", "list"})
+    _CURSOR = "m"
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
@@ -67,6 +75,8 @@ class MemoryStore:
         self._records: dict[JobKey, JobRecord] = {}
         self._by_handle: dict[bytes, list[JobKey]] = {}
         self._by_unique: dict[bytes, list[JobKey]] = {}
+        self._serial: dict[JobKey, int] = {}  # listing order: 1, 2, ... as records are made
+        self._made = 0
 
     def write(self, events: Sequence[Event]) -> None:
         """Apply ``events`` in order under one lock (atomic for readers); wake watchers."""
@@ -78,6 +88,8 @@ class MemoryStore:
                     if record is None:
                         continue
                     self._records[event.key] = record
+                    self._made += 1
+                    self._serial[event.key] = self._made
                     self._by_handle.setdefault(event.key.handle, []).append(event.key)
                     self._by_unique.setdefault(event.key.unique, []).append(event.key)
                 elif event.kind is EventKind.SUBMITTED:
@@ -98,6 +110,7 @@ class MemoryStore:
 
     def _forget(self, key: JobKey) -> None:
         del self._records[key]
+        del self._serial[key]
         for index, part in ((self._by_handle, key.handle), (self._by_unique, key.unique)):
             keys = index[part]
             keys.remove(key)
@@ -138,6 +151,35 @@ class MemoryStore:
         with self._cond:
             record = self._find(ref)
             return None if record is None else self._view(record, time.time(), after)
+
+    def list_jobs(self, filter: JobFilter, limit: int, cursor: str | None) -> JobPage:
+        """Jobs matching ``filter``, newest first, ``limit`` at most (see
+        :func:`gearstash.store.contract.list_jobs`); the cursor is the serial of the last one listed."""
+        before = read_cursor(self._CURSOR, cursor)
+        now = time.time()
+        jobs: list[JobSummary] = []
+        with self._cond:
+            for key in reversed(self._records):  # dicts keep insertion (creation) order
+                serial = self._serial[key]
+                if before is not None and serial >= before:
+                    continue
+                summary = JobSummary.of(self._records[key], now)
+                if filter.matches(summary):
+                    jobs.append(summary)
+                    if len(jobs) == limit:
+                        return JobPage(jobs, make_cursor(self._CURSOR, serial))
+        return JobPage(jobs, None)
+
+    def count_by_state(self, filter: JobFilter) -> dict[State, int]:
+        """How many jobs match ``filter``, by state as read now."""
+        now = time.time()
+        counts: dict[State, int] = {}
+        with self._cond:
+            for record in self._records.values():
+                summary = JobSummary.of(record, now)
+                if filter.matches(summary):
+                    counts[summary.state] = counts.get(summary.state, 0) + 1
+        return counts
 
     def watch(self, refs: Sequence[JobRef]) -> MemoryWatch:
         """A watch woken by any write to this store."""

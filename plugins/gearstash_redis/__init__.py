@@ -48,6 +48,13 @@ unix seconds as Python prints a float):
     stays until a new job with the handle is written (readers skip it).
 ``gs:u:{U}`` — ZSET, the unique index: the same for every job with that unique (a job with an
     empty unique is not listed); a reference by unique alone (no handle) follows it.
+``gs:all`` — ZSET, the listing index: member K of every job, scored by ``INCR gs:serial`` when
+    the job is first written (the write script adds it in the same call that makes the job).
+    Listing walks it newest first; entries whose job and tombstone are both gone are removed by
+    listing and by later writes (the oldest two per new job). ``gs:serial`` — STRING, its counter.
+``gs:st:STATE`` — ZSET, the state index: member K of every job whose stored state is STATE,
+    scored by its expires_at (``+inf``: kept for ever); every write keeps it, moving the job when
+    its state changes. Counting by state is a ``ZCOUNT`` per state.
 ``gs:ev:{H}`` — pub/sub channel: each write to a job with that handle publishes the job's J.
     (A waiter on a reference by unique alone has no channel: it polls.)
 

@@ -26,6 +26,11 @@ OP_LEASE = b"L"
 MAX_RUN = 1000  # values per RPUSH (Lua's unpack() has a C-stack limit of ~8000)
 
 # KEYS, per job (7 each): job, data, warnings, status, gone, handle index, unique index.
+# (A job's first write also adds it to the listing index PREFIX:all, scored by INCR PREFIX:serial,
+# and forgets the oldest two entries there whose job and tombstone have both expired; every write
+# keeps the job in the state index PREFIX:st:<stored state> scored by its expires_at ('+inf':
+# never), moving it when the state changes: keys the script does not declare, like the index
+# pruning.)
 # ARGV, per job: K, server, handle, unique, ttl_ms (0 = keep for ever), life_ms (tombstone and
 #   index entries), updated_at (of the last event that is not 'submitted'; '' if none), expires_at,
 #   n (number of ARGV slots of the ops that follow), ops...
@@ -38,9 +43,9 @@ MAX_RUN = 1000  # values per RPUSH (Lua's unpack() has a C-stack limit of ~8000)
 # An event other than Q and B makes the record when there is none. A batch that changes nothing
 # (Q for a record that exists, B for none) writes nothing: no TTL, no tombstone, no announcement.
 WRITE = r"""
-local function prune(prefix, idx, keep)
-  -- forget index entries whose job and tombstone have both expired (oldest 8 only)
-  for _, m in ipairs(redis.call('ZRANGE', idx, 0, 7)) do
+local function prune(prefix, idx, keep, n)
+  -- forget index entries whose job and tombstone have both expired (oldest n only)
+  for _, m in ipairs(redis.call('ZRANGE', idx, 0, n - 1)) do
     if m ~= keep then
       local base = prefix .. ':{' .. string.sub(redis.sha1hex(m), 1, 24) .. '}:'
       if redis.call('EXISTS', base .. 'job', base .. 'gone') == 0 then
@@ -55,7 +60,7 @@ local function enlist(prefix, idx, member)
   local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
   if top[2] then
     redis.call('ZADD', idx, tonumber(top[2]) + 1, member)
-    prune(prefix, idx, member)
+    prune(prefix, idx, member, 8)
     return false
   end
   redis.call('ZADD', idx, 1, member)
@@ -82,7 +87,7 @@ for k = 1, #KEYS, 7 do
   local prefix = string.sub(job, 1, -32)  -- PREFIX:{J}:job
   local unique = ARGV[a + 3] ~= ''  -- listed in the unique index
   local f = {}
-  local now = redis.call('HMGET', job, 'attempt', 'started_at')
+  local now = redis.call('HMGET', job, 'attempt', 'started_at', 'state')
   local exists = now[1] ~= false
   local created = false
   local touched = false  -- an event other than 'submitted' applied
@@ -107,6 +112,9 @@ for k = 1, #KEYS, 7 do
       f['attempt'] = '1'
       new_index = enlist(prefix, idx, member)
       if unique then new_uindex = enlist(prefix, uidx, member) end
+      -- the listing index PREFIX:all: every job by creation serial (PREFIX:serial)
+      redis.call('ZADD', prefix .. ':all', redis.call('INCR', prefix .. ':serial'), member)
+      prune(prefix, prefix .. ':all', member, 2)
       if op == 'Q' then
         f['state'] = 'queued'
         f['function'] = ARGV[i + 2]
@@ -196,6 +204,14 @@ for k = 1, #KEYS, 7 do
       redis.call('DEL', gone)
       redis.call('PERSIST', idx)
       if unique then redis.call('PERSIST', uidx) end
+    end
+    -- the state index PREFIX:st:STATE: the job under its stored state, scored by expires_at
+    local state = f['state'] or now[3]
+    if state then
+      if now[3] and now[3] ~= state then redis.call('ZREM', prefix .. ':st:' .. now[3], member) end
+      local score = '+inf'
+      if ttl > 0 then score = expires end
+      redis.call('ZADD', prefix .. ':st:' .. state, score, member)
     end
     -- PREFIX:ev:{H} gets J
     redis.call('PUBLISH', prefix .. ':ev:' .. string.sub(idx, #prefix + 4), string.sub(job, -29, -6))
@@ -319,6 +335,114 @@ return out
 """
 
 
+# Lists or counts jobs from the listing index PREFIX:all, newest first (read-mostly: an entry whose
+# job and tombstone have both expired is removed on the way).
+# ARGV: prefix, before (a serial: list below it; '' = from the newest), limit (0: count instead),
+#   budget (entries examined at most per call when listing), now, states (comma-separated; '' =
+#   any), has_function ('1'/'0'), function, server ('' = any), since ('' = none), until ('' =
+#   none), prefix of the handle or the unique ('' = none).
+# Returns {entries, next} when listing: each entry {server, handle, unique, function, state,
+#   attempt, worker, started_at, finished_at, updated_at, expires_at, lease_until, error_kind,
+#   last status point ("num den at" or nil), serial}; next is the serial to continue below, or ''
+#   when the index has no more entries. A job whose hash expired but whose tombstone lives is
+#   {server, handle, unique, '', 'expired', ..., expires_at} (its function is forgotten).
+# When counting: {state, n, state, n, ...}.
+LIST = r"""
+local prefix, before, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local budget, now = tonumber(ARGV[4]), tonumber(ARGV[5])
+local wanted, anystate = {}, ARGV[6] == ''
+for name in string.gmatch(ARGV[6], '[^,]+') do wanted[name] = true end
+local hasfn, fn, server = ARGV[7] == '1', ARGV[8], ARGV[9]
+local since, till, pfx = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12]
+local all = prefix .. ':all'
+local FIELDS = {'server', 'handle', 'unique', 'function', 'state', 'attempt', 'worker',
+                'started_at', 'finished_at', 'updated_at', 'expires_at', 'lease_until',
+                'error_kind'}
+local call = redis.call
+
+local function parse(m)
+  local parts, pos = {}, 1
+  for p = 1, 3 do
+    local colon = string.find(m, ':', pos, true)
+    local size = colon and tonumber(string.sub(m, pos, colon - 1))
+    if not size then return nil end
+    parts[p] = string.sub(m, colon + 1, colon + size)
+    pos = colon + size + 2
+  end
+  return parts
+end
+
+local function starts(value, p)
+  return value and string.sub(value, 1, #p) == p
+end
+
+local function passes(f)
+  if not anystate and not wanted[f[5]] then return false end
+  if hasfn and f[4] ~= fn then return false end
+  if server ~= '' and f[1] ~= server then return false end
+  if since or till then
+    local at = tonumber(f[10])
+    if not at then return false end
+    if since and at < since then return false end
+    if till and at >= till then return false end
+  end
+  if pfx ~= '' and not starts(f[2], pfx) and not starts(f[3], pfx) then return false end
+  return true
+end
+
+local out, counts, examined = {}, {}, 0
+local max = '+inf'
+if before ~= '' then max = '(' .. before end
+while true do
+  local batch = call('ZREVRANGEBYSCORE', all, max, '-inf', 'WITHSCORES', 'LIMIT', 0, 200)
+  if #batch == 0 then break end
+  for n = 1, #batch, 2 do
+    local m, serial = batch[n], batch[n + 1]
+    max = '(' .. serial
+    examined = examined + 1
+    local base = prefix .. ':{' .. string.sub(redis.sha1hex(m), 1, 24) .. '}:'
+    local f = call('HMGET', base .. 'job', unpack(FIELDS))
+    if f[1] then
+      if f[11] and tonumber(f[11]) <= now then
+        f[5] = 'expired'
+        f[13] = false
+        f[14] = false
+      else
+        f[14] = call('LINDEX', base .. 'status', '-1')
+      end
+    else
+      local gone = call('GET', base .. 'gone')
+      local parts = gone and parse(m)
+      if parts then
+        f = {parts[1], parts[2], parts[3], '', 'expired', false, false, false, false, false,
+             gone, false, false, false}
+      else
+        call('ZREM', all, m)
+        f = nil
+      end
+    end
+    if f and passes(f) then
+      if limit == 0 then
+        counts[f[5]] = (counts[f[5]] or 0) + 1
+      else
+        f[15] = serial
+        out[#out + 1] = f
+        if #out >= limit then return {out, serial} end
+      end
+    end
+    if limit > 0 and examined >= budget then return {out, serial} end
+  end
+end
+if limit > 0 then return {out, ''} end
+local flat = {}
+for name, count in pairs(counts) do
+  flat[#flat + 1] = name
+  flat[#flat + 1] = count
+end
+return flat
+"""
+
+
 def sha1(source: str) -> bytes:
     """The EVALSHA name of a script."""
     return hashlib.sha1(source.encode()).hexdigest().encode()
@@ -336,7 +460,9 @@ WRITE_GT = WRITE.replace(_INDEX_TTL, "\n    redis.call('PEXPIRE', idx, life, 'GT
 WRITE_SHA = sha1(WRITE)
 WRITE_GT_SHA = sha1(WRITE_GT)
 READ_MANY_SHA = sha1(READ_MANY)
+LIST_SHA = sha1(LIST)
 SOURCES = {
+    LIST_SHA: LIST.encode(),
     WRITE_SHA: WRITE.encode(),
     WRITE_GT_SHA: WRITE_GT.encode(),
     READ_MANY_SHA: READ_MANY.encode(),

@@ -23,20 +23,31 @@ what their answers mean), :mod:`~gearstash_redis.watch` (pub/sub), :mod:`~gearst
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
 from gearstash.errors import ConfigError
-from gearstash.model.records import Event, JobKey, JobRecord, JobRef
+from gearstash.model.records import Event, JobKey, JobRecord, JobRef, State
+from gearstash.store.contract import JobFilter, JobPage
 from gearstash.store.urls import ttl_from_query
 
 from .connection import DEFAULT_TIMEOUT, Command, Connections
 from .failures import to_store_error
 from .layout import DEFAULT_PREFIX, Layout, decode_key
+from .listing import (
+    STORED_STATES,
+    counts,
+    list_args,
+    page,
+    state_count_commands,
+    state_counts,
+    state_indexes,
+)
 from .read import ReadBatch
-from .scripts import SOURCES, WRITE_GT_SHA, WRITE_SHA
+from .scripts import LIST_SHA, SOURCES, WRITE_GT_SHA, WRITE_SHA
 from .url import DEFAULT_GRACE, OWN_OPTIONS, redact, seconds, secrets_of, split_url
 from .watch import RedisWatch, watched_channels
 from .write import script_args
@@ -62,7 +73,7 @@ class RedisStore:
     :class:`~gearstash.errors.ConfigError` for a malformed URL or option.
     """
 
-    capabilities = frozenset({"shared", "push", "expires", "delete"})
+    capabilities = frozenset({"shared", "push", "expires", "delete", "list"})
 
     def __init__(self, url: str) -> None:
         self.url = redact(url)
@@ -127,10 +138,33 @@ class RedisStore:
                 (b"DEL", names.job, names.data, names.warnings, names.status, names.gone),
                 (b"ZREM", names.handle_index, names.member),
                 (b"ZREM", names.unique_index, names.member),
+                (b"ZREM", self._prefix + b":all", names.member),
+                *((b"ZREM", name, names.member) for name in state_indexes(self._prefix)),
                 (b"PUBLISH", names.channel, names.job_digest),
             ]
+        per_job = 5 + len(STORED_STATES)
         replies = self._checked(self._roundtrip(commands, "delete", retry=True), "delete")
-        return sum(1 for reply in replies[::4] if reply)
+        return sum(1 for reply in replies[::per_job] if reply)
+
+    def list_jobs(self, filter: JobFilter, limit: int, cursor: str | None) -> JobPage:
+        """Jobs matching ``filter``, newest first (see :mod:`gearstash_redis.listing`): one
+        script call. Raises StoreError, BadCursor."""
+        args = list_args(self._prefix, filter, limit, cursor, time.time())
+        reply = self._scripts([(b"EVALSHA", LIST_SHA, 0, *args)], "list jobs")[0]
+        return page(reply)
+
+    def count_by_state(self, filter: JobFilter) -> dict[State, int]:
+        """How many jobs match ``filter``, by state as read now. Without a filter: ZCOUNTs of the
+        state indexes (one round trip, O(log n)); with one: a script call that walks the
+        listing index (O(jobs))."""
+        now = time.time()
+        if filter == JobFilter():  # the state indexes: O(log n) per state
+            commands = state_count_commands(self._prefix, now, self.grace)
+            return state_counts(
+                self._checked(self._roundtrip(commands, "count jobs", True), "count jobs")
+            )
+        args = list_args(self._prefix, filter, 0, None, now)
+        return counts(self._scripts([(b"EVALSHA", LIST_SHA, 0, *args)], "count jobs")[0])
 
     def purge(self) -> int:
         """Redis expires keys by itself: nothing to do."""

@@ -1,4 +1,4 @@
-"""The SQL schema of the ``sql`` store (schema version 2), the same on SQLite, PostgreSQL and MariaDB.
+"""The SQL schema of the ``sql`` store (schema version 3), the same on SQLite, PostgreSQL and MariaDB.
 
 Other programs (PHP, reports, a DBA's shell) may read these tables directly, so they are kept plain:
 no pickles, bytes as BLOB/BYTEA, times as float Unix seconds in DOUBLE columns, states as short text.
@@ -38,7 +38,9 @@ for finding jobs by handle alone (take the row with the highest ``id``); an inde
 server) (``ix_gearstash_jobs_unique_key``, schema version 2) for finding jobs by unique alone (a
 job a persistent-queue server replayed under a new handle); an index on ``expires_at``
 (``ix_gearstash_jobs_expires_at``; partial, ``WHERE expires_at IS NOT NULL``, on SQLite and
-PostgreSQL; a full index, as tables made by earlier 0.1 development builds have, works the same).
+PostgreSQL; a full index, as tables made by earlier 0.1 development builds have, works the same);
+an index on (state, id) (``ix_gearstash_jobs_state``, schema version 3) for listing jobs by state
+newest first and counting them by state (an index-only scan).
 
 ``gearstash_chunks``: what the job said while running, in order, for the *current* attempt only (a
 new ``started`` deletes the job's chunks and ``seq`` starts again at 0). Primary key (job_id, seq).
@@ -54,17 +56,18 @@ at              DOUBLE                       Unix time the worker said it
 =============== ============================ ====================================================
 
 ``gearstash_meta``: ``key`` VARCHAR(64) primary key, ``value`` VARCHAR(255). Holds ``schema_version``
-(``"2"``) and, once a purge has cleaned something, ``purged_until`` (the expiry up to which expired
+(``"3"``) and, once a purge has cleaned something, ``purged_until`` (the expiry up to which expired
 jobs have been cleaned; see :mod:`gearstash_sql.maintenance`). ``key`` is a reserved word in
 MySQL/MariaDB: quote it (```key```) in hand-written SQL. A store refuses to open tables whose
 schema_version is newer than it knows.
 
-Schema version 1 → 2 (:func:`ensure_schema` migrates on open, once, under a lock: SQLite's ``BEGIN
-IMMEDIATE``, a ``FOR UPDATE`` of the version row on PostgreSQL, ``GET_LOCK`` on MariaDB): adds the
-column ``lease_until`` and the index ``ix_gearstash_jobs_unique_key``, then sets schema_version to
-``"2"``. Every step is skipped when already done, so an interrupted migration is finished by the
-next opener. Rows keep their values (``lease_until`` NULL). Building the index blocks writes to
-``gearstash_jobs`` while it runs (a second or so per million jobs).
+Schema version 1 → 2 → 3 (:func:`ensure_schema` migrates on open, once, under a lock: SQLite's
+``BEGIN IMMEDIATE``, a ``FOR UPDATE`` of the version row on PostgreSQL, ``GET_LOCK`` on MariaDB):
+adds the column ``lease_until`` and the index ``ix_gearstash_jobs_unique_key`` (version 2), the
+index ``ix_gearstash_jobs_state`` (version 3), then sets schema_version to ``"3"``. Every step is
+skipped when already done, so an interrupted migration is finished by the next opener. Rows keep
+their values (``lease_until`` NULL). Building the index blocks writes to ``gearstash_jobs`` while it
+runs (a second or so per million jobs).
 """
 
 from __future__ import annotations
@@ -76,8 +79,8 @@ from sqlalchemy.dialects import mysql
 
 from gearstash.errors import StoreError
 
-SCHEMA_VERSION = 2
-MIGRATABLE = frozenset({1})  # older versions ensure_schema upgrades
+SCHEMA_VERSION = 3
+MIGRATABLE = frozenset({1, 2})  # older versions ensure_schema upgrades
 MAX_KEY_BYTES = 255  # handle and unique_key; server is at most 255 characters
 
 _MYSQL = ("mysql", "mariadb")
@@ -136,6 +139,10 @@ sa.Index(None, jobs.c.expires_at, sqlite_where=_HAS_TTL, postgresql_where=_HAS_T
 # (SQLite and InnoDB index entries end in the row id, so the newest is found in the index).
 # A second index on every new job's insert: the price of finding a replayed job.
 unique_index = sa.Index(None, jobs.c.unique_key, jobs.c.server)
+# listing by state and counting by state (schema version 3): ``state = ? ORDER BY id DESC`` walks
+# it backwards, and ``GROUP BY state`` counts from the index alone (expired rows are counted
+# apart, on the expires_at index).
+state_index = sa.Index(None, jobs.c.state, jobs.c.id)
 
 chunks = sa.Table(
     "gearstash_chunks",
@@ -208,7 +215,7 @@ def ensure_schema(engine: sa.Engine, name: str) -> int:
                     # tables made just now; or version 1 tables whose version row an old
                     # build never wrote (it stopped between the two): migrated below
                     columns = {c["name"] for c in sa.inspect(conn).get_columns(jobs.name)}
-                    version = SCHEMA_VERSION if "lease_until" in columns else 1
+                    version = 2 if "lease_until" in columns else 1  # migrated below
                     conn.execute(meta.insert().values(key="schema_version", value=str(version)))
             if version in MIGRATABLE:
                 _migrate(engine)
@@ -283,7 +290,8 @@ def _migrate(engine: sa.Engine) -> None:
 
 
 def _upgrade(conn: sa.Connection) -> None:
-    """Version 1 → 2 on ``conn`` (the caller holds the migration lock): each step if not done."""
+    """Version 1 or 2 → 3 on ``conn`` (the caller holds the migration lock): each step if not
+    done."""
     dialect = conn.dialect
     prepare = dialect.identifier_preparer
     inspector = sa.inspect(conn)
@@ -296,8 +304,9 @@ def _upgrade(conn: sa.Connection) -> None:
             f"ALTER TABLE {prepare.format_table(jobs)} ADD COLUMN "
             f"{prepare.quote('lease_until')} {kind} NULL"
         )
-    if unique_index.name not in indexes:
-        steps.append(str(sa.schema.CreateIndex(unique_index).compile(dialect=dialect)))
+    for index in (unique_index, state_index):
+        if index.name not in indexes:
+            steps.append(str(sa.schema.CreateIndex(index).compile(dialect=dialect)))
     for statement in steps:
         try:
             conn.exec_driver_sql(statement)

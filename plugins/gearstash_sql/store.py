@@ -1,10 +1,11 @@
 """:class:`SqlStore`: the Store contract on SQLAlchemy Core (SQLite, PostgreSQL, MariaDB/MySQL).
 
 Writes: one transaction per ``write()`` call, on a connection the thread keeps; the common batches
-of one job are one statement (:mod:`gearstash_sql.writing`, :class:`~.writing.WritePath`). Reads:
-a connection per thread, in autocommit; one reference is one statement, more are a bounded number
+of one job are one statement (:mod:`gearstash_sql.writing`, :class:`~.writing.WritePath`). Reads: a
+connection per thread, in autocommit; one reference is one statement, more are a bounded number
 (:mod:`gearstash_sql.reading`, :class:`~.reading.ReadPath`). ``delete()`` and ``purge()``:
-:mod:`gearstash_sql.removal`. This module holds the class, its connections and transactions.
+:mod:`gearstash_sql.removal`. ``list_jobs()`` and ``count_by_state()``:
+:mod:`gearstash_sql.listing`. This module holds the class, its connections and transactions.
 
 Expiry. ``?ttl=SECONDS`` in the URL sets the store's default TTL (one day; ``0`` keeps jobs for
 ever), ``Event.ttl`` overrides it per event. ``expires_at`` (= the event's time + TTL) is set by
@@ -28,7 +29,9 @@ the clocks of the writing and purging hosts: keep them in sync.
 
 Push (PostgreSQL over psycopg 3): writes notify the job's channel in the same statement
 (:mod:`gearstash_sql.notify`), and :meth:`SqlStore.watch` listens on a connection of its own;
-``?notify=0`` turns it off. SQLite and MariaDB have no push: waiters poll.
+``?notify=0`` turns it off. SQLite has no push across hosts, but its watches see commits from
+any process on the host through ``PRAGMA data_version`` (:mod:`gearstash_sql.sqlite_watch`);
+MariaDB has neither: waiters poll.
 """
 
 from __future__ import annotations
@@ -52,12 +55,14 @@ from . import driver
 from .direct import Statements
 from .engine import make_engine, multi_statements, parse_url
 from .failures import is_retryable, to_store_error
+from .listing import Listing
 from .maintenance import Maintenance
 from .notify import Listeners, PgWatch
 from .reading import ReadPath
 from .reads import Reads
 from .removal import Removal
 from .schema import ensure_schema
+from .sqlite_watch import DataVersionWatch
 from .writers import Writer, Writers, WritersClosed, forks, on_fork, orphan
 from .writing import WritePath
 
@@ -67,7 +72,7 @@ PURGE_EVERY = 1000  # writes per store object between two opportunistic purge st
 _T = TypeVar("_T")
 
 
-class SqlStore(WritePath, ReadPath, Removal):
+class SqlStore(WritePath, ReadPath, Removal, Listing):
     """A store in SQL tables (see :mod:`gearstash_sql.schema`). Thread-safe; shared by processes.
 
     Opening connects, creates the tables if missing and checks their schema version; it raises
@@ -79,7 +84,7 @@ class SqlStore(WritePath, ReadPath, Removal):
     ends. After :meth:`close`, ``write`` and ``get_many`` raise StoreError.
     """
 
-    capabilities = frozenset({"shared", "persistent", "expires", "delete"})
+    capabilities = frozenset({"shared", "persistent", "expires", "delete", "list"})
 
     def __init__(self, url: str) -> None:
         self.url = redact_url(url)
@@ -102,6 +107,9 @@ class SqlStore(WritePath, ReadPath, Removal):
         self._password = target.password
         self._closed = False
         self._memory = target.memory
+        self._sqlite_file = (
+            str(target.url.database) if self.family == "sqlite" and not target.memory else None
+        )
         self._make_locks()
         on_fork(self)
         self._write_engine: sa.Engine | None = None
@@ -170,13 +178,20 @@ class SqlStore(WritePath, ReadPath, Removal):
         """A subscription to writes of the jobs with ``refs``' handles.
 
         PostgreSQL (``push``): a :class:`~gearstash_sql.notify.PgWatch`, listening on a
-        connection of its own before this returns. Elsewhere a
+        connection of its own before this returns. A SQLite file: a
+        :class:`~gearstash_sql.sqlite_watch.DataVersionWatch` (woken within ~10 ms by any commit
+        to the file, from any process on the host). Elsewhere a
         :class:`~gearstash.store.contract.PollWatch` (waits time out; callers poll). Raises StoreError.
         """
         if self._closed:
             raise self._closed_error()
         if self._listeners is None:
-            return PollWatch()
+            if self._sqlite_file is None:
+                return PollWatch()
+            try:
+                return DataVersionWatch(self._sqlite_file)
+            except Exception as exc:
+                raise self._error(exc, "watch") from exc
         try:
             # a reference by unique alone has no handle to listen for: its waiter polls
             return PgWatch(self._listeners, {ref.handle for ref in refs if not ref.by_unique})

@@ -1,0 +1,154 @@
+"""The state one web app shares between its routes (:class:`Face`) and the checks every route makes.
+
+Routes reach it as ``request.app.state.face``. Blocking work (the store, the job servers) runs on
+worker threads through :meth:`Face.blocking`; the number of such threads is capped
+(:data:`THREADS`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from gearstash.client.client import Client
+from gearstash.client.tokens import TokenSigner
+from gearstash.errors import BadToken, ConfigError
+from gearstash.model.records import JobRef
+from gearstash.store.contract import Store, can_list
+from gearstash.web.hub import Hub
+from gearstash.web.security import AdminCredential, csrf_matches, is_loopback, new_csrf
+
+THREADS = 16
+"""Worker threads the app uses at most for store and job-server calls (anyio's limiter)."""
+
+MAX_FORM = 2 << 20
+"""The largest urlencoded form body accepted (bytes)."""
+
+MAX_QUERY = 8192
+"""The longest query string accepted (bytes); a longer one gets 414."""
+
+_T = TypeVar("_T")
+
+
+class HTTPProblem(Exception):
+    """An HTTP error with a one-line message, answered as ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def problem(status: int, message: str) -> JSONResponse:
+    """``{"error": message}`` with ``status`` (the message on one line)."""
+    return JSONResponse({"error": " ".join(message.split())}, status_code=status)
+
+
+@dataclass
+class Face:
+    """What the routes of one app share (see :func:`gearstash.web.create_app`)."""
+
+    store: Store
+    client: Client
+    hub: Hub
+    servers: list[str]
+    signer: TokenSigner | None = None
+    admin: AdminCredential | None = None
+    public: bool = False
+    allow_submit: bool = False
+    owns: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def can_list(self) -> bool:
+        """True when the store can list jobs (else pages offer lookup by handle)."""
+        return can_list(self.store)
+
+    async def blocking(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(*args)`` on a worker thread."""
+        return await anyio.to_thread.run_sync(fn, *args)
+
+    # ------------------------------------------------------------------ who may do what
+
+    def is_admin(self, request: Request) -> bool:
+        """True when the request's session logged in with the admin credential."""
+        return self.admin is not None and request.session.get("admin") is True
+
+    def may_read(self, request: Request) -> bool:
+        """Whether this client may list jobs and read them by reference: loopback clients
+        without a credential, logged-in admins, or anyone when the app is ``public``."""
+        if self.public or self.is_admin(request):
+            return True
+        client = request.client
+        return self.admin is None and is_loopback(client.host if client else None)
+
+    def require_read(self, request: Request) -> None:
+        """HTTPProblem 403 unless :meth:`may_read`."""
+        if not self.may_read(request):
+            raise HTTPProblem(403, "forbidden: log in, or ask from this host")
+
+    def require_admin(self, request: Request) -> None:
+        """HTTPProblem 403 unless the session is an admin's (and a credential is configured)."""
+        if self.admin is None:
+            raise HTTPProblem(403, "read-only: no admin credential is configured")
+        if not self.is_admin(request):
+            raise HTTPProblem(403, "forbidden: log in as admin first")
+
+    def csrf(self, request: Request) -> str:
+        """The session's CSRF token (made on first use)."""
+        token = request.session.get("csrf")
+        if not isinstance(token, str):
+            token = request.session["csrf"] = new_csrf()
+        return token
+
+    async def require_csrf(self, request: Request) -> dict[str, str]:
+        """The POSTed urlencoded form (``{}`` for another body); HTTPProblem 403 without the session's
+        CSRF token in the form field ``csrf`` or the header ``X-CSRF-Token``."""
+        fields: dict[str, str] = {}
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("application/x-www-form-urlencoded"):
+            body = bytearray()
+            async for part in request.stream():
+                body += part
+                if len(body) > MAX_FORM:
+                    raise HTTPProblem(413, f"form larger than {MAX_FORM} bytes")
+            try:
+                pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
+            except (UnicodeDecodeError, ValueError):
+                raise HTTPProblem(400, "malformed form") from None
+            fields = dict(pairs)
+        offered = request.headers.get("x-csrf-token") or fields.get("csrf")
+        if not csrf_matches(request.session.get("csrf"), offered):
+            raise HTTPProblem(403, "forbidden: missing or wrong CSRF token")
+        return fields
+
+    def verify_token(self, token: str) -> JobRef:
+        """The job a token names; HTTPProblem 404 when tokens are off, 403 (no detail) when the
+        token is refused."""
+        if self.signer is None:
+            raise HTTPProblem(404, "job tokens are not configured on this server")
+        try:
+            return self.signer.verify(token)
+        except BadToken:
+            raise HTTPProblem(403, "forbidden") from None
+
+
+def parse_ref(text: str) -> JobRef:
+    """A job reference from a URL path; HTTPProblem 400 when malformed."""
+    if len(text) > 2048:
+        raise HTTPProblem(400, "job reference too long")
+    try:
+        return JobRef.parse(text)
+    except (ConfigError, ValueError) as exc:
+        raise HTTPProblem(400, f"bad job reference: {exc}") from None
+
+
+def dumps(data: Any) -> str:
+    """Compact JSON."""
+    return json.dumps(data, separators=(",", ":"))

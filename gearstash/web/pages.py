@@ -1,0 +1,73 @@
+"""The HTML pages: server-rendered shells (Jinja2, autoescaped) that ``static/app.js`` fills from
+the JSON API and the event streams. No job value is put into a page by the server except through
+autoescaping; the script writes job values with ``textContent`` only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from gearstash.web.api import face_of
+from gearstash.web.face import parse_ref
+
+TEMPLATES = Path(__file__).parent / "templates"
+_env = Environment(
+    loader=FileSystemLoader(TEMPLATES),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def render(request: Request, name: str, status: int = 200, **context: Any) -> Response:
+    """Render template ``name`` with what every page needs (base path, CSRF token, session)."""
+    face = face_of(request)
+    base = str(request.scope.get("root_path", "")).rstrip("/")
+    page = _env.get_template(name).render(
+        base=base,
+        csrf=face.csrf(request),
+        is_admin=face.is_admin(request),
+        admin_configured=face.admin is not None,
+        may_read=face.may_read(request),
+        can_list=face.can_list,
+        tokens=face.signer is not None,
+        allow_submit=face.allow_submit,
+        **context,
+    )
+    return HTMLResponse(page, status_code=status)
+
+
+async def overview(request: Request) -> Response:
+    """``GET /``: counts by state, throughput, job servers."""
+    face_of(request).require_read(request)
+    return render(request, "overview.html", page="overview")
+
+
+async def jobs(request: Request) -> Response:
+    """``GET /jobs``: the filterable, live job list (or lookup by handle)."""
+    face_of(request).require_read(request)
+    return render(request, "jobs.html", page="jobs")
+
+
+async def job(request: Request) -> Response:
+    """``GET /jobs/{ref}``: one job, live."""
+    face_of(request).require_read(request)
+    ref = parse_ref(request.path_params["ref"])
+    return render(request, "job.html", page="job", ref=str(ref), token=None)
+
+
+async def token_view(request: Request) -> Response:
+    """``GET /t/{token}/view``: the public page of the one job a token names."""
+    face = face_of(request)
+    face.verify_token(request.path_params["token"])
+    return render(request, "job.html", page="job", ref=None, token=request.path_params["token"])
+
+
+async def login_page(request: Request) -> Response:
+    """``GET /login``: the admin login form."""
+    return render(request, "login.html", page="login")
