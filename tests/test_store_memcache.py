@@ -126,7 +126,9 @@ def raw_client(address: str) -> Any:
     from pymemcache.client.base import Client
 
     host, _, port = address.rpartition(":")
-    return Client((host, int(port)), connect_timeout=2, timeout=2)
+    # every set is acknowledged (pymemcache sends noreply by default: a store read on another
+    # connection could then overtake it)
+    return Client((host, int(port)), connect_timeout=2, timeout=2, default_noreply=False)
 
 
 # ------------------------------------------------------------------------ the store contract
@@ -212,7 +214,8 @@ def test_a_digest_collision_never_returns_another_job(mc_store: Store, mc_url: s
     client = raw_client(mc_url.removeprefix("memcache://"))
     try:
         value = client.get(store.keys.head(job_digest(other)))
-        client.set(store.keys.head(job_digest(mine)), value)
+        assert value is not None
+        assert client.set(store.keys.head(job_digest(mine)), value)
     finally:
         client.close()
     assert get(store, full_ref(mine)) is None
