@@ -1,17 +1,21 @@
 """One gearstash worker process for bench/run.py: drain N jobs, print timings as JSON.
 
-usage: gs_worker.py ADDRESS FUNCTION N plain|status STORE_URL [RSS_AT]
+usage: gs_worker.py ADDRESS FUNCTION N plain|status STORE_URL [RSS_AT] [--pipeline K]
 
 Timing uses this process's own clock: from the start of the first job to the start of the
 last one, so the rate covers N-1 complete job cycles and no start-up; ``cpu_seconds`` is the
 process's CPU time (user + system) over the same span. With RSS_AT, VmRSS is
 read from /proc/self/status when job RSS_AT starts and again after the last job is stored.
+
+N = 0 serves until SIGTERM (one of several processes sharing a queue): then ``first`` and
+``last`` are wall-clock times (``time.time()``, comparable across processes) of the first and
+the last job start, and ``cpu_seconds`` is the CPU time between them.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 
 from gearstash import Worker
@@ -26,11 +30,21 @@ def rss_kb() -> int:
 
 
 def main() -> None:
-    address, function, n_text, variant, store = sys.argv[1:6]
-    n = int(n_text)
-    rss_at = int(sys.argv[6]) if len(sys.argv) > 6 else 0
-    clock, cpu = time.perf_counter, time.process_time
+    ap = argparse.ArgumentParser()
+    for name in ("address", "function"):
+        ap.add_argument(name)
+    ap.add_argument("n", type=int)
+    ap.add_argument("variant", choices=("plain", "status"))
+    ap.add_argument("store")
+    ap.add_argument("rss_at", type=int, nargs="?", default=0)
+    ap.add_argument("--pipeline", type=int, default=None, help="Worker(pipeline=K)")
+    opts = ap.parse_args()
+    n, rss_at, variant = opts.n, opts.rss_at, opts.variant
+    clock = time.perf_counter if n else time.time
+    cpu = time.process_time
     seen = {"count": 0, "first": 0.0, "last": 0.0, "cpu_first": 0.0, "cpu_last": 0.0, "rss_at": 0}
+    starts: list[float] = []  # N = 0: every job's start (wall clock)
+    mark = starts.append
 
     def job_fn(job):  # type: ignore[no-untyped-def]
         count = seen["count"] = seen["count"] + 1
@@ -38,6 +52,8 @@ def main() -> None:
             seen["first"], seen["cpu_first"] = clock(), cpu()
         if count == n:
             seen["last"], seen["cpu_last"] = clock(), cpu()
+        elif not n:
+            mark(clock())
         if count == rss_at:
             seen["rss_at"] = rss_kb()
         if variant == "status":
@@ -45,20 +61,26 @@ def main() -> None:
             job.send_data(b"half way")
         return job.workload[::-1]
 
-    worker = Worker(servers=[address], store=store, concurrency=1)
-    worker.register(function, job_fn)
+    extra = {} if opts.pipeline is None else {"pipeline": opts.pipeline}
+    worker = Worker(servers=[opts.address], store=opts.store, concurrency=1, **extra)
+    worker.register(opts.function, job_fn)
     try:
-        worker.work(handle_signals=True, max_jobs=n)
+        worker.work(handle_signals=True, max_jobs=n or None)
     finally:
         worker.close()
+    if not n and starts:  # the CPU of every job, up to the last one's end
+        seen["first"], seen["last"], seen["cpu_last"] = starts[0], starts[-1], cpu()
     out = {
+        "starts": starts,
         "jobs": seen["count"],
         "seconds": seen["last"] - seen["first"],
+        "first": seen["first"],
+        "last": seen["last"],
         "cpu_seconds": seen["cpu_last"] - seen["cpu_first"],
         "rss_start_kb": seen["rss_at"],
         "rss_end_kb": rss_kb(),
     }
-    print(json.dumps(out))
+    print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Background-job throughput of single worker processes against one private gearmand.
 
-    .venv/bin/python bench/run.py [--jobs 5000] [--repeat 3] [--memory-jobs 100000]
+    .venv/bin/python bench/run.py [--jobs 20000] [--repeat 5] [--memory-jobs 100000]
 
 For every case and repeat: fill the queue of a fresh function name with N trivial background
 jobs (pipelined SUBMIT_JOB_BG on a raw socket) and check gearmand's ``status`` shows N queued;
 run one worker process that drains exactly N jobs and reports its own first-to-last-job time
-and CPU time; check ``status`` shows 0 left and, for SQLite capture, that every job's record is
-in the store (Redis capture: a private redis-server on a free port). Cases are interleaved
-within each repeat so drift hits them alike. Then one
+and CPU time; check ``status`` shows 0 left and, for SQLite and Redis capture (gearstash, or the
+PHP worker writing to Redis by hand), that every job's record is in the store (Redis: a private
+redis-server on a free port). A case with P > 1 processes starts P workers on the same queue,
+stops them with SIGTERM once gearmand shows the queue drained, and counts the jobs started while
+all P were serving. Cases are interleaved within each repeat so drift hits them alike. Then one
 memory run per gearstash store: 100k jobs, VmRSS at job 10,000 and at the end. Prints a table
 and writes bench/results/latest.json.
 """
@@ -19,6 +21,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -46,23 +49,32 @@ RSS_AT = 10_000
 @dataclass(frozen=True)
 class Case:
     name: str
-    impl: str  # gearstash | php | pygearman
+    impl: str  # gearstash | php | phpredis | pygearman
     variant: str  # plain | status
-    store: str = ""  # gearstash only: null | sqlite | redis
+    store: str = ""  # gearstash: null | sqlite | redis; phpredis: redis
+    procs: int = 0  # 0: one process draining exactly N; P >= 1: P processes until drained
+    pipeline: int | None = None  # gearstash: Worker(pipeline=K)
+    default: bool = True  # run without --cases
 
 
+PHP_REDIS = "php+redis by hand status+data"
 CASES = [
-    Case("gearstash plain", "gearstash", "plain", "null"),
-    Case("gearstash status+data", "gearstash", "status", "null"),
     Case("php plain", "php", "plain"),
     Case("php status+data", "php", "status"),
-    Case("pygearman plain", "pygearman", "plain"),
-    Case("pygearman status+data", "pygearman", "status"),
-    Case("gearstash sqlite plain", "gearstash", "plain", "sqlite"),
+    Case(PHP_REDIS, "phpredis", "status", "redis"),
+    Case("gearstash plain", "gearstash", "plain", "null"),
+    Case("gearstash status+data", "gearstash", "status", "null"),
     Case("gearstash sqlite status+data", "gearstash", "status", "sqlite"),
-    Case("gearstash redis plain", "gearstash", "plain", "redis"),
     Case("gearstash redis status+data", "gearstash", "status", "redis"),
+    Case("gearstash redis status+data x1 proc", "gearstash", "status", "redis", procs=1),
+    Case("gearstash redis status+data x2 procs", "gearstash", "status", "redis", procs=2),
+    Case("gearstash redis status+data x4 procs", "gearstash", "status", "redis", procs=4),
+    Case("gearstash sqlite plain", "gearstash", "plain", "sqlite", default=False),
+    Case("gearstash redis plain", "gearstash", "plain", "redis", default=False),
+    Case("pygearman plain", "pygearman", "plain", default=False),
+    Case("pygearman status+data", "pygearman", "status", default=False),
 ]
+REDIS_TTL = 86400  # seconds: the PHP-by-hand worker's EXPIRE (php_worker.php byhand)
 
 
 # ------------------------------------------------------------------------------ gearmand
@@ -122,17 +134,14 @@ def wait_drained(g: Gearmand, function: str, timeout: float = 5.0) -> None:
 def worker_argv(case: Case, g: Gearmand, function: str, n: int, store_url: str) -> list[str]:
     if case.impl == "gearstash":
         args = [g.address, function, str(n), case.variant, store_url]
-        return [PY, str(BENCH / "gs_worker.py"), *args, str(RSS_AT if n > RSS_AT else 0)]
-    if case.impl == "php":
-        return [
-            "php",
-            str(BENCH / "php_worker.php"),
-            g.host,
-            str(g.port),
-            function,
-            str(n),
-            case.variant,
-        ]
+        extra = [] if case.pipeline is None else ["--pipeline", str(case.pipeline)]
+        return [PY, str(BENCH / "gs_worker.py"), *args, str(RSS_AT if n > RSS_AT else 0), *extra]
+    if case.impl in ("php", "phpredis"):
+        variant = "byhand" if case.impl == "phpredis" else case.variant
+        php = [str(BENCH / "php_worker.php"), g.host, str(g.port), function, str(n), variant]
+        if case.impl == "phpredis":
+            php.append(store_url.rsplit(":", 1)[1].split("/")[0])  # the Redis port
+        return ["php", *php]
     return [PY, str(BENCH / "pygearman_worker.py"), g.address, function, str(n), case.variant]
 
 
@@ -146,6 +155,20 @@ def run_one(
     store_url = {"null": "null://", "redis": redis_url}.get(
         case.store, f"sqlite:///{tmp / (function + '.db')}"
     )
+    if case.procs:
+        report = run_processes(case, g, function, n, store_url)
+    else:
+        report = run_single(case, g, function, n, store_url)
+    wait_drained(g, function)
+    if case.impl == "phpredis":
+        check_by_hand(store_url, jobs)
+    elif case.store in ("sqlite", "redis"):
+        check_captured(store_url, g.address, jobs, case.variant)
+    return report
+
+
+def run_single(case: Case, g: Gearmand, function: str, n: int, store_url: str) -> dict[str, float]:
+    """One worker process drains exactly ``n`` jobs; its own report."""
     proc = subprocess.run(
         worker_argv(case, g, function, n, store_url),
         capture_output=True,
@@ -158,12 +181,83 @@ def run_one(
     report: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
     if report["jobs"] != n:
         raise RuntimeError(f"{case.name}: worker ran {report['jobs']} jobs, not {n}")
-    wait_drained(g, function)
-    if case.store in ("sqlite", "redis"):
-        check_captured(store_url, g.address, jobs, case.variant)
     report["rate"] = (n - 1) / report["seconds"]
     report["cpu_us"] = report["cpu_seconds"] / (n - 1) * 1e6
     return report
+
+
+def run_processes(
+    case: Case, g: Gearmand, function: str, n: int, store_url: str
+) -> dict[str, float]:
+    """``case.procs`` worker processes serve the queue until gearmand shows it drained, then get
+    SIGTERM (they finish the job in hand). The rate counts the jobs started while every process
+    was serving (from the latest first job start to the earliest last one), so no process's
+    start-up or wind-down is in it; CPU is the sum of the processes' CPU over all their jobs."""
+    argv = worker_argv(case, g, function, 0, store_url)
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(case.procs)
+    ]
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while queued(g, function) != (0, 0):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"{case.name}: workers exited or timed out before the drain")
+            time.sleep(0.05)
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        outputs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    reports = []
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        if p.returncode != 0:
+            raise RuntimeError(f"{case.name} worker exited {p.returncode}:\n{err[-2000:]}")
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    total = sum(int(r["jobs"]) for r in reports)
+    if total != n:
+        raise RuntimeError(f"{case.name}: workers ran {total} jobs, not {n}")
+    if any(r["jobs"] < 2 for r in reports):
+        raise RuntimeError(
+            f"{case.name}: a worker ran fewer than 2 jobs: {[r['jobs'] for r in reports]}"
+        )
+    start = max(r["starts"][0] for r in reports)
+    end = min(r["starts"][-1] for r in reports)
+    inside = sum(sum(1 for t in r["starts"] if start <= t <= end) for r in reports)
+    cpu = sum(r["cpu_seconds"] for r in reports)
+    return {
+        "jobs": total,
+        "seconds": end - start,
+        "rate": (inside - 1) / (end - start),
+        "cpu_us": cpu / (total - len(reports)) * 1e6,
+        "per_process": [r["jobs"] for r in reports],  # type: ignore[dict-item]
+    }
+
+
+def check_by_hand(url: str, jobs: list[tuple[bytes, bytes]]) -> None:
+    """The PHP-by-hand worker stored every job: status, result, unique and data chunk, with a TTL."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        for start in range(0, len(jobs), 1000):
+            part = jobs[start : start + 1000]
+            pipe = client.pipeline(transaction=False)
+            for handle, _ in part:
+                pipe.hgetall(b"byhand:" + handle)
+                pipe.lrange(b"byhand:" + handle + b":data", 0, -1)
+                pipe.ttl(b"byhand:" + handle)
+            replies = pipe.execute()
+            for i, (handle, unique) in enumerate(part):
+                head, data, ttl = replies[3 * i : 3 * i + 3]
+                want = {b"status": b"1/2", b"result": workload(unique)[::-1], b"unique": unique}
+                if head != want or data != [b"half way"] or not 0 < ttl <= REDIS_TTL:
+                    raise RuntimeError(f"{url}: job {handle!r} not stored by hand: {head} {data}")
+    finally:
+        client.close()
 
 
 def check_captured(url: str, server: str, jobs: list[tuple[bytes, bytes]], variant: str) -> None:
@@ -244,14 +338,21 @@ def ratio(summary: dict[str, dict[str, float]], a: str, b: str) -> float | None:
     return None
 
 
+def best(summary: dict[str, dict[str, float]], prefix: str) -> str:
+    """The single-process case named ``prefix`` or ``prefix`` + a pipelining suffix with the
+    highest median (pipelined variants are named ``prefix pipeline=K``)."""
+    names = [n for n in summary if n == prefix or n.startswith(prefix + " pipeline=")]
+    return max(names, key=lambda n: summary[n]["median"]) if names else prefix
+
+
 def fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
 def print_table(summary: dict[str, dict[str, float]]) -> None:
     print(
-        f"\n{'case':<30} {'median/s':>9} {'min/s':>9} {'max/s':>9} {'vs PHP':>7} {'vs pyg':>7}"
-        f" {'CPU us/job':>10}"
+        f"\n{'case':<40} {'median/s':>9} {'min/s':>9} {'max/s':>9} {'vs PHP':>7}"
+        f" {'vs PHP+Redis':>12} {'CPU us/job':>10}"
     )
     for case in CASES:
         s = summary.get(case.name)
@@ -259,41 +360,46 @@ def print_table(summary: dict[str, dict[str, float]]) -> None:
             continue
         suffix = "plain" if case.variant == "plain" else "status+data"
         print(
-            f"{case.name:<30} {s['median']:>9,.0f} {s['min']:>9,.0f} {s['max']:>9,.0f} "
+            f"{case.name:<40} {s['median']:>9,.0f} {s['min']:>9,.0f} {s['max']:>9,.0f} "
             f"{fmt(ratio(summary, case.name, 'php ' + suffix)):>7} "
-            f"{fmt(ratio(summary, case.name, 'pygearman ' + suffix)):>7} {s['cpu_us']:>10.0f}"
+            f"{fmt(ratio(summary, case.name, PHP_REDIS)):>12} {s['cpu_us']:>10.0f}"
         )
 
 
 def verdicts(
     summary: dict[str, dict[str, float]], memory: dict[str, dict[str, float]]
 ) -> list[dict[str, object]]:
+    redis_best = best(summary, "gearstash redis status+data")
+    sqlite_best = best(summary, "gearstash sqlite status+data")
     checks = [
-        ("gearstash plain vs PHP plain", ratio(summary, "gearstash plain", "php plain"), 1.0),
         (
-            "gearstash plain vs pygearman plain",
-            ratio(summary, "gearstash plain", "pygearman plain"),
-            3.0,
+            "gearstash redis (best single process) vs PHP+Redis",
+            ratio(summary, redis_best, PHP_REDIS),
+            1.5,
         ),
         (
-            "sqlite capture vs gearstash plain",
-            ratio(summary, "gearstash sqlite plain", "gearstash plain"),
-            0.5,
+            "gearstash sqlite (best single process) vs PHP+Redis",
+            ratio(summary, sqlite_best, PHP_REDIS),
+            1.0,
         ),
         (
-            "sqlite capture status+data vs gearstash status+data",
-            ratio(summary, "gearstash sqlite status+data", "gearstash status+data"),
-            0.5,
+            "gearstash plain (null://) vs PHP plain",
+            ratio(summary, "gearstash plain", "php plain"),
+            1.0,
         ),
         (
-            "redis capture vs gearstash plain",
-            ratio(summary, "gearstash redis plain", "gearstash plain"),
-            0.8,
+            "gearstash status+data (null://) vs PHP status+data",
+            ratio(summary, "gearstash status+data", "php status+data"),
+            1.0,
         ),
         (
-            "redis capture status+data vs gearstash status+data",
-            ratio(summary, "gearstash redis status+data", "gearstash status+data"),
-            0.8,
+            "redis x2 processes vs x1",
+            ratio(
+                summary,
+                "gearstash redis status+data x2 procs",
+                "gearstash redis status+data x1 proc",
+            ),
+            1.7,
         ),
     ]
     out: list[dict[str, object]] = [
@@ -323,8 +429,8 @@ def verdicts(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--jobs", type=int, default=5000, help="jobs per run (default 5000)")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per case; median kept (default 3)")
+    ap.add_argument("--jobs", type=int, default=20_000, help="jobs per run (default 20000)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per case; median kept (default 5)")
     ap.add_argument(
         "--memory-jobs",
         type=int,
@@ -337,7 +443,7 @@ def main() -> None:
     if opts.jobs < 2 or opts.repeat < 1:
         ap.error("--jobs must be at least 2 and --repeat at least 1")
     wanted = [w.strip() for w in opts.cases.split(",") if w.strip()]
-    cases = [c for c in CASES if not wanted or any(w in c.name for w in wanted)]
+    cases = [c for c in CASES if (c.default and not wanted) or any(w in c.name for w in wanted)]
 
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gearstash-bench-")))
@@ -369,7 +475,7 @@ def main() -> None:
                 rates[case.name].append(report["rate"])
                 cpu_us[case.name].append(report["cpu_us"])
                 print(
-                    f"  run {rep + 1}/{opts.repeat} {case.name:<30} {report['rate']:>9,.0f} jobs/s"
+                    f"  run {rep + 1}/{opts.repeat} {case.name:<40} {report['rate']:>9,.0f} jobs/s"
                     f"  {report['cpu_us']:>5.0f} us CPU/job",
                     flush=True,
                 )
