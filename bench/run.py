@@ -66,6 +66,8 @@ CASES = [
     Case("gearstash status+data", "gearstash", "status", "null"),
     Case("gearstash sqlite status+data", "gearstash", "status", "sqlite"),
     Case("gearstash redis status+data", "gearstash", "status", "redis"),
+    Case("gearstash sqlite status+data pipeline=16", "gearstash", "status", "sqlite", pipeline=16),
+    Case("gearstash redis status+data pipeline=16", "gearstash", "status", "redis", pipeline=16),
     Case("gearstash redis status+data x1 proc", "gearstash", "status", "redis", procs=1),
     Case("gearstash redis status+data x2 procs", "gearstash", "status", "redis", procs=2),
     Case("gearstash redis status+data x4 procs", "gearstash", "status", "redis", procs=4),

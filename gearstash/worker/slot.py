@@ -38,6 +38,7 @@ from gearstash.protocol.worker_side import (
 from gearstash.spine.manager import EventHooks
 from gearstash.store.contract import Store, refusal_events
 from gearstash.transport.connection import Connection
+from gearstash.worker.commit import Committer
 from gearstash.worker.job import Job, Registration, to_bytes
 
 log = logging.getLogger("gearstash.worker")
@@ -77,12 +78,19 @@ class SlotSettings:
     lease: float | None
     fail: bool
     """``on_store_down="fail"``: fail jobs whose events could not be stored."""
+    pipeline: int = 1
+    """Jobs a slot may have finished and not yet told its server about (group commit, see
+    :mod:`gearstash.worker.commit`); 1 writes and tells each job before the next is grabbed."""
 
 
 class Link:
-    """One slot's connection to one server: the socket, the protocol state, the retry clock."""
+    """One slot's connection to one server: the socket, the protocol state, the retry clock.
 
-    __slots__ = ("backoff", "conn", "retry_at", "side", "was_up")
+    ``epoch`` counts the times the connection was lost: a job's final packet goes out only on
+    the connection that was assigned the job (same epoch), never on a re-made one.
+    """
+
+    __slots__ = ("backoff", "conn", "epoch", "retry_at", "side", "was_up")
 
     def __init__(self, conn: Connection, side: WorkerSide) -> None:
         self.conn = conn
@@ -90,6 +98,22 @@ class Link:
         self.retry_at = 0.0
         self.backoff = 0.1
         self.was_up = False
+        self.epoch = 0
+
+
+@dataclass(slots=True)
+class Finished:
+    """A job that ended: its events still to store, then ``after`` (its observer hook), then its
+    final ``packet`` for the server (on ``link`` if still in ``epoch``)."""
+
+    job: Job
+    events: list[Event]
+    packet: bytes
+    after: Callable[[], None]
+    link: Link
+    epoch: int
+    failed: bool
+    """A write of the job's events failed (under ``on_store_down="fail"`` the job then fails)."""
 
 
 class Slot:
@@ -130,6 +154,10 @@ class Slot:
         ]
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self.send_lock = threading.Lock()  # the committer sends final packets too
+        self.committer: Committer[Finished] | None = None
+        if settings.pipeline > 1:
+            self.committer = Committer(self._commit, settings.pipeline, f"gearstash-commit-{index}")
 
     def wake(self) -> None:
         """Interrupt a wait (the worker is stopping). Safe from any thread."""
@@ -137,7 +165,9 @@ class Slot:
             self._wake_w.send(b"x")
 
     def close(self) -> None:
-        """Close every connection of this slot."""
+        """Store and tell what jobs ended, then close every connection of this slot."""
+        if self.committer is not None:
+            self.committer.close()
         for link in self.links:
             link.conn.close()
         self._wake_r.close()
@@ -156,6 +186,12 @@ class Slot:
                     served = self._serve(link) or served
             if not served and not stopping.is_set():
                 self._wait()
+        if self.committer is not None:
+            self.committer.drain()
+
+    def _send_on(self, conn: Connection, data: bytes) -> None:
+        with self.send_lock:
+            conn.send(data)
 
     def _serve(self, link: Link) -> bool:
         """Grab and run at most one job on ``link``; True if one ran."""
@@ -163,18 +199,16 @@ class Slot:
         side = link.side
         try:
             if side.state is LinkState.IDLE:
-                conn.send(side.grab())
+                self._send_on(conn, side.grab())
             while True:
                 event = side.receive(conn.read_packet())
                 if type(event) is Assigned:
-                    final = self._run(conn, event.assignment)
-                    if self.settings.job_done():
-                        conn.send(final + side.finished(grab=False))
-                    else:
-                        conn.send(final + side.finished(grab=True))
+                    final = self._run(link, event.assignment)
+                    grab = not self.settings.job_done()
+                    self._send_on(conn, final + side.finished(grab=grab))
                     return True
                 if type(event) is NoJob:
-                    conn.send(event.send)
+                    self._send_on(conn, event.send)
                     return False
                 if type(event) is ErrorAnswer:
                     if event.send:
@@ -184,7 +218,7 @@ class Slot:
                             conn.server,
                             event.error,
                         )
-                        conn.send(event.send)
+                        self._send_on(conn, event.send)
                     else:
                         log.warning("job server %s answered ERROR %s", conn.server, event.error)
                 elif type(event) is Unexpected:
@@ -254,6 +288,8 @@ class Slot:
             link.backoff, link.was_up = 0.1, True
 
     def _down(self, link: Link, exc: Exception) -> None:
+        with self.send_lock:
+            link.epoch += 1
         link.conn.close()
         if link.was_up:
             log.warning("%s; reconnecting", exc)
@@ -298,7 +334,7 @@ class Slot:
         if conn is None or self.job is not job:
             return
         try:
-            conn.send(packet)
+            self._send_on(conn, packet)
         except ServerUnavailable as exc:
             log.warning("%s; job %r goes on, its events are still stored", exc, job.handle)
             self.job_conn = None
@@ -348,41 +384,112 @@ class Slot:
                 )
                 self._write(job)
 
-    def _finish(self, job: Job, event: Event) -> None:
-        """Queue the job's final event and write everything queued, before the server is told."""
+    def _end(
+        self, link: Link, job: Job, event: Event, packet: bytes, after: Callable[[], None]
+    ) -> bytes:
+        """The job ended with ``event``: its queued events and ``event`` are stored, then
+        ``after`` runs, then the server gets ``packet``. Without a committer all that happens
+        here and the packet is returned for the caller to send; with one, the job is handed over
+        and b"" is returned (the committer sends the packet once the events are stored)."""
         with self.lock:
             self.pending.append(event)
-            self._write(job)
+            events, self.pending = self.pending, []
             self.job = None
             self.job_conn = None
+        failed = self.failed_job is job
+        if failed:
+            self.failed_job = None
+        done = Finished(job, events, packet, after, link, link.epoch, failed)
+        if self.committer is not None:
+            self.committer.put(done)
+            return b""
+        self._store_finished([done])
+        return self._packet(done)
+
+    def _commit(self, batch: list[Finished]) -> None:
+        """The committer's work: store the batch, then send each job's final packet on its
+        connection (consecutive packets for one connection in one send)."""
+        self._store_finished(batch)
+        out: list[bytes] = []
+        link: Link | None = None
+        with self.send_lock:
+            for done in batch:
+                if done.link is not link:
+                    self._send_finals(link, out)
+                    link, out = done.link, []
+                if done.epoch == done.link.epoch:
+                    out.append(self._packet(done))
+            self._send_finals(link, out)
+
+    def _send_finals(self, link: Link | None, packets: list[bytes]) -> None:
+        if link is None or not packets:
+            return
+        try:
+            link.conn.send(b"".join(packets))
+        except ServerUnavailable as exc:
+            log.warning("%s; %d ended jobs go back to the server's queue", exc, len(packets))
+
+    def _store_finished(self, batch: list[Finished]) -> None:
+        """Write the events of every job of ``batch`` in one store write (each job's alone when
+        the store refuses the batch for good), then run each job's ``after``."""
+        if len(batch) == 1:
+            done = batch[0]
+            done.failed |= not self._write_events(done.job, done.events)
+        else:
+            events = [e for done in batch for e in done.events]
+            try:
+                self.store.write(events)
+            except REFUSED_FOR_GOOD:  # nothing was written: find the job it was, store the rest
+                for done in batch:
+                    done.failed |= not self._write_events(done.job, done.events)
+            except Exception as exc:
+                handles = ", ".join(repr(done.job.handle) for done in batch)
+                self._lost(f"jobs {handles}", len(events), exc)
+                for done in batch:
+                    done.failed = True
+        for done in batch:
+            done.after()
+
+    def _packet(self, done: Finished) -> bytes:
+        """The job's final packet, or under ``on_store_down="fail"`` WORK_WARNING + WORK_FAIL
+        when a store write of the job failed (its record is incomplete)."""
+        if done.failed and self.fail:
+            return self._refuse(done.job, "not all of its events could be stored")
+        return done.packet
 
     def _write(self, job: Job) -> None:
         """Write the queued events (caller holds the lock); failures are logged, never raised."""
         events = self.pending
         self.pending = []
+        if not self._write_events(job, events) and self.fail:
+            self.failed_job = job
+
+    def _write_events(self, job: Job, events: list[Event]) -> bool:
+        """Write ``events`` of ``job``; False when the store failed (logged, never raised). A
+        batch the store refuses for good is recorded by :meth:`_rejected` (True)."""
         try:
             self.store.write(events)
         except REFUSED_FOR_GOOD as exc:  # refused for good: see _rejected
             self._rejected(job, events, exc)
         except Exception as exc:
-            if self.fail:
-                self.failed_job = job
-                log.error(
-                    "store down: %s failed (%d events of job %r not stored): %s",
-                    self.store.url,
-                    len(events),
-                    job.handle,
-                    exc,
-                )
-            else:
-                log.error(
-                    "store %s failed (%d events of job %r lost): %s",
-                    self.store.url,
-                    len(events),
-                    job.handle,
-                    exc,
-                )
-            self.hooks.store_failed(self.store.url, exc, len(events))
+            self._lost(f"job {job.handle!r}", len(events), exc)
+            return False
+        return True
+
+    def _lost(self, whose: str, count: int, exc: Exception) -> None:
+        if self.fail:
+            log.error(
+                "store down: %s failed (%d events of %s not stored): %s",
+                self.store.url,
+                count,
+                whose,
+                exc,
+            )
+        else:
+            log.error(
+                "store %s failed (%d events of %s lost): %s", self.store.url, count, whose, exc
+            )
+        self.hooks.store_failed(self.store.url, exc, count)
 
     def _rejected(self, job: Job, events: list[Event], exc: Exception) -> None:
         """The store refused a batch for good (a value over its limit): nothing of it was
@@ -396,14 +503,6 @@ class Slot:
         except Exception as again:
             log.error("store %s: cannot record the refusal either: %s", self.store.url, again)
 
-    def _final(self, job: Job, packet: bytes) -> bytes:
-        """``packet``, or under ``on_store_down="fail"`` WORK_WARNING + WORK_FAIL when a store
-        write of ``job`` failed (its record is incomplete)."""
-        if self.failed_job is not job:
-            return packet
-        self.failed_job = None
-        return self._refuse(job, "not all of its events could be stored")
-
     def _refuse(self, job: Job, why: str) -> bytes:
         message = (
             f"store down: failing job {job.handle!r} ({job.function}): {why} in {self.store.url}"
@@ -416,8 +515,10 @@ class Slot:
 
     # ------------------------------------------------------------ running a job
 
-    def _run(self, conn: Connection, assignment: JobAssignment) -> bytes:
-        """Run one job; return the final packet for the server (its events already stored)."""
+    def _run(self, link: Link, assignment: JobAssignment) -> bytes:
+        """Run one job; return the final packet for the server (its events already stored), or
+        b"" when the committer sends it (see :meth:`_end`)."""
+        conn = link.conn
         handle = assignment.handle
         name = assignment.function.decode("utf-8", "surrogateescape")
         registration = self.settings.functions.get(name)
@@ -454,17 +555,20 @@ class Slot:
             result = to_bytes(registration.function(job))
         except JobFailed as exc:
             error = JobError("fail", stored_text(str(exc)))
-            self._finish(
+            return self._end(
+                link,
                 job,
                 Event(EventKind.FAILED, job.key, time.time(), error.message.encode(), ttl=ttl),
+                encode_request(PacketType.WORK_FAIL, handle),
+                lambda: self.hooks.failed(job, error),
             )
-            self.hooks.failed(job, error)
-            return self._final(job, encode_request(PacketType.WORK_FAIL, handle))
         except Exception as exc:
             message = stored_text(f"{type(exc).__name__}: {exc}")
             error = JobError("exception", message, stored_text(traceback.format_exc()))
             text = message.encode("utf-8", "replace")
-            self._finish(
+            log.info("job %r (%s) raised %s", handle, job.function, message)
+            return self._end(
+                link,
                 job,
                 Event(
                     EventKind.EXCEPTION,
@@ -474,10 +578,13 @@ class Slot:
                     traceback=error.traceback,
                     ttl=ttl,
                 ),
+                encode_work(PacketType.WORK_EXCEPTION, handle, text),
+                lambda: self.hooks.failed(job, error),
             )
-            self.hooks.failed(job, error)
-            log.info("job %r (%s) raised %s", handle, job.function, message)
-            return self._final(job, encode_work(PacketType.WORK_EXCEPTION, handle, text))
-        self._finish(job, Event(EventKind.COMPLETED, job.key, time.time(), result, ttl=ttl))
-        self.hooks.completed(job, result)
-        return self._final(job, encode_work(PacketType.WORK_COMPLETE, handle, result))
+        return self._end(
+            link,
+            job,
+            Event(EventKind.COMPLETED, job.key, time.time(), result, ttl=ttl),
+            encode_work(PacketType.WORK_COMPLETE, handle, result),
+            lambda: self.hooks.completed(job, result),
+        )

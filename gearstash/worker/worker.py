@@ -77,6 +77,14 @@ class Worker:
     :param spool: the spool folder (default ``$GEARSTASH_SPOOL``, else ``spool/<hash of the store
         URL>`` under the gearstash home). Stores that declare neither ``shared`` nor ``persistent``
         (``memory://``, ``null://``) are spooled only when this is given.
+    :param pipeline: group commit: how many ended jobs a slot may hand to its committer thread
+        before their events are stored (1: none; each job's events are written, and its server
+        told, before the next job is grabbed). With ``pipeline`` > 1 a slot grabs and runs the
+        next job while the last ones' events are written; the events of all jobs that ended
+        meanwhile go to the store in one write, and each job's final packet is sent only once
+        that write returned — so events are still stored, in order, before the server hears the
+        job ended. A job may then wait for a store write after it returned; the server holds up
+        to ``pipeline`` jobs of a connection at a time.
     :param spool_max_bytes: the spool's bound (default 1 GiB); beyond it new events are lost (logged).
     """
 
@@ -91,6 +99,7 @@ class Worker:
         read_timeout: float = 30.0,
         flush_interval: float = 0.05,
         lease: float = 60.0,
+        pipeline: int = 1,
         spool: str | os.PathLike[str] | None = None,
         spool_max_bytes: int = config.DEFAULT_SPOOL_MAX_BYTES,
         on_store_down: str = "spool",
@@ -102,7 +111,9 @@ class Worker:
             raise ConfigError(f"on_store_down must be 'spool' or 'fail', not {on_store_down!r}")
         if lease < 0:
             raise ConfigError("lease must not be negative")
-
+        if pipeline < 1:
+            raise ConfigError("pipeline must be at least 1")
+        self.pipeline = pipeline
 
         settings = config.resolve() if servers is None or not store else None
         self.servers = servers_from(settings.servers if servers is None and settings else servers)
@@ -198,6 +209,7 @@ class Worker:
             flush_interval=self.flush_interval,
             lease=self.lease,
             fail=self.on_store_down == "fail",
+            pipeline=self.pipeline,
         )
         self._slots = [Slot(settings, i) for i in range(self.concurrency)]
         restore = self._install_signals() if handle_signals else None
