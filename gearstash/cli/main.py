@@ -91,6 +91,23 @@ def load_function(spec: str) -> tuple[str, Callable[..., Any]]:
 @store_option
 @click.option("--concurrency", "-c", default=1, show_default=True, help="Jobs run at once.")
 @click.option(
+    "--processes",
+    "-p",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes under one supervisor (prefork): a child that dies is replaced; "
+    "SIGTERM drains them all. --max-jobs then counts per process.",
+)
+@click.option(
+    "--pipeline",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Group commit: ended jobs a slot may hold while their events are written, several "
+    "jobs a store write; each job's end reaches the server only after its events are stored.",
+)
+@click.option(
     "--name",
     "-n",
     "names",
@@ -120,6 +137,8 @@ def worker(
     servers: tuple[str, ...],
     store: str | None,
     concurrency: int,
+    processes: int,
+    pipeline: int,
     names: tuple[str, ...],
     max_jobs: int | None,
     lease: float,
@@ -144,24 +163,39 @@ def worker(
             raise click.BadParameter(f"expected FUNCTION=NAME, got {item!r}", param_hint="--name")
         renames[old] = new
     settings = settings_for(servers, store)
-    w = Worker(
-        settings.servers,
-        store=settings.store_url,
-        concurrency=concurrency,
-        lease=lease,
-        spool=spool or settings.spool,
-        spool_max_bytes=spool_max_bytes,
-        on_store_down=on_store_down,
-    )
-    for spec in functions:
-        name, fn = load_function(spec)
-        gearman_name = renames.get(spec, renames.get(name, name))
-        w.register(gearman_name, fn)
+    loaded = [(spec, *load_function(spec)) for spec in functions]
+
+    def build() -> Worker:
+        w = Worker(
+            settings.servers,
+            store=settings.store_url,
+            concurrency=concurrency,
+            lease=lease,
+            pipeline=pipeline,
+            spool=spool or settings.spool,
+            spool_max_bytes=spool_max_bytes,
+            on_store_down=on_store_down,
+        )
+        for spec, name, fn in loaded:
+            w.register(renames.get(spec, renames.get(name, name)), fn)
+        return w
+
+    def serve(w: Worker) -> int:
+        try:
+            w.work(max_jobs=max_jobs)
+        finally:
+            w.close()
+        return 0
+
+    if metrics_port is not None and processes > 1:
+        raise ConfigError("--metrics-port serves one process's metrics: use it without --processes")
+    w = build()
     click.echo(
         f"gearstash worker: serving {', '.join(w.functions)} on {', '.join(w.servers)}; "
         f"store {w.store.url}"
         + (f"; spool {w.store.spool_dir}" if hasattr(w.store, "spool_dir") else "")
-        + ("; jobs fail while the store is down" if on_store_down == "fail" else ""),
+        + ("; jobs fail while the store is down" if on_store_down == "fail" else "")
+        + (f"; {processes} processes" if processes > 1 else ""),
         err=True,
     )
     if metrics_port is not None:
@@ -178,10 +212,15 @@ def worker(
         click.echo(
             f"gearstash worker: metrics on http://127.0.0.1:{metrics_port}/metrics", err=True
         )
-    try:
-        w.work(max_jobs=max_jobs)
-    finally:
-        w.close()
+    if processes == 1:
+        serve(w)
+        return
+    w.close()  # each child opens its own store and connections after the fork
+    from gearstash.worker.prefork import Supervisor
+
+    code = Supervisor(lambda: serve(build()), processes).run()
+    if code:
+        raise SystemExit(code)
 
 
 # ---------------------------------------------------------------- submit
