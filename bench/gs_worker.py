@@ -1,6 +1,6 @@
 """One gearstash worker process for bench/run.py: drain N jobs, print timings as JSON.
 
-usage: gs_worker.py ADDRESS FUNCTION N plain|status STORE_URL [RSS_AT] [--pipeline K]
+usage: gs_worker.py ADDRESS FUNCTION N plain|status STORE_URL [RSS_AT] [--pipeline K] [--prefetch]
 
 Timing uses this process's own clock: from the start of the first job to the start of the
 last one, so the rate covers N-1 complete job cycles and no start-up; ``cpu_seconds`` is the
@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("store")
     ap.add_argument("rss_at", type=int, nargs="?", default=0)
     ap.add_argument("--pipeline", type=int, default=None, help="Worker(pipeline=K)")
+    ap.add_argument("--prefetch", action="store_true", help="Worker(prefetch=True)")
     opts = ap.parse_args()
     n, rss_at, variant = opts.n, opts.rss_at, opts.variant
     clock = time.perf_counter if n else time.time
@@ -61,7 +62,9 @@ def main() -> None:
             job.send_data(b"half way")
         return job.workload[::-1]
 
-    extra = {} if opts.pipeline is None else {"pipeline": opts.pipeline}
+    extra: dict[str, int | bool] = {} if opts.pipeline is None else {"pipeline": opts.pipeline}
+    if opts.prefetch:
+        extra["prefetch"] = True
     worker = Worker(servers=[opts.address], store=opts.store, concurrency=1, **extra)
     worker.register(opts.function, job_fn)
     try:

@@ -54,6 +54,7 @@ class Case:
     store: str = ""  # gearstash: null | sqlite | redis; phpredis: redis
     procs: int = 0  # 0: one process draining exactly N; P >= 1: P processes until drained
     pipeline: int | None = None  # gearstash: Worker(pipeline=K)
+    prefetch: bool = False  # gearstash: Worker(prefetch=True)
     default: bool = True  # run without --cases
 
 
@@ -68,6 +69,22 @@ CASES = [
     Case("gearstash redis status+data", "gearstash", "status", "redis"),
     Case("gearstash sqlite status+data pipeline=16", "gearstash", "status", "sqlite", pipeline=16),
     Case("gearstash redis status+data pipeline=16", "gearstash", "status", "redis", pipeline=16),
+    Case(
+        "gearstash sqlite status+data pipeline=16 prefetch",
+        "gearstash",
+        "status",
+        "sqlite",
+        pipeline=16,
+        prefetch=True,
+    ),
+    Case(
+        "gearstash redis status+data pipeline=16 prefetch",
+        "gearstash",
+        "status",
+        "redis",
+        pipeline=16,
+        prefetch=True,
+    ),
     Case("gearstash redis status+data x1 proc", "gearstash", "status", "redis", procs=1),
     Case("gearstash redis status+data x2 procs", "gearstash", "status", "redis", procs=2),
     Case("gearstash redis status+data x4 procs", "gearstash", "status", "redis", procs=4),
@@ -137,6 +154,7 @@ def worker_argv(case: Case, g: Gearmand, function: str, n: int, store_url: str) 
     if case.impl == "gearstash":
         args = [g.address, function, str(n), case.variant, store_url]
         extra = [] if case.pipeline is None else ["--pipeline", str(case.pipeline)]
+        extra += ["--prefetch"] if case.prefetch else []
         return [PY, str(BENCH / "gs_worker.py"), *args, str(RSS_AT if n > RSS_AT else 0), *extra]
     if case.impl in ("php", "phpredis"):
         variant = "byhand" if case.impl == "phpredis" else case.variant

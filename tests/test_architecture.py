@@ -84,8 +84,10 @@ def resolve(imp: Import) -> set[str]:
 def test_the_source_was_read() -> None:
     # The rules below would pass vacuously on an empty graph.
     assert len(MODULES) > 60
-    assert any(i.module == "gearstash.worker.slot" and i.target == "gearstash.worker.job"
-               for i in ALL_IMPORTS)
+    assert any(
+        i.module == "gearstash.worker.slot" and i.target == "gearstash.worker.job"
+        for i in ALL_IMPORTS
+    )
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("gearstash.protocol")))
@@ -124,8 +126,13 @@ def test_no_private_name_is_imported_across_modules() -> None:
 
 @pytest.mark.parametrize("store", STORE_PACKAGES)
 def test_stores_import_only_the_model_the_store_contract_and_the_spine(store: str) -> None:
-    allowed = ("gearstash.model.", "gearstash.store.contract", "gearstash.store.urls",
-               "gearstash.spine.", "gearstash.errors")
+    allowed = (
+        "gearstash.model.",
+        "gearstash.store.contract",
+        "gearstash.store.urls",
+        "gearstash.spine.",
+        "gearstash.errors",
+    )
     bad = [
         str(i)
         for i in ALL_IMPORTS
@@ -160,7 +167,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return [*stack[stack.index(nxt):], nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -195,9 +202,7 @@ ENVIRON = re.compile(r"os\.environ|os\.getenv|environ\.get")
 
 
 def test_the_environment_is_read_in_config_only() -> None:
-    readers = sorted(
-        module_name(p) for p in source_files() if ENVIRON.search(p.read_text())
-    )
+    readers = sorted(module_name(p) for p in source_files() if ENVIRON.search(p.read_text()))
     # the demo passes the environment on to the worker it starts, with the store URL added
     assert readers == ["gearstash.cli.demo", "gearstash.config"], readers
     demo = (PACKAGE / "cli" / "demo.py").read_text()

@@ -34,7 +34,14 @@ _numbers = itertools.count()
 GROUPS: dict[str, list[bytes]] = {
     "spaces": [b"H:a b:1", b"H:a  b:1", b" H:ab:1", b"H:ab:1"],
     "trailing-space": [b"H:x:1", b"H:x:1 ", b"H:x:1   ", b"H:x:1  "],
-    "control-chars": [b"H:x:1\t", b"H:x:1\n", b"H:x:1\r\n", b"H:x:1\x01", b"H:x:1\x1b[0m", b"H:x:1\x7f"],
+    "control-chars": [
+        b"H:x:1\t",
+        b"H:x:1\n",
+        b"H:x:1\r\n",
+        b"H:x:1\x01",
+        b"H:x:1\x1b[0m",
+        b"H:x:1\x7f",
+    ],
     "nul": [b"H:x:1\0", b"H:x:1", b"\0H:x:1", b"H:x:1\0\0"],
     "sql-meta": [
         b"H:x'; DROP TABLE gearstash_jobs; --",
@@ -178,7 +185,9 @@ def test_long_handles_and_uniques(kind, store, size, role):
     server = testing.new_server("long")
     tag = tagged(kind, b"")
     if role == "handle":
-        keys = [JobKey(server, tag + b"H" * (size - len(tag) - 1) + end, b"u") for end in (b"a", b"b")]
+        keys = [
+            JobKey(server, tag + b"H" * (size - len(tag) - 1) + end, b"u") for end in (b"a", b"b")
+        ]
     else:
         keys = [JobKey(server, tag + b"H:long", b"U" * (size - 1) + end) for end in (b"a", b"b")]
     refs = [JobRef(k.handle, k.server, k.unique) for k in keys]

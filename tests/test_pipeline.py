@@ -168,3 +168,36 @@ def test_event_kinds_of_a_pipelined_job_keep_their_order(gearmand, tmp_sqlite_ur
     for kinds in seen:  # a final event is always the last of its job in a write
         if EventKind.COMPLETED in kinds:
             assert kinds[-1] is EventKind.COMPLETED
+
+
+def test_prefetch_with_pipeline_keeps_the_guarantee(gearmand, tmp_sqlite_url, slow_store):
+    """With the next job asked for while one runs: every job done once, stored whole before the
+    server hears it ended; on stop the job assigned ahead goes back to the queue, unrun."""
+    worker = Worker([gearmand.address], store=slow_store, pipeline=8, prefetch=True)
+    worker.register("echo", FUNCTIONS["echo"])
+    with Client([gearmand.address], store=tmp_sqlite_url) as c:
+        refs = [c.submit_background("echo", b"%d" % i) for i in range(30)]
+        worker.work(handle_signals=False, max_jobs=20)
+        worker.close()
+        stored = slow_store.get_many(refs)
+        done = [r for r in stored if r is not None and r.state is State.COMPLETE]
+        assert len(done) == 20
+        assert sum(r is not None and r.state is State.QUEUED for r in stored) == 10  # unrun
+        assert all(r.data == [r.result] for r in done)
+        deadline = time.monotonic() + 10  # the 10 others (one of them assigned ahead) queued
+        while gearmand_queued(gearmand, "echo") != (10, 0):
+            assert time.monotonic() < deadline, gearmand.admin("status")
+            time.sleep(0.05)
+        with running_worker([gearmand.address], slow_store, pipeline=8, prefetch=True):
+            for ref in refs:
+                assert c.wait(ref, timeout=20).state is State.COMPLETE
+    assert slow_store.get_many(refs)[0].attempt == 1  # type: ignore[union-attr]
+
+
+def gearmand_queued(gearmand, function: str) -> tuple[int, int]:
+    from gearstash.protocol.admin import parse_status
+
+    for row in parse_status(gearmand.admin("status").splitlines()):
+        if row.function == function:
+            return row.queued, row.running
+    return 0, 0

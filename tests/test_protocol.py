@@ -669,8 +669,19 @@ _admin_bytes = st.one_of(
     st.binary(max_size=200),
     st.lists(
         st.sampled_from(
-            [b"fn\t1\t0\t1", b"38 127.0.0.1 - : a b", b"H:x:1\t0\t0\t1", b"ERR X y", b".", b"",
-             b"\xff\xfe", b"a\tb", b"1 ::1 id :", b"u\tH:x:2", b"\r"]
+            [
+                b"fn\t1\t0\t1",
+                b"38 127.0.0.1 - : a b",
+                b"H:x:1\t0\t0\t1",
+                b"ERR X y",
+                b".",
+                b"",
+                b"\xff\xfe",
+                b"a\tb",
+                b"1 ::1 id :",
+                b"u\tH:x:2",
+                b"\r",
+            ]
         ),
         max_size=8,
     ).map(b"\n".join),

@@ -166,7 +166,9 @@ def test_ref_parse_takes_non_utf8_bytes_and_argv_text():
     assert JobRef.parse(b"H:\xff\xfe:1#u\x80") == JobRef(b"H:\xff\xfe:1", None, b"u\x80")
     argv = b"H:\xff:2@127.0.0.1#\xfe".decode("utf-8", "surrogateescape")
     assert JobRef.parse(argv) == JobRef(b"H:\xff:2", "127.0.0.1:4730", b"\xfe")
-    assert JobRef.parse(str(JobRef(b"H:\xff:2", None, b"\xfe"))) == JobRef(b"H:\xff:2", None, b"\xfe")
+    assert JobRef.parse(str(JobRef(b"H:\xff:2", None, b"\xfe"))) == JobRef(
+        b"H:\xff:2", None, b"\xfe"
+    )
 
 
 @pytest.mark.parametrize(
@@ -197,7 +199,9 @@ _JSON_VALUES = st.recursive(
     | st.floats()
     | st.text(max_size=10)
     | st.just({"base64": "AP8="}),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 _RECORD_JSON = JobRecord.from_events(KEY, events()).to_json()

@@ -173,3 +173,38 @@ def test_lost_goes_down_from_any_state() -> None:
     side.lost()
     assert side.state is LinkState.DOWN
     assert encode_request(T.SET_CLIENT_ID, b"w-1") in side.connected()
+
+
+def test_grab_ahead_asks_while_running_and_finished_sends_no_second_grab() -> None:
+    side = new_side()
+    side.connected()
+    side.grab()
+    side.receive(reply(T.JOB_ASSIGN_UNIQ, b"H:x:1", b"reverse", b"u-1", b"abc"))
+    assert sent(side.grab_ahead()) == [(T.GRAB_JOB_UNIQ, ())]
+    assert side.state is LinkState.RUNNING  # the job still runs
+    with pytest.raises(RuntimeError, match=r"grab ahead while running \(again\)"):
+        side.grab_ahead()
+    assert side.finished(grab=True) == b""  # the grab is out already
+    assert side.state is LinkState.GRABBING
+    event = side.receive(reply(T.JOB_ASSIGN_UNIQ, b"H:x:2", b"reverse", b"u-2", b"def"))
+    assert isinstance(event, Assigned) and event.assignment.handle == b"H:x:2"
+    assert sent(side.grab_ahead()) == [(T.GRAB_JOB_UNIQ, ())]  # once per job
+    assert side.finished(grab=False) == b""  # stopping: the answer is still to come
+    assert side.state is LinkState.GRABBING
+    assert isinstance(side.receive(reply(T.NO_JOB)), NoJob)
+    assert side.state is LinkState.SLEEPING
+
+
+def test_grab_ahead_only_while_running_and_lost_forgets_it() -> None:
+    side = new_side()
+    side.connected()
+    with pytest.raises(RuntimeError, match="grab ahead while idle"):
+        side.grab_ahead()
+    side.grab()
+    side.receive(reply(T.JOB_ASSIGN_UNIQ, b"H:x:1", b"reverse", b"u", b""))
+    side.grab_ahead()
+    side.lost()
+    side.connected()
+    side.grab()
+    side.receive(reply(T.JOB_ASSIGN_UNIQ, b"H:x:2", b"reverse", b"u", b""))
+    assert sent(side.finished(grab=True)) == [(T.GRAB_JOB_UNIQ, ())]  # nothing was ahead

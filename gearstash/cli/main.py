@@ -108,6 +108,12 @@ def load_function(spec: str) -> tuple[str, Callable[..., Any]]:
     "jobs a store write; each job's end reaches the server only after its events are stored.",
 )
 @click.option(
+    "--prefetch",
+    is_flag=True,
+    help="Ask for the next job as soon as one is assigned (for short jobs: the server holds "
+    "that job for this worker while the current one runs).",
+)
+@click.option(
     "--name",
     "-n",
     "names",
@@ -139,6 +145,7 @@ def worker(
     concurrency: int,
     processes: int,
     pipeline: int,
+    prefetch: bool,
     names: tuple[str, ...],
     max_jobs: int | None,
     lease: float,
@@ -172,6 +179,7 @@ def worker(
             concurrency=concurrency,
             lease=lease,
             pipeline=pipeline,
+            prefetch=prefetch,
             spool=spool or settings.spool,
             spool_max_bytes=spool_max_bytes,
             on_store_down=on_store_down,

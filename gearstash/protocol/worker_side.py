@@ -12,6 +12,9 @@ Nothing here touches a socket, a clock or a thread::
     event = side.receive(packet)    # Assigned / NoJob / Woken / ErrorAnswer / Ignored / …
     ...                             # Assigned: run it; then send(final + side.finished(grab=True))
 
+A worker may ask for its next job while one runs (``side.grab_ahead()`` when RUNNING): the server's
+answer then waits on the connection, and ``finished`` sends no second grab.
+
 Older and other job servers speak only the original protocol: when a server answers ``ERROR``
 "unknown command" to ``GRAB_JOB_UNIQ`` before it ever accepted one, the connection falls back to ``GRAB_JOB``
 (:class:`ErrorAnswer` then carries the request to send instead), and the fallback is kept across
@@ -130,12 +133,13 @@ class WorkerSide:
     exception here: an unexpected packet comes back as :class:`Unexpected`.
     """
 
-    __slots__ = ("_confirmed", "_grab", "_hello", "state")
+    __slots__ = ("_ahead", "_confirmed", "_grab", "_hello", "state")
 
     def __init__(self, client_id: bytes, functions: Sequence[tuple[str, int | None]]) -> None:
         self.state = LinkState.DOWN
         self._grab = _GRAB_UNIQ
         self._confirmed = False  # the server accepted GRAB_JOB_UNIQ once: never fall back
+        self._ahead = False  # a grab was sent while the job runs (grab_ahead)
         self._hello = b"".join(
             [encode_request(PacketType.SET_CLIENT_ID, client_id)]
             + [
@@ -160,6 +164,15 @@ class WorkerSide:
     def lost(self) -> None:
         """The connection broke or was closed: DOWN until :meth:`connected`."""
         self.state = LinkState.DOWN
+        self._ahead = False
+
+    def grab_ahead(self) -> bytes:
+        """Ask for the next job while the assigned one runs: returns the grab request (sent
+        once per job); its answer is read after :meth:`finished`, which then sends no grab."""
+        if self.state is not LinkState.RUNNING or self._ahead:
+            raise RuntimeError(f"grab ahead while {self.state.value}" + " (again)" * self._ahead)
+        self._ahead = True
+        return self._grab
 
     def grab(self) -> bytes:
         """Ask for a job: returns the grab request; IDLE → GRABBING."""
@@ -170,9 +183,15 @@ class WorkerSide:
 
     def finished(self, *, grab: bool) -> bytes:
         """The assigned job ended (its final packet is the caller's to send first). With ``grab``
-        returns the next grab request (RUNNING → GRABBING), else nothing (RUNNING → IDLE)."""
+        returns the next grab request (RUNNING → GRABBING), else nothing (RUNNING → IDLE).
+        After :meth:`grab_ahead` the grab is out already: returns nothing and the state is
+        GRABBING either way (the answer is still to come; a job it assigns is the caller's)."""
         if self.state is not LinkState.RUNNING:
             raise RuntimeError(f"finished while {self.state.value}")
+        if self._ahead:
+            self._ahead = False
+            self.state = LinkState.GRABBING
+            return b""
         if grab:
             self.state = LinkState.GRABBING
             return self._grab

@@ -79,6 +79,8 @@ class SlotSettings:
     fail: bool
     """``on_store_down="fail"``: fail jobs whose events could not be stored."""
     pipeline: int = 1
+    prefetch: bool = False
+    """Ask for the next job while one runs (:meth:`WorkerSide.grab_ahead`)."""
     """Jobs a slot may have finished and not yet told its server about (group commit, see
     :mod:`gearstash.worker.commit`); 1 writes and tells each job before the next is grabbed."""
 
@@ -203,6 +205,8 @@ class Slot:
             while True:
                 event = side.receive(conn.read_packet())
                 if type(event) is Assigned:
+                    if self.settings.prefetch and not self.settings.stopping.is_set():
+                        self._send_on(conn, side.grab_ahead())
                     final = self._run(link, event.assignment)
                     grab = not self.settings.job_done()
                     self._send_on(conn, final + side.finished(grab=grab))

@@ -85,6 +85,11 @@ class Worker:
         that write returned — so events are still stored, in order, before the server hears the
         job ended. A job may then wait for a store write after it returned; the server holds up
         to ``pipeline`` jobs of a connection at a time.
+    :param prefetch: ask the server for the next job as soon as one is assigned, so its answer
+        travels while the job runs. The server then holds that next job for this worker while the
+        current one runs (other workers do not get it; a ``CAN_DO_TIMEOUT`` clock starts at
+        assignment), so use it for short jobs. On stop, a job assigned ahead is not run: the
+        connection is closed and the server queues it again.
     :param spool_max_bytes: the spool's bound (default 1 GiB); beyond it new events are lost (logged).
     """
 
@@ -100,6 +105,7 @@ class Worker:
         flush_interval: float = 0.05,
         lease: float = 60.0,
         pipeline: int = 1,
+        prefetch: bool = False,
         spool: str | os.PathLike[str] | None = None,
         spool_max_bytes: int = config.DEFAULT_SPOOL_MAX_BYTES,
         on_store_down: str = "spool",
@@ -114,6 +120,7 @@ class Worker:
         if pipeline < 1:
             raise ConfigError("pipeline must be at least 1")
         self.pipeline = pipeline
+        self.prefetch = prefetch
 
         settings = config.resolve() if servers is None or not store else None
         self.servers = servers_from(settings.servers if servers is None and settings else servers)
@@ -210,6 +217,7 @@ class Worker:
             lease=self.lease,
             fail=self.on_store_down == "fail",
             pipeline=self.pipeline,
+            prefetch=self.prefetch,
         )
         self._slots = [Slot(settings, i) for i in range(self.concurrency)]
         restore = self._install_signals() if handle_signals else None
