@@ -201,3 +201,50 @@ def gearmand_queued(gearmand, function: str) -> tuple[int, int]:
         if row.function == function:
             return row.queued, row.running
     return 0, 0
+
+
+def test_work_packets_go_out_together_and_before_the_end(gearmand, tmp_sqlite_url, slow_store):
+    """With a committer, a job's data/status/warning packets reach the server (and a foreground
+    client) in order, all before the result, and those of a job that went quiet do not wait
+    for its end (the flush thread sends them)."""
+    seen: list[tuple[str, object]] = []
+    began = threading.Event()
+
+    def talk_then_wait(job):  # type: ignore[no-untyped-def]
+        job.send_status(1, 2)
+        job.send_data(b"one")
+        job.send_warning(b"two")
+        began.wait(10)  # released once the client saw the data: it did not wait for the end
+        job.send_data(b"three")
+        return b"done"
+
+    with (
+        running_worker(
+            [gearmand.address],
+            slow_store,
+            {"talk": talk_then_wait},
+            pipeline=4,
+            flush_interval=0.05,
+        ),
+        Client([gearmand.address], store=tmp_sqlite_url) as c,
+    ):
+
+        def on_data(chunk: bytes) -> None:
+            seen.append(("data", chunk))
+            began.set()
+
+        view = c.submit(
+            "talk",
+            b"",
+            on_data=on_data,
+            on_warning=lambda w: seen.append(("warning", w)),
+            on_status=lambda n, d: seen.append(("status", (n, d))),
+            timeout=20,
+        )
+    assert view.state is State.COMPLETE and view.result == b"done"
+    assert seen == [
+        ("status", (1, 2)),
+        ("data", b"one"),
+        ("warning", b"two"),
+        ("data", b"three"),
+    ]

@@ -141,6 +141,10 @@ class Slot:
         self.pending: list[Event] = []
         self.since = 0.0
         self.leased = 0.0
+        # with a committer: the job's work packets, sent together (see _send)
+        self.outbox: list[bytes] = []
+        self.out_since = 0.0
+        self.out_bytes = 0
         functions = [(r.name, r.timeout) for r in settings.functions.values()]
         client_id = settings.client_id.encode()
         self.links = [
@@ -334,14 +338,39 @@ class Slot:
             )
 
     def _send(self, job: Job, packet: bytes) -> None:
+        """Send a work packet of the running job. With a committer (``pipeline`` > 1) and a
+        ``flush_interval``, packets wait in the outbox like events wait for the store: at most
+        ``flush_interval`` (the flush thread sends them), or until the job ends or 64 KiB
+        gathered; then they go in one send, always before the job's final packet."""
         conn = self.job_conn
         if conn is None or self.job is not job:
             return
+        if self.committer is None or not self.interval:
+            self._send_now(job, conn, packet)
+            return
+        with self.lock:
+            if self.job is not job:
+                return
+            if not self.outbox:
+                self.out_since = time.time()
+            self.outbox.append(packet)
+            self.out_bytes += len(packet)
+            if self.out_bytes >= 65536:
+                self._send_outbox(job)
+
+    def _send_now(self, job: Job, conn: Connection, packet: bytes) -> None:
         try:
             self._send_on(conn, packet)
         except ServerUnavailable as exc:
             log.warning("%s; job %r goes on, its events are still stored", exc, job.handle)
             self.job_conn = None
+
+    def _send_outbox(self, job: Job) -> None:
+        """Send the outbox of ``job`` (caller holds the lock)."""
+        packets, self.outbox, self.out_bytes = self.outbox, [], 0
+        conn = self.job_conn
+        if conn is not None and packets:
+            self._send_now(job, conn, b"".join(packets))
 
     # ------------------------------------------------------------ the store
 
@@ -365,7 +394,13 @@ class Slot:
     def flush_due(self, now: float) -> None:
         """Called by the flush thread: write the current job's queue if it waited long enough."""
         job = self.job
-        if job is None or not self.pending or now - self.since < self.interval:
+        if job is None:
+            return
+        if self.outbox and now - self.out_since >= self.interval:
+            with self.lock:
+                if self.job is job:
+                    self._send_outbox(job)
+        if not self.pending or now - self.since < self.interval:
             return
         with self.lock:
             if self.job is job and self.pending:
@@ -398,6 +433,8 @@ class Slot:
         with self.lock:
             self.pending.append(event)
             events, self.pending = self.pending, []
+            if self.outbox:  # the job's work packets go out before its final packet can
+                self._send_outbox(job)
             self.job = None
             self.job_conn = None
         failed = self.failed_job is job
