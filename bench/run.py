@@ -9,9 +9,9 @@ and CPU time; check ``status`` shows 0 left and, for SQLite and Redis capture (g
 PHP worker writing to Redis by hand), that every job's record is in the store (Redis: a private
 redis-server on a free port). A case with P > 1 processes starts P workers on the same queue,
 stops them with SIGTERM once gearmand shows the queue drained, and counts the jobs started while
-all P were serving. Cases are interleaved within each repeat so drift hits them alike. Then one
-memory run per gearstash store: 100k jobs, VmRSS at job 10,000 and at the end. Prints a table
-and writes bench/results/latest.json.
+all P were serving (those cases run with pipeline=16 and prefetch). Cases are interleaved
+within each repeat so drift hits them alike. Then one memory run per gearstash store: 100k
+jobs, VmRSS at job 10,000 and at the end. Prints a table and writes bench/results/latest.json.
 """
 
 from __future__ import annotations
@@ -85,9 +85,18 @@ CASES = [
         pipeline=16,
         prefetch=True,
     ),
-    Case("gearstash redis status+data x1 proc", "gearstash", "status", "redis", procs=1),
-    Case("gearstash redis status+data x2 procs", "gearstash", "status", "redis", procs=2),
-    Case("gearstash redis status+data x4 procs", "gearstash", "status", "redis", procs=4),
+    *[
+        Case(
+            f"gearstash redis status+data x{n} proc{'s' * (n > 1)}",
+            "gearstash",
+            "status",
+            "redis",
+            procs=n,
+            pipeline=16,
+            prefetch=True,
+        )
+        for n in (1, 2, 4)
+    ],
     Case("gearstash sqlite plain", "gearstash", "plain", "sqlite", default=False),
     Case("gearstash redis plain", "gearstash", "plain", "redis", default=False),
     Case("pygearman plain", "pygearman", "plain", default=False),
