@@ -213,7 +213,9 @@ class Slot:
                         self._send_on(conn, side.grab_ahead())
                     final = self._run(link, event.assignment)
                     grab = not self.settings.job_done()
-                    self._send_on(conn, final + side.finished(grab=grab))
+                    out = final + side.finished(grab=grab)
+                    if out:  # empty with a committer and a grab sent ahead
+                        self._send_on(conn, out)
                     return True
                 if type(event) is NoJob:
                     self._send_on(conn, event.send)
