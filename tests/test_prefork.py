@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_crash import wait_until
+from support.waiting import wait_until
 
 from gearstash import Client
 from gearstash.model.records import State
