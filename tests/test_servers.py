@@ -296,7 +296,7 @@ def test_a_failed_start_leaves_no_temp_dir():
     server = Gearmand(extra_args=["--no-such-option"])
     with pytest.raises(GearstashError, match="unrecognised option") as failure:
         server.start()
-    workdir = re.search(r"last lines of (\S+)/gearmand\.out", str(failure.value))
+    workdir = re.search(r"-- (\S+)/output\.log:", str(failure.value))
     assert workdir and workdir.group(1).startswith(tempfile.gettempdir())
     assert not os.path.exists(workdir.group(1))
     assert server.pid is None

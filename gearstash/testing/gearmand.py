@@ -1,8 +1,10 @@
-"""Start a private gearmand on a loopback port, for the demo and the tests.
+"""A private gearmand on a loopback port, for the demo and the tests: a
+:class:`~gearstash.testing.servers.PrivateServer` run from :func:`gearmand_spec`, with the
+admin-protocol front :class:`Gearmand`.
 
 Nothing here talks the binary Gearman protocol: a server counts as up once it answers the admin
-text command ``version`` *and* ``getpid`` names the process we started (so a foreign server that
-already holds the port is never mistaken for ours).
+text command ``version`` *and* ``getpid`` names the process that wrote our pid file (so a
+foreign server that already holds the port is never mistaken for ours).
 
 Facts of gearmand 1.1.20 (Debian 12's gearman-job-server) that shape this module:
 
@@ -21,12 +23,8 @@ import contextlib
 import errno
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import tempfile
 import time
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -34,8 +32,9 @@ from typing import Self
 
 from gearstash.errors import GearstashError
 from gearstash.protocol.admin import AdminReader, encode_admin
+from gearstash.testing.servers import HOST, PrivateServer, ServerSpec, free_port
 
-__all__ = ["Gearmand", "admin_command", "find_gearmand", "free_port"]
+__all__ = ["Gearmand", "admin_command", "find_gearmand", "free_port", "gearmand_spec"]
 
 _FALLBACK_BINARY = "/usr/sbin/gearmand"
 _MULTILINE_COMMANDS = ("status", "workers", "show jobs", "show unique jobs")
@@ -44,24 +43,13 @@ _POLL_INTERVAL = 0.01
 _LOG_TAIL_LINES = 30
 
 
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now (the kernel's choice)."""
-    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _port_is_listened(host: str, port: int) -> bool:
     """True when some socket already *listens* on host:port (what makes gearmand's bind fail).
 
     SO_REUSEADDR is set like gearmand sets it, so sockets in TIME_WAIT do not count.
     """
-    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
@@ -110,39 +98,63 @@ def admin_command(host: str, port: int, command: str, timeout: float = 5.0) -> s
     return "\n".join(reader.result() or [])
 
 
-def _stop_orphan(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a server whose Gearmand was garbage-collected or outlived by the interpreter.
+_LOG = "gearmand.log"
+_PID = "gearmand.pid"
 
-    gearmand runs in its own session, so nothing else would stop it when a demo or test run
-    ends without calling stop().
-    """
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=2.0)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+
+def gearmand_spec(
+    binary: str | None = None, extra_args: Sequence[str] = (), startup_timeout: float = 10.0
+) -> ServerSpec:
+    """gearmand (``binary``, else the one :func:`find_gearmand` finds) with its log and pid file
+    in the server's folder, plus ``extra_args`` (a persistent queue, say). Up once it answers
+    ``version`` and ``getpid`` names the pid it wrote."""
+
+    def argv(port: int, folder: Path) -> list[str]:
+        found = binary or find_gearmand()
+        if found is None:
+            raise GearstashError(
+                "gearmand not found (neither on PATH nor at /usr/sbin/gearmand): "
+                "install gearman-job-server, e.g. with scripts/setup.sh"
+            )
+        return [
+            found,
+            f"--listen={HOST}",
+            f"--port={port}",
+            f"--log-file={folder / _LOG}",
+            f"--pid-file={folder / _PID}",
+            "--verbose=INFO",
+            *extra_args,
+        ]
+
+    def ready(port: int, folder: Path) -> bool:
+        try:
+            pid = int((folder / _PID).read_text().strip())
+            if not admin_command(HOST, port, "version", timeout=_PROBE_TIMEOUT).startswith("OK"):
+                return False
+            return admin_command(HOST, port, "getpid", timeout=_PROBE_TIMEOUT) == f"OK {pid}"
+        except (OSError, ValueError):
+            return False
+
+    return ServerSpec("gearmand", argv, ready, startup_timeout=startup_timeout)
 
 
 class Gearmand:
-    """A private gearmand on a loopback port, for demos and tests. Context manager.
+    """A private gearmand on 127.0.0.1, for demos and tests: a
+    :class:`~gearstash.testing.servers.PrivateServer` of :func:`gearmand_spec` with the admin
+    protocol in front. Context manager.
 
     ``port=None`` picks a free port now, so :attr:`address` is known before :meth:`start`; if
     that port is taken by the time the server first starts, another one is picked. After that,
-    and for an explicit port, a taken port fails at once. ``workdir=None`` uses a temporary
-    directory, created on start and removed by :meth:`stop` (kept across :meth:`restart` and
-    :meth:`kill`).
+    and for an explicit port, a taken port fails at once (gearmand itself would retry ``bind()``
+    for 20 s). ``workdir=None`` uses a temporary directory, made on first use and removed by
+    :meth:`stop` (kept across :meth:`restart` and :meth:`kill`). Failures are
+    :class:`~gearstash.errors.GearstashError` carrying the end of gearmand's output.
     """
 
     def __init__(
         self,
         port: int | None = None,
         *,
-        host: str = "127.0.0.1",
         workdir: str | Path | None = None,
         extra_args: Sequence[str] = (),
         binary: str | None = None,
@@ -150,54 +162,51 @@ class Gearmand:
     ) -> None:
         if isinstance(extra_args, str):
             raise TypeError("extra_args must be a sequence of arguments, not one string")
-        self.host = host
+        self.host = HOST
         self._auto_port = port is None
-        self.port: int = free_port(host) if port is None else port
+        self.port: int = free_port(HOST) if port is None else port
         self._given_workdir = Path(workdir) if workdir is not None else None
-        self._tmpdir: Path | None = None
         self.extra_args: tuple[str, ...] = tuple(extra_args)
         self.binary = binary
         self.startup_timeout = startup_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize[[subprocess.Popen[bytes]], Gearmand] | None = None
+        self._server: PrivateServer | None = None
+
+    def _private(self) -> PrivateServer:
+        """The server process's harness, made (with its folder) on first use."""
+        if self._server is None or self._server.port != self.port:
+            spec = gearmand_spec(self.binary, self.extra_args, self.startup_timeout)
+            self._server = PrivateServer(spec, port=self.port, folder=self._given_workdir)
+        return self._server
 
     # -- properties --------------------------------------------------------------------------
 
     @property
     def address(self) -> str:
-        """``HOST:PORT``, the form gearstash clients and workers take."""
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
+        """``127.0.0.1:PORT``, the form gearstash clients and workers take."""
         return f"{self.host}:{self.port}"
 
     @property
     def workdir(self) -> Path:
         """Where the log and pid files live (a temporary directory is made on first use)."""
-        if self._given_workdir is not None:
-            return self._given_workdir
-        if self._tmpdir is None:
-            self._tmpdir = Path(tempfile.mkdtemp(prefix="gearstash-gearmand-"))
-        return self._tmpdir
+        return self._private().folder
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / "gearmand.log"
+        return self.workdir / _LOG
 
     @property
     def pid_path(self) -> Path:
-        return self.workdir / "gearmand.pid"
+        return self.workdir / _PID
 
     @property
     def output_path(self) -> Path:
         """gearmand's own stdout and stderr (usually empty; option errors land here)."""
-        return self.workdir / "gearmand.out"
+        return self._private().output_path
 
     @property
     def pid(self) -> int | None:
         """The server's process id while it runs, else None."""
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
+        return None if self._server is None else self._server.pid
 
     @property
     def running(self) -> bool:
@@ -209,103 +218,45 @@ class Gearmand:
 
     # -- life cycle ------------------------------------------------------------------------
 
-    def command(self) -> list[str]:
-        """The argv :meth:`start` runs."""
-        binary = self.binary or find_gearmand()
-        if binary is None:
-            raise GearstashError(
-                "gearmand not found (neither on PATH nor at /usr/sbin/gearmand): "
-                "install gearman-job-server, e.g. with scripts/setup.sh"
-            )
-        return [
-            binary,
-            f"--listen={self.host}",
-            f"--port={self.port}",
-            f"--log-file={self.log_path}",
-            f"--pid-file={self.pid_path}",
-            "--verbose=INFO",
-            *self.extra_args,
-        ]
-
     def start(self) -> None:
         """Start the server and wait until it answers; no-op when it already runs."""
         if self.running:
             return
-        self._reap()
         attempts = 5 if self._auto_port else 1
         for attempt in range(attempts):
             if _port_is_listened(self.host, self.port):
                 if attempt + 1 < attempts:
+                    self._drop_folder()
                     self.port = free_port(self.host)
                     continue
                 raise GearstashError(
                     f"cannot start gearmand on {self.address}: the port is already in use"
                 )
             self._spawn()
+            self._auto_port = False  # from now on the address stays what callers were told
             return
 
     def _spawn(self) -> None:
-        try:
-            self._spawn_and_wait()
-        except GearstashError:
-            # The message already carries the log's tail: a failed start leaves no temp dir.
-            self._drop_tmpdir()
-            raise
-
-    def _drop_tmpdir(self) -> None:
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
-
-    def _spawn_and_wait(self) -> None:
-        argv = self.command()
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        server = self._private()
         with contextlib.suppress(FileNotFoundError):
-            self.pid_path.unlink()  # stale after a kill(); gearmand would overwrite it anyway
-        # stdout/stderr go to a file, never a pipe (nobody would drain it): the log proper goes to
-        # --log-file, but option errors and a log file that cannot be opened are only told here.
+            (server.folder / _PID).unlink()  # stale after a kill(); the ready check reads it
         try:
-            with open(self.output_path, "ab") as output:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-        except OSError as exc:
-            raise GearstashError(f"cannot run {argv[0]}: {exc}") from exc
-        self._proc = proc
-        self._finalizer = weakref.finalize(self, _stop_orphan, proc)
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            code = proc.poll()
-            if code is not None:
-                self._forget()
-                raise GearstashError(
-                    f"gearmand on {self.address} exited with status {code} during start-up"
-                    f"{self._log_tail()}"
-                )
-            if self._answers(proc.pid):
-                self._auto_port = False  # from now on the address stays what callers were told
-                return
-            if time.monotonic() >= deadline:
-                self._terminate(timeout=2.0)
-                raise GearstashError(
-                    f"gearmand on {self.address} did not answer within {self.startup_timeout} s"
-                    f"{self._log_tail()}"
-                )
-            time.sleep(_POLL_INTERVAL)
+            server.start()
+        except GearstashError:
+            self._drop_folder()
+            raise
+        except (RuntimeError, OSError) as exc:
+            # The message carries the output's tail: a failed start leaves no temp dir.
+            self._drop_folder()
+            if isinstance(exc, OSError):
+                raise GearstashError(f"cannot run gearmand: {exc}") from exc
+            raise GearstashError(str(exc)) from exc
 
-    def _answers(self, pid: int) -> bool:
-        try:
-            version = admin_command(self.host, self.port, "version", timeout=_PROBE_TIMEOUT)
-            if not version.startswith("OK"):
-                return False
-            answer = admin_command(self.host, self.port, "getpid", timeout=_PROBE_TIMEOUT)
-        except OSError:
-            return False
-        return answer == f"OK {pid}"
+    def _drop_folder(self) -> None:
+        """Stop and forget the harness; a temporary folder goes with it."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     def version(self) -> str:
         """The server's version string, e.g. ``1.1.20+ds`` (asks the admin ``version``)."""
@@ -320,17 +271,15 @@ class Gearmand:
 
         Idempotent: stopping a stopped (or killed) server only cleans up.
         """
-        self._terminate(timeout)
-        self._drop_tmpdir()
+        if self._server is not None:
+            self._server.stop(timeout)
+            if self._given_workdir is None:
+                self._drop_folder()
 
     def kill(self) -> None:
         """SIGKILL the server (a crash); the workdir stays, so :meth:`restart` still works."""
-        proc = self._proc
-        if proc is not None:
-            if proc.poll() is None:
-                self._signal(proc, signal.SIGKILL)
-            proc.wait()
-        self._forget()
+        if self._server is not None:
+            self._server.kill()
 
     def restart(self) -> None:
         """Stop (if running) and start again on the SAME port and workdir.
@@ -338,64 +287,13 @@ class Gearmand:
         The new server numbers job handles from ``H:<host>:1`` again, and jobs in the memory
         queue are gone; only a persistent queue given in ``extra_args`` brings them back.
         """
-        self._terminate(timeout=10.0)
-        self._spawn_same_port()
-
-    def _spawn_same_port(self) -> None:
+        if self._server is not None:
+            self._server.stop(10.0)
         if _port_is_listened(self.host, self.port):
             raise GearstashError(
                 f"cannot restart gearmand on {self.address}: the port is already in use"
             )
         self._spawn()
-
-    def _terminate(self, timeout: float) -> None:
-        proc = self._proc
-        if proc is not None:
-            if proc.poll() is None:
-                self._signal(proc, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    self._signal(proc, signal.SIGKILL)
-                    proc.wait()
-            else:
-                proc.wait()
-        self._forget()
-
-    def _reap(self) -> None:
-        if self._proc is not None and self._proc.poll() is not None:
-            self._forget()
-
-    def _forget(self) -> None:
-        self._proc = None
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-
-    @staticmethod
-    def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        # gearmand leads its own session (start_new_session=True): signal the whole group.
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            proc.send_signal(sig)
-
-    def _log_tail(self) -> str:
-        parts = []
-        for path in (self.output_path, self.log_path):
-            try:
-                lines = path.read_text(errors="replace").splitlines()
-            except OSError:
-                parts.append(f"(no file {path})")
-                continue
-            if lines:
-                tail = "\n".join(lines[-_LOG_TAIL_LINES:])
-                parts.append(f"last lines of {path}:\n{tail}")
-            else:
-                parts.append(f"({path} is empty)")
-        return "\n" + "\n".join(parts)
 
     def __enter__(self) -> Self:
         self.start()

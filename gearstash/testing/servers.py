@@ -1,6 +1,7 @@
 """Servers of the suite's own: one :class:`PrivateServer` class runs any of them, the functions
-below say how (Redis, memcached, PostgreSQL, MariaDB; gearmand has its own starter in
-:mod:`gearstash.testing.gearmand`, which the demo uses too).
+below say how (Redis, memcached, PostgreSQL, MariaDB; gearmand's spec and its admin-protocol
+front, :class:`~gearstash.testing.gearmand.Gearmand`, which the demo uses too, are in
+:mod:`gearstash.testing.gearmand`).
 
 Every server listens on 127.0.0.1 on a port the kernel picked, keeps its files (data, socket,
 log) in a temp folder of its own and is stopped by its own pid; :meth:`PrivateServer.close`
@@ -24,13 +25,12 @@ import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
-
-from gearstash.testing.gearmand import free_port
 
 HOST = "127.0.0.1"
 STANDARD_PORTS = {4730: "gearmand", 5432: "PostgreSQL", 3306: "MariaDB", 6379: "Redis",
@@ -39,6 +39,30 @@ STANDARD_PORTS = {4730: "gearmand", 5432: "PostgreSQL", 3306: "MariaDB", 6379: "
 
 Runner = Callable[..., None]
 """``run(argv, stdin)``: a preparation command run as the server's user."""
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port on ``host`` that nothing listens on right now (the kernel's choice)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _stop_orphan(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server whose PrivateServer was garbage-collected or outlived by the interpreter:
+    it leads a session of its own, so nothing else would stop it."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=2.0)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 class ServerMissing(RuntimeError):
@@ -200,20 +224,30 @@ class PrivateServer:
 
     :meth:`start` and :meth:`stop` (clean) or :meth:`kill` (SIGKILL, a crash) any number of
     times on the same port and folder, so data survive a restart; :meth:`close` stops and
-    removes the folder. Its output goes to ``output.log`` in the folder (:meth:`log_tail`).
+    removes the folder (a ``folder`` given by the caller is kept). Its output goes to
+    ``output.log`` in the folder (:meth:`log_tail`). A server whose object is garbage-collected
+    while it runs is stopped.
     """
 
-    def __init__(self, spec: ServerSpec, *, port: int | None = None) -> None:
+    def __init__(
+        self, spec: ServerSpec, *, port: int | None = None, folder: Path | None = None
+    ) -> None:
         self.spec = spec
         self.host = HOST
         self.port = free_port(HOST) if port is None else port
         if self.port in STANDARD_PORTS:
             raise ValueError(f"{self.port} is the standard port of {STANDARD_PORTS[self.port]}")
-        self.folder = Path(tempfile.mkdtemp(prefix=f"gearstash-{spec.name}-"))
+        self.own_folder = folder is None
+        if folder is None:
+            self.folder = Path(tempfile.mkdtemp(prefix=f"gearstash-{spec.name}-"))
+        else:
+            self.folder = folder
+            folder.mkdir(parents=True, exist_ok=True)
         if spec.user is not None:
             os.chown(self.folder, spec.user.pw_uid, spec.user.pw_gid)
         self._prepared = False
         self._proc: subprocess.Popen[bytes] | None = None
+        self._finalizer: weakref.finalize[[subprocess.Popen[bytes]], PrivateServer] | None = None
 
     # -- what tests read
 
@@ -243,7 +277,7 @@ class PrivateServer:
         parts = []
         for path in sorted(self.folder.glob("*.log")):
             with contextlib.suppress(OSError):
-                parts.append(f"-- {path.name}:\n{path.read_text(errors='replace')[-size:]}")
+                parts.append(f"-- {path}:\n{path.read_text(errors='replace')[-size:]}")
         return "\n".join(parts) or "(no output)"
 
     def __repr__(self) -> str:
@@ -301,6 +335,7 @@ class PrivateServer:
                 group=gid,
                 extra_groups=groups,
             )
+        self._finalizer = weakref.finalize(self, _stop_orphan, self._proc)
         deadline = time.monotonic() + self.spec.startup_timeout
         while not self.spec.ready(self.port, self.folder):
             code = self._proc.poll()
@@ -341,14 +376,19 @@ class PrivateServer:
         self.start()
 
     def close(self) -> None:
-        """Stop (killed if that fails) and remove the folder. Idempotent, never raises."""
+        """Stop (killed if that fails) and remove the folder unless the caller gave it.
+        Idempotent, never raises."""
         with contextlib.suppress(Exception):
             self.stop()
         with contextlib.suppress(Exception):
             self.kill()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.own_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def _reap(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         proc, self._proc = self._proc, None
         if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
