@@ -21,7 +21,7 @@ from gearstash import config
 from gearstash.errors import ConfigError, GearstashError, StoreError
 from gearstash.spine import hookspecs
 from gearstash.store.contract import Store, StoreFactory, StoreType
-from gearstash.store.urls import redact_url, scrub, url_scheme
+from gearstash.store.urls import check_url_syntax, redact_url, scrub, url_scheme
 
 if TYPE_CHECKING:
     from gearstash.model.records import JobError, JobInfo
@@ -167,9 +167,12 @@ def open_store(url: str, pm: pluggy.PluginManager | None = None) -> Store:
     """Open the store for ``url``: the scheme picks the registered implementation.
 
     A scheme like ``postgresql+psycopg`` is looked up whole, then by its part before ``+``. Raises
-    :class:`~gearstash.errors.ConfigError` for an unknown scheme and whatever the factory raises
-    (usually :class:`~gearstash.errors.StoreError`) when the store cannot be opened.
+    :class:`~gearstash.errors.ConfigError` for a URL that cannot be parsed for sure (see
+    :func:`~gearstash.store.urls.check_url_syntax`; no driver sees it) or an unknown scheme, and
+    whatever the factory raises (usually :class:`~gearstash.errors.StoreError`) when the store
+    cannot be opened.
     """
+    check_url_syntax(url)
     scheme = url_scheme(url)
     types = store_types(pm)
     kind = types.get(scheme) or types.get(scheme.partition("+")[0])

@@ -94,6 +94,43 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def check_url_syntax(url: str) -> None:
+    """Refuse a store URL whose parts cannot be told apart for sure, before any driver sees it.
+
+    Raises :class:`~gearstash.errors.ConfigError` (the message shows no secret) when the URL has
+    no scheme, when :func:`urllib.parse.urlsplit` rejects it, or when an ``@`` follows the host part
+    (an unencoded ``/``, ``?`` or ``#`` in a user name or password, like
+    ``redis://:pa/ss@host``): drivers would each read such a URL differently, one of them
+    showing the password as a "port". An ``@`` in a path with no host (``sqlite:////tmp/a@b.db``)
+    is fine.
+    """
+    scheme = url_scheme(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"cannot parse the store URL {redact_url(url)!r}: {exc}") from None
+    rest = url[len(scheme) + 1 :]
+    if "@" not in rest:
+        return
+    if not rest.startswith("//") or (parts.netloc and "@" in rest[2 + len(parts.netloc) :]):
+        raise ConfigError(
+            f"cannot parse the store URL {redact_url(url)!r}: an '@' follows its host part; "
+            "percent-encode '/', '?', '#' and '@' in a user name or password (%2F %3F %23 %40)"
+        )
+
+
+def _raw_userinfo_secrets(url: str) -> list[str]:
+    """What may be a password in a URL whose userinfo the parser could not find: the text after
+    the first ``:`` of everything between ``//`` and the last ``@``, whole and cut at ``/?#``."""
+    _, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return []
+    _, colon, password = rest.rpartition("@")[0].partition(":")
+    if not colon:
+        return []
+    return [password, *re.split(r"[/?#]", password)]
+
+
 def url_secrets(url: str) -> list[str]:
     """The secrets a store URL holds: its password and secret-named query options' values.
 
@@ -108,6 +145,8 @@ def url_secrets(url: str) -> list[str]:
         password, parts = None, None
     if password:
         found.update((password, unquote(password)))
+    for raw in _raw_userinfo_secrets(url):
+        found.update((raw, unquote(raw)))
     if parts is not None:
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if value and _secret_option(name):
