@@ -4,13 +4,23 @@ to reproduce what the issue describes before the fix, against real servers where
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
+from gearstash import config
 from gearstash.cli.main import main
 from gearstash.errors import ConfigError
 from gearstash.spine.manager import open_store
 from gearstash.store.urls import scrub
+
+REPO = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------- 1. a password leaks
 
@@ -55,3 +65,129 @@ def test_1_at_sign_in_a_sqlite_path_is_fine(tmp_path):
     store = open_store(f"sqlite:///{tmp_path}/a@b.db")
     store.close()
     assert (tmp_path / "a@b.db").exists()
+
+
+# ---------------------------------------------------------------- 3. store files are private
+
+
+@pytest.mark.gearmand
+def test_3_default_sqlite_store_is_created_0600_in_a_0700_folder(gearmand, tmp_path, monkeypatch):
+    home = tmp_path / "new" / "home"
+    monkeypatch.setenv("GEARSTASH_HOME", str(home))
+    monkeypatch.delenv("GEARSTASH_STORE", raising=False)
+    result = CliRunner().invoke(main, ["submit", "-b", "-s", gearmand.address, "nobody", "x"])
+    assert result.exit_code == 0, result.output
+    db = Path(config.default_store_url().removeprefix("sqlite:///"))
+    assert db.parent == home and db.exists()
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    for path in [db, *db.parent.glob("jobs.db-*")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_3_an_existing_folder_keeps_its_mode(tmp_path):
+    tmp_path.chmod(0o755)
+    open_store(f"sqlite:///{tmp_path}/jobs.db").close()
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "jobs.db").stat().st_mode) == 0o600
+
+
+# ---------------------------------------------------------------- 7. readers never create a store
+
+
+NOWHERE = ("-s", "127.0.0.1:1")  # no job server: the store alone decides
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["fetch", *NOWHERE, "H:vm:3"],
+        ["fetch", *NOWHERE, "--json", "H:vm:3"],
+        ["wait", *NOWHERE, "-t", "1", "H:vm:3"],
+        ["follow", *NOWHERE, "-t", "1", "H:vm:3"],
+        ["forget", "H:vm:3"],
+        ["purge"],
+    ],
+    ids=lambda a: a[0] + (" --json" if "--json" in a else ""),
+)
+def test_7_a_reading_command_never_creates_a_missing_sqlite_store(args, tmp_path):
+    path = tmp_path / "nonexistent" / "dir" / "jobs.db"
+    store = f"sqlite:///{path}"
+    result = CliRunner().invoke(main, [*args, "--store", store])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"gearstash: error: no store at {store} "), result.output
+    assert not path.parent.exists()
+
+
+# ---------------------------------------------------------------- 9. no extras installed
+
+NO_EXTRAS_DRIVERS = ("redis", "pymemcache", "psycopg", "pymysql")
+
+
+@pytest.fixture(scope="module")
+def bare_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with gearstash installed by pip from a copy of this checkout, no extras:
+    what ``pip install gearstash`` gives a new user."""
+    root = tmp_path_factory.mktemp("bare")
+    source = root / "src"
+    for part in ("gearstash", "plugins"):
+        shutil.copytree(REPO / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run(
+        [venv / "bin" / "python", "-m", "pip", "install", "-q", str(source)],
+        check=True,
+        timeout=900,
+    )
+    missing = subprocess.run(
+        [
+            venv / "bin" / "python",
+            "-c",
+            "import importlib.util as u, sys; "
+            f"sys.exit(any(u.find_spec(m) for m in {NO_EXTRAS_DRIVERS!r}))",
+        ],
+        timeout=60,
+    )
+    assert missing.returncode == 0, "a store driver came in without its extra"
+    return venv
+
+
+def bare(venv: Path, tmp_path: Path, *args: str, store: str | None = None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEARSTASH_")}
+    env["GEARSTASH_HOME"] = str(tmp_path / "home")
+    if store is not None:
+        env["GEARSTASH_STORE"] = store
+    return subprocess.run(
+        [venv / "bin" / "gearstash", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_9_without_extras_the_built_in_stores_are_quiet_until_asked_for(bare_venv, tmp_path):
+    listed = bare(bare_venv, tmp_path, "plugins")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stderr == ""  # no PluginWarning for redis and memcache
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines() if "://" in line}
+    for scheme, extra in [
+        ("redis", "redis"),
+        ("memcache", "memcache"),
+        ("postgresql", "postgres"),
+        ("mysql", "mysql"),
+    ]:
+        assert lines[f"{scheme}://"].endswith(f"(needs the [{extra}] extra)"), listed.stdout
+    assert "needs" not in lines["sqlite://"]
+    submitted = bare(bare_venv, tmp_path, "submit", "-b", "-s", "127.0.0.1:1", "f", "x")
+    assert "PluginWarning" not in submitted.stderr and "redis" not in submitted.stderr
+    for url, extra in [
+        ("redis://127.0.0.1:6399/0", "redis"),
+        ("memcache://127.0.0.1:11299", "memcache"),
+        ("postgresql://u@127.0.0.1:5499/db", "postgres"),
+        ("mysql://u@127.0.0.1:3399/db", "mysql"),
+    ]:
+        fetched = bare(bare_venv, tmp_path, "fetch", "-s", "127.0.0.1:1", "H:vm:1", store=url)
+        assert fetched.returncode == 1
+        scheme = url.partition(":")[0]
+        assert fetched.stderr == (
+            f"gearstash: error: the {scheme}:// store needs the [{extra}] extra: "
+            f"pip install 'gearstash[{extra}]'\n"
+        )

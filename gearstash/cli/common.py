@@ -107,15 +107,19 @@ def settings_for(servers: Sequence[str] = (), store: str | None = None) -> confi
     return config.resolve(store=store, servers=_servers(servers), config=path)
 
 
-def client_for(servers: Sequence[str], store: str | None, timeout: float = 30.0) -> Client:
-    """A :class:`Client` on the configured job servers and store."""
+def client_for(
+    servers: Sequence[str], store: str | None, timeout: float = 30.0, *, create: bool = False
+) -> Client:
+    """A :class:`Client` on the configured job servers and store. Only ``create=True`` (the
+    commands that submit) may create the store; the others find a missing one an error."""
     settings = settings_for(servers, store)
-    return Client(settings.servers, store=settings.store_url, timeout=timeout)
+    return Client(settings.servers, store=settings.store_url, timeout=timeout, create_store=create)
 
 
 def store_for(store: str | None) -> Store:
-    """The configured store alone, for commands that need no job server (close it after use)."""
-    return open_store(settings_for(store=store).store_url)
+    """The configured store alone, for commands that need no job server (close it after use);
+    never created: a missing store is a StoreError."""
+    return open_store(settings_for(store=store).store_url, create=False)
 
 
 def _text(value: bytes | None) -> str:

@@ -261,7 +261,7 @@ def submit(
     Foreground: streams the job's data to standard output, then the result; exits 3 if it failed.
     """
     data = sys.stdin.buffer.read() if payload in (None, "-") else os.fsencode(payload or "")
-    with client_for(servers, store) as client:
+    with client_for(servers, store, create=True) as client:
         if background:
             ref = client.submit_background(function, data, unique=unique, priority=priority)
             click.echo(str(ref))
@@ -473,7 +473,7 @@ def plugins(as_json: bool) -> None:
                         for p in loaded
                     ],
                     "stores": {
-                        s: {"plugin": t.plugin, "description": t.description}
+                        s: {"plugin": t.plugin, "description": t.description, "needs": t.missing}
                         for s, t in sorted(types.items())
                     },
                     "failed": [{"name": n, "error": e} for n, e in failed],
@@ -486,7 +486,8 @@ def plugins(as_json: bool) -> None:
         click.echo(f"  {p.name:<12} {p.module} {p.version}")
     click.echo("stores:")
     for scheme, t in sorted(types.items()):
-        click.echo(f"  {scheme + '://':<14} {t.description} [{t.plugin}]")
+        needs = f" (needs the [{t.missing}] extra)" if t.missing else ""
+        click.echo(f"  {scheme + '://':<14} {t.description} [{t.plugin}]{needs}")
     if failed:
         click.echo("failed to load:")
         for name, error in failed:

@@ -54,6 +54,8 @@ class Client:
         submitted (the job then reads ``queued`` from the store alone, ``lost`` when the server
         forgot it, and is found again after a persistent-queue server replays it under a new
         handle). A failed marker write is logged, never raised: the job is submitted.
+    :param create_store: False for a client that only reads: a store URL naming a store that is
+        not there (a missing SQLite file) raises StoreError instead of creating it.
 
     Thread-safe: each server connection is used under its own lock.
 
@@ -71,6 +73,7 @@ class Client:
         timeout: float = 30.0,
         plugin_manager: pluggy.PluginManager | None = None,
         mark_submissions: bool = True,
+        create_store: bool = True,
     ) -> None:
         self.links = ServerLinks(servers, connect_timeout, timeout)
         self.submitter = Submitter(
@@ -80,6 +83,7 @@ class Client:
         self._store_url = store if isinstance(store, str) else None
         self._owns_store = self._store is None
         self._pm = plugin_manager
+        self._create_store = create_store
 
     def __enter__(self) -> Client:
         return self
@@ -99,7 +103,7 @@ class Client:
         """The store, opened on first use."""
         if self._store is None:
             url = self._store_url or config.store_url()
-            self._store = open_store(url, self._pm)
+            self._store = open_store(url, self._pm, create=self._create_store)
         return self._store
 
     # ------------------------------------------------------------ servers and submitting

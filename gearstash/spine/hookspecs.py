@@ -35,7 +35,14 @@ def register_stores(register: RegisterStore) -> None:
     :class:`gearstash.store.contract.Store`. A scheme registered by two plugins is logged as a
     warning; the first registration wins.
 
-    :param register: ``register(scheme: str, factory: StoreFactory, *, description: str = "")``.
+    Optional keywords: ``exists`` (``exists(url) -> bool``: whether the store is there already,
+    so that commands which only read never create one), ``driver`` (the module the store needs,
+    imported only when the store is opened) and ``extra`` (the pip extra installing it): while
+    ``driver`` is missing the scheme is listed as needing the extra and stays quiet until asked
+    for, then says ``pip install 'gearstash[EXTRA]'``.
+
+    :param register: ``register(scheme: str, factory: StoreFactory, *, description: str = "",
+        exists=None, driver: str = "", extra: str = "")``.
     """
 
 

@@ -12,6 +12,7 @@ import importlib.metadata
 import logging
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +131,9 @@ def store_types(pm: pluggy.PluginManager | None = None) -> dict[str, StoreType]:
             factory: StoreFactory,
             *,
             description: str = "",
+            exists: Callable[[str], bool] | None = None,
+            driver: str = "",
+            extra: str = "",
             _plugin: str = plugin_name,
         ) -> None:
             key = scheme.lower()
@@ -142,7 +146,7 @@ def store_types(pm: pluggy.PluginManager | None = None) -> dict[str, StoreType]:
                     found[key].plugin,
                 )
                 return
-            found[key] = StoreType(key, factory, description, _plugin)
+            found[key] = StoreType(key, factory, description, _plugin, exists, driver, extra)
 
         # Each plugin is called through pluggy's own hook caller (tracing and monitoring
         # apply), one plugin at a time, so every scheme knows its plugin and one broken
@@ -163,14 +167,16 @@ def store_types(pm: pluggy.PluginManager | None = None) -> dict[str, StoreType]:
     return found
 
 
-def open_store(url: str, pm: pluggy.PluginManager | None = None) -> Store:
+def open_store(url: str, pm: pluggy.PluginManager | None = None, *, create: bool = True) -> Store:
     """Open the store for ``url``: the scheme picks the registered implementation.
 
     A scheme like ``postgresql+psycopg`` is looked up whole, then by its part before ``+``. Raises
     :class:`~gearstash.errors.ConfigError` for a URL that cannot be parsed for sure (see
     :func:`~gearstash.store.urls.check_url_syntax`; no driver sees it) or an unknown scheme, and
     whatever the factory raises (usually :class:`~gearstash.errors.StoreError`) when the store
-    cannot be opened.
+    cannot be opened. A store whose driver is not installed raises ConfigError naming the extra
+    to install. ``create=False`` (commands that only read): a store that can tell it is not there
+    yet (a SQLite file) raises :class:`~gearstash.errors.StoreError` instead of being created.
     """
     check_url_syntax(url)
     scheme = url_scheme(url)
@@ -181,6 +187,16 @@ def open_store(url: str, pm: pluggy.PluginManager | None = None) -> Store:
         raise ConfigError(
             f"no store for scheme {scheme!r} in {redact_url(url)!r}; known schemes: {known} "
             "(see `gearstash plugins`)"
+        )
+    if kind.missing and "+" not in scheme:
+        extra = kind.missing
+        raise ConfigError(
+            f"the {scheme}:// store needs the [{extra}] extra: pip install 'gearstash[{extra}]'"
+        )
+    if not create and kind.exists is not None and not kind.exists(url):
+        raise StoreError(
+            f"no store at {redact_url(url)} (a command that only reads never creates one; "
+            "check the URL, or start a worker or submit a job first)"
         )
     try:
         return kind.factory(url)

@@ -8,6 +8,7 @@ registered the same way (see ``gearstash.spine.manager``).
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -348,9 +349,25 @@ def refusal_events(events: Sequence[Event], exc: Exception) -> list[Event]:
 
 @dataclass(frozen=True, slots=True)
 class StoreType:
-    """A store implementation registered for a URL scheme."""
+    """A store implementation registered for a URL scheme.
+
+    ``exists(url)``, when given, tells whether the store at ``url`` is there already (a SQLite
+    file): commands that only read never create a store. ``driver`` names the module the store
+    needs (``"redis"``) and ``extra`` the pip extra that installs it; while ``driver`` cannot be
+    imported the scheme is listed as needing the extra and opening it says what to install.
+    """
 
     scheme: str
     factory: StoreFactory
     description: str
     plugin: str
+    exists: Callable[[str], bool] | None = None
+    driver: str = ""
+    extra: str = ""
+
+    @property
+    def missing(self) -> str:
+        """``""`` when the store can be used; else the pip extra (or module) it needs."""
+        if not self.driver or importlib.util.find_spec(self.driver) is not None:
+            return ""
+        return self.extra or self.driver

@@ -139,16 +139,32 @@ Registered through the ``gearstash`` entry-point group exactly as a third-party 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from gearstash import hookimpl
 from gearstash.spine.hookspecs import RegisterStore
 
-from .store import MemcacheStore
+if TYPE_CHECKING:
+    from .store import MemcacheStore
 
 __all__ = ["MemcacheStore", "open_memcache", "register_stores"]
+
+NEEDS = {"driver": "pymemcache", "extra": "memcache"}
+"""pymemcache is imported when a memcache store is opened: without it the plugin loads quietly."""
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MemcacheStore":
+        from .store import MemcacheStore
+
+        return MemcacheStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_memcache(url: str) -> MemcacheStore:
     """Open the memcache store at ``url`` (reaches every server). Raises StoreError, ConfigError."""
+    from .store import MemcacheStore
+
     return MemcacheStore(url)
 
 
@@ -159,5 +175,8 @@ def register_stores(register: RegisterStore) -> None:
         "memcache",
         open_memcache,
         description="memcached (several servers by rendezvous hashing); shared, may evict",
+        **NEEDS,
     )
-    register("memcached", open_memcache, description="memcached (alias of memcache://)")
+    register(
+        "memcached", open_memcache, description="memcached (alias of memcache://)", **NEEDS
+    )

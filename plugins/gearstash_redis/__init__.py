@@ -94,22 +94,53 @@ Registered through the ``gearstash`` entry-point group exactly as a third-party 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from gearstash import hookimpl
 from gearstash.spine.hookspecs import RegisterStore
 
-from .store import RedisStore, RedisWatch
+if TYPE_CHECKING:
+    from .store import RedisStore, RedisWatch
 
 __all__ = ["RedisStore", "RedisWatch", "open_redis", "register_stores"]
+
+NEEDS = {"driver": "redis", "extra": "redis"}
+"""redis-py is imported when a Redis store is opened: without it the plugin loads quietly."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("RedisStore", "RedisWatch"):
+        from . import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_redis(url: str) -> RedisStore:
     """Open the Redis store at ``url``. Raises StoreError (unreachable, refused), ConfigError."""
+    from .store import RedisStore
+
     return RedisStore(url)
 
 
 @hookimpl
 def register_stores(register: RegisterStore) -> None:
     """Register ``redis``, ``rediss`` and ``unix``."""
-    register("redis", open_redis, description="Redis (redis://[user:pass@]host:port/db); shared")
-    register("rediss", open_redis, description="Redis over TLS (rediss://…?ssl_ca_certs=PATH)")
-    register("unix", open_redis, description="Redis on a unix socket (unix:///path.sock?db=N)")
+    register(
+        "redis",
+        open_redis,
+        description="Redis (redis://[user:pass@]host:port/db); shared",
+        **NEEDS,
+    )
+    register(
+        "rediss",
+        open_redis,
+        description="Redis over TLS (rediss://…?ssl_ca_certs=PATH)",
+        **NEEDS,
+    )
+    register(
+        "unix",
+        open_redis,
+        description="Redis on a unix socket (unix:///path.sock?db=N)",
+        **NEEDS,
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 from gearstash import hookimpl
 from gearstash.spine.hookspecs import RegisterStore
 
+from .engine import sqlite_exists
 from .store import SqlStore
 
 __all__ = ["SqlStore", "open_sql", "register_stores"]
@@ -28,6 +29,10 @@ def open_sql(url: str) -> SqlStore:
     return SqlStore(url)
 
 
+POSTGRES = {"driver": "psycopg", "extra": "postgres"}
+MYSQL = {"driver": "pymysql", "extra": "mysql"}
+
+
 @hookimpl
 def register_stores(register: RegisterStore) -> None:
     """Register the SQL schemes."""
@@ -35,12 +40,21 @@ def register_stores(register: RegisterStore) -> None:
         "sqlite",
         open_sql,
         description="SQLite file (sqlite:///path): the default; shared by processes on one host",
+        exists=sqlite_exists,
     )
     register(
         "postgresql",
         open_sql,
         description="PostgreSQL (psycopg 3 unless postgresql+DRIVER://); shared by hosts",
+        **POSTGRES,
     )
-    register("postgres", open_sql, description="PostgreSQL (alias of postgresql://)")
-    register("mysql", open_sql, description="MySQL or MariaDB (PyMySQL unless mysql+DRIVER://)")
-    register("mariadb", open_sql, description="MariaDB (PyMySQL unless mariadb+DRIVER://)")
+    register("postgres", open_sql, description="PostgreSQL (alias of postgresql://)", **POSTGRES)
+    register(
+        "mysql",
+        open_sql,
+        description="MySQL or MariaDB (PyMySQL unless mysql+DRIVER://)",
+        **MYSQL,
+    )
+    register(
+        "mariadb", open_sql, description="MariaDB (PyMySQL unless mariadb+DRIVER://)", **MYSQL
+    )

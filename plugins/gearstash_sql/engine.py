@@ -17,6 +17,7 @@ Query options whose name starts with ``gearstash_``, and the store's own options
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ def make_engine(target: Target, *, pooled: bool = True) -> sa.Engine:
             kwargs["poolclass"] = StaticPool
         else:
             assert target.url.database is not None
-            Path(target.url.database).parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(Path(target.url.database))
     elif target.family == "postgresql":
         if "connect_timeout" not in query:
             connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
@@ -114,6 +115,23 @@ def make_engine(target: Target, *, pooled: bool = True) -> sa.Engine:
     elif not pooled and multi_statements(target):
         _multi_statements_hook(engine)
     return engine
+
+
+def create_private_file(path: Path) -> None:
+    """Make ``path`` (a SQLite file) if missing, readable by its owner only (0600), in a folder
+    made 0700 when missing: job output can be private. SQLite gives its -wal and -shm files the
+    database file's mode. An existing file or folder keeps its mode. Raises OSError."""
+    folder = path.parent
+    if not folder.is_dir():
+        folder.mkdir(parents=True, mode=0o700, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def sqlite_exists(url: str) -> bool:
+    """True when the SQLite store at ``url`` is there already (an in-memory one always is)."""
+    target = parse_url(url)
+    return target.memory or Path(target.url.database or "").exists()
 
 
 def multi_statements(target: Target) -> bool:
