@@ -4,6 +4,7 @@ to reproduce what the issue describes before the fix, against real servers where
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from servers import need
+from test_cli import cli, cli_env, worker_process  # noqa: F401  (cli_env is a fixture)
 
-from gearstash import config
+from gearstash import JobRef, config
 from gearstash.cli.main import main
 from gearstash.errors import ConfigError
 from gearstash.spine.manager import open_store
@@ -191,3 +194,67 @@ def test_9_without_extras_the_built_in_stores_are_quiet_until_asked_for(bare_ven
             f"gearstash: error: the {scheme}:// store needs the [{extra}] extra: "
             f"pip install 'gearstash[{extra}]'\n"
         )
+
+
+# ---------------------------------------------------------------- 13. the Perl client's handles
+
+PERL_SUBMIT = """
+use strict; use Gearman::Client;
+my $client = Gearman::Client->new(job_servers => [$ARGV[0]]);
+my $handle = $client->dispatch_background($ARGV[1], $ARGV[2], {uniq => $ARGV[3]})
+    or die "dispatch_background failed\\n";
+print $handle;
+"""
+
+
+def perl_submit(server: str, function: str, workload: str, unique: str) -> str:
+    """Submit a background job with Perl's Gearman::Client; its handle, as Perl gives it."""
+    perl = shutil.which("perl")
+    need(perl is not None, "perl is not installed")
+    probe = subprocess.run([perl, "-MGearman::Client", "-e", "1"], capture_output=True)
+    need(probe.returncode == 0, "Gearman::Client is not installed (libgearman-client-perl)")
+    done = subprocess.run(
+        [perl, "-e", PERL_SUBMIT, server, function, workload, unique],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_13_perl_form_parses_to_server_and_handle():
+    ref = JobRef.parse("127.0.0.1:4730//H:host:1")
+    assert (ref.handle, ref.server, ref.unique) == (b"H:host:1", "127.0.0.1:4730", None)
+    assert JobRef.parse("localhost//H:h:2") == JobRef(b"H:h:2", "localhost:4730")
+    with pytest.raises(ConfigError):
+        JobRef.parse("127.0.0.1:4730//H:h:2@127.0.0.1:4731")
+
+
+@pytest.mark.gearmand
+def test_13_every_command_takes_the_perl_clients_handle(gearmand_factory, cli_env, tmp_path):  # noqa: F811
+    first, second = gearmand_factory(), gearmand_factory()
+    servers = [first.address, second.address]
+    with worker_process(
+        [*(f"--server={s}" for s in servers), "clijobs:reverse"],
+        env=cli_env,
+        cwd=tmp_path,
+        servers=[first, second],
+        functions=["reverse"],
+    ):
+        handle = perl_submit(second.address, "reverse", "ABC123", "perl-unique-1")
+        assert handle.startswith(f"{second.address}//H:"), handle
+        flags = [f"--server={s}" for s in servers]
+        waited = cli("wait", *flags, "-t", "20", "-q", "--json", handle)
+        assert waited.exit_code == 0, waited.output
+        doc = json.loads(waited.stdout)
+        assert (doc["server"], doc["result"]) == (second.address, "321CBA")
+        assert doc["handle"] == handle.partition("//")[2]
+        fetched = json.loads(cli("fetch", *flags, "--json", handle).stdout)
+        assert fetched["unique"] == "perl-unique-1" and fetched["state"] == "complete"
+        status = cli("status", *flags, "--json", handle)
+        assert status.exit_code == 0, status.output
+        assert json.loads(status.stdout)["server"] == second.address
+        followed = cli("follow", *flags, "-t", "20", handle)
+        assert followed.exit_code == 0 and "chunk-2" in followed.stdout, followed.output
+        assert cli("forget", handle).stdout.strip() == "forgot 1 record(s)"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import quote_from_bytes, unquote_to_bytes
@@ -117,6 +118,10 @@ def normalize_server(address: str) -> str:
     return f"{host}:{number}"
 
 
+_PERL_FORM = re.compile(r"([^\s/@#]+)//(.+)", re.DOTALL)
+"""``SERVER//HANDLE``: Perl's Gearman::Client job handles."""
+
+
 class JobKey(NamedTuple):
     """The identity of one job: the issuing server, the handle and the unique (hashable)."""
 
@@ -169,17 +174,28 @@ class JobRef:
 
     @classmethod
     def parse(cls, text: str | bytes) -> JobRef:
-        """Parse ``HANDLE[@SERVER][#UNIQUE]`` (the form ``str(ref)`` prints) or a bare handle."""
+        """Parse ``HANDLE[@SERVER][#UNIQUE]`` (the form ``str(ref)`` prints), a bare handle, or
+        ``SERVER//HANDLE`` (the form the Perl Gearman::Client hands out: ``127.0.0.1:4730//H:h:1``).
+
+        The one parser of handles: every command and API that takes a handle goes through it.
+        """
         raw = text.decode("utf-8", "surrogateescape") if isinstance(text, bytes) else text
         raw = raw.strip()
         unique: bytes | None = None
         server: str | None = None
+        perl = _PERL_FORM.fullmatch(raw)
+        if perl is not None:
+            server = normalize_server(perl[1])
+            raw = perl[2]
         if "#" in raw:
             raw, _, uniq = raw.rpartition("#")
             unique = unquote_to_bytes(uniq.encode("utf-8", "surrogateescape"))
         if "@" in raw:
             raw, _, srv = raw.rpartition("@")
-            server = normalize_server(srv)
+            named = normalize_server(srv)
+            if server is not None and named != server:
+                raise ConfigError(f"two servers in job reference {text!r}")
+            server = named
         handle = unquote_to_bytes(raw.encode("utf-8", "surrogateescape"))  # argv-style text
         if not handle and unique is None:
             raise ConfigError(f"empty job handle in {text!r}")
