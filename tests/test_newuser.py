@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,10 @@ from click.testing import CliRunner
 from servers import need
 from test_cli import cli, cli_env, worker_process  # noqa: F401  (cli_env is a fixture)
 
-from gearstash import JobRef, config
+from gearstash import Client, JobRef, State, config
 from gearstash.cli.main import main
 from gearstash.errors import ConfigError
+from gearstash.model.records import Event, EventKind, JobKey
 from gearstash.spine.manager import open_store
 from gearstash.store.urls import scrub
 
@@ -258,3 +260,41 @@ def test_13_every_command_takes_the_perl_clients_handle(gearmand_factory, cli_en
         followed = cli("follow", *flags, "-t", "20", handle)
         assert followed.exit_code == 0 and "chunk-2" in followed.stdout, followed.output
         assert cli("forget", handle).stdout.strip() == "forgot 1 record(s)"
+
+
+# ---------------------------------------------------------------- 8. a bare handle, configured servers only
+
+
+def _finished(server: str, handle: bytes, result: bytes, at: float) -> list[Event]:
+    key = JobKey(server, handle, b"u-" + result)
+    return [
+        Event(EventKind.STARTED, key, at, function=b"f", worker="w"),
+        Event(EventKind.COMPLETED, key, at + 0.1, payload=result),
+    ]
+
+
+@pytest.mark.gearmand
+def test_8_a_bare_handle_is_looked_up_among_the_configured_servers_only(gearmand, tmp_sqlite_url):
+    ours, other = gearmand.address, "127.0.0.1:56165"
+    store = open_store(tmp_sqlite_url)
+    try:
+        store.write(_finished(ours, b"H:vm:7", b"ours", time.time() - 10))
+        store.write(_finished(other, b"H:vm:7", b"theirs", time.time()))  # newer, elsewhere
+        store.write(_finished(other, b"H:vm:8", b"only-theirs", time.time()))
+    finally:
+        store.close()
+    with Client([ours], store=tmp_sqlite_url) as client:
+        seven, eight = client.fetch_many(["H:vm:7", "H:vm:8"])
+        assert (seven.state, seven.result, seven.record.key.server) == (
+            State.COMPLETE,
+            b"ours",
+            ours,
+        )
+        assert (eight.state, eight.record) == (State.UNKNOWN, None)
+        updates = list(client.follow("H:vm:7", timeout=10))
+        assert updates[-1].view.record.key.server == ours
+        assert [c for u in updates for c in u.chunks] == []
+    result = CliRunner().invoke(main, ["fetch", "-s", ours, "--store", tmp_sqlite_url, "H:vm:8"])
+    assert (
+        result.exit_code == 0 and "unknown" in result.output and "only-theirs" not in result.output
+    )

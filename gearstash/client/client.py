@@ -30,6 +30,7 @@ from gearstash.errors import (
     WaitTimeout,
 )
 from gearstash.model.records import (
+    JobRecord,
     JobRef,
     State,
 )
@@ -199,13 +200,41 @@ class Client:
             return []
         found, down = self.links.statuses(jobs)
         by_unique = self.links.unique_statuses([j for j in jobs if j.by_unique], down)
-        records = self.store.get_many(jobs)
+        records = self._configured_only(jobs, self.store.get_many(jobs))
         now = time.time()
         views: list[JobView] = []
         for job, record in zip(jobs, records, strict=True):
-            status = by_unique.get(job) if job.by_unique else self.links.pick_status(job, record, found)
+            status = (
+                by_unique.get(job) if job.by_unique else self.links.pick_status(job, record, found)
+            )
             views.append(merge_state(job, status, record, now))
         return self._find_replayed(views, now, down)
+
+    def _configured_only(
+        self, jobs: Sequence[JobRef], records: list[JobRecord | None]
+    ) -> list[JobRecord | None]:
+        """``records`` with a reference that names no server (a bare handle, a unique alone)
+        answered from this client's servers only: a record another server's job left in a shared
+        store is replaced by the newest (latest start) of the configured servers' records, asked
+        per server. Costs nothing when every record is of a configured server."""
+        configured = set(self.servers)
+        redo = [
+            i
+            for i, (job, record) in enumerate(zip(jobs, records, strict=True))
+            if job.server is None and record is not None and record.key.server not in configured
+        ]
+        if not redo:
+            return records
+        probes = [JobRef(jobs[i].handle, s, jobs[i].unique) for i in redo for s in self.servers]
+        found = self.store.get_many(probes)
+        n = len(self.servers)
+        out = list(records)
+        for k, i in enumerate(redo):
+            mine = [r for r in found[k * n : (k + 1) * n] if r is not None]
+            out[i] = max(
+                mine, key=lambda r: (r.started_at or 0.0, r.updated_at or 0.0), default=None
+            )
+        return out
 
     def _find_replayed(
         self,
@@ -304,12 +333,12 @@ class Client:
                     if job.by_unique
                     else self.links.pick_status(job, None, found)
                 )
-                record = get_after(self.store, job, cursor if data else 1 << 62)
+                record = self._after(job, cursor if data else 1 << 62)
                 restarted = False
                 # attempt 0 is the submission marker (no chunks): its first start is no restart
                 if record is not None and attempt and record.attempt != attempt:
                     cursor, restarted = 0, True
-                    record = get_after(self.store, job, 0 if data else 1 << 62)
+                    record = self._after(job, 0 if data else 1 << 62)
                 if record is not None:
                     attempt = record.attempt
                     if not job.by_unique and (status is None or job.server is None):
@@ -346,6 +375,19 @@ class Client:
                     wait = min(wait, left)
                 if not watcher.wait(wait):
                     delay = min(delay * 1.5, max_interval)
+
+    def _after(self, job: JobRef, after: int) -> JobRecord | None:
+        """:func:`get_after` for ``job``; for a reference naming no server, among this client's
+        servers only (see :meth:`_configured_only`)."""
+        record = get_after(self.store, job, after)
+        if job.server is None and record is not None and record.key.server not in self.servers:
+            mine = self._configured_only([job], [record])[0]
+            if mine is None:
+                return None
+            return get_after(
+                self.store, JobRef(job.handle, mine.key.server, mine.key.unique), after
+            )
+        return record
 
     def forget(self, refs: RefLike | Sequence[RefLike]) -> int:
         """Delete the stored records of one or more jobs; returns how many records went.
