@@ -298,3 +298,27 @@ def test_8_a_bare_handle_is_looked_up_among_the_configured_servers_only(gearmand
     assert (
         result.exit_code == 0 and "unknown" in result.output and "only-theirs" not in result.output
     )
+
+
+# ---------------------------------------------------------------- 4. a handle gearmand cannot take
+
+LONG_HANDLE = "H:" + "x" * 62  # 64 bytes: gearmand never answers GET_STATUS for it
+
+
+@pytest.mark.gearmand
+@pytest.mark.parametrize("bad", [LONG_HANDLE, "H:vm:1%00x"], ids=["64 bytes", "NUL"])
+def test_4_a_bad_handle_never_costs_the_others_their_answer(bad, gearmand, tmp_sqlite_url):
+    with Client([gearmand.address], store=tmp_sqlite_url, timeout=60) as client:
+        ref = client.submit_background("nobody-serves-this", b"x")  # stays queued
+        started = time.monotonic()
+        views = client.fetch_many([bad, str(ref), ref.handle])
+        took = time.monotonic() - started
+    assert [v.state for v in views] == [State.UNKNOWN, State.QUEUED, State.QUEUED]
+    assert views[0].status is not None and not views[0].status.known
+    assert all(v.status is not None and v.status.known for v in views[1:])
+    assert took < 30, f"{took:.1f} s: the bad handle was sent and the server hung"
+    result = CliRunner().invoke(main, ["status", "-s", gearmand.address, bad, str(ref)])
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("gearstash: error: job handle "), result.output
+    assert lines[1].startswith(f"{ref}\tknown=1 running=0"), result.output

@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from gearstash.cli.common import (
+    EXIT_ERROR,
     EXIT_FAILED,
     ExitCodeGroup,
     capture_options,
@@ -38,6 +39,7 @@ from gearstash.cli.web import web
 from gearstash.client.client import Client
 from gearstash.errors import ConfigError, GearstashError
 from gearstash.model.records import JobRef, State
+from gearstash.protocol.packets import handle_problem
 from gearstash.store.contract import delete
 from gearstash.store.contract import purge as purge_store
 from gearstash.store.urls import redact_url
@@ -307,12 +309,23 @@ def submit(
 def status(servers: tuple[str, ...], as_json: bool, handles: tuple[str, ...]) -> None:
     """The job server's live status of each HANDLE (a job ref or a bare handle).
 
-    gearmand forgets a job when it ends: use ``fetch`` for the stored outcome.
+    gearmand forgets a job when it ends: use ``fetch`` for the stored outcome. A handle that
+    cannot be asked (too long, unreachable server) gets an error line and exit code 1; the other
+    handles still get their answers.
     """
+    failed = False
     with Client(settings_for(servers).servers, store="null://") as client:
         for text in handles:
-            ref = JobRef.parse(text)
-            st = client.status(ref)
+            try:
+                ref = JobRef.parse(text)
+                problem = handle_problem(ref.handle) if not ref.by_unique else None
+                if problem is not None:
+                    raise ConfigError(f"{problem}: {ref}")
+                st = client.status(ref)
+            except GearstashError as exc:  # one bad handle never costs the others their answer
+                click.echo(f"gearstash: error: {exc}", err=True)
+                failed = True
+                continue
             if as_json:
                 click.echo(
                     json.dumps(
@@ -332,6 +345,8 @@ def status(servers: tuple[str, ...], as_json: bool, handles: tuple[str, ...]) ->
                     f"{ref}\tknown={int(st.known)} running={int(st.running)} "
                     f"{st.numerator}/{st.denominator}{pct}"
                 )
+    if failed:
+        sys.exit(EXIT_ERROR)
 
 
 @main.command()

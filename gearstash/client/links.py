@@ -30,6 +30,7 @@ from gearstash.protocol.packets import (
     UniqueStatusReply,
     check_unique,
     encode_request,
+    handle_problem,
 )
 from gearstash.transport.connection import Connection, servers_from
 
@@ -211,8 +212,11 @@ class ServerLinks:
     def statuses(self, refs: Sequence[JobRef]) -> tuple[dict[tuple[str, bytes], Status], set[str]]:
         """Live status by handle for ``refs`` (not the by-unique ones): one pipelined round trip
         per server. Returns the answers by ``(server, handle)`` and the servers found down.
-        ConfigError for a reference to a server this client does not use."""
+        ConfigError for a reference to a server this client does not use. A handle no server
+        can hold (see :func:`~gearstash.protocol.packets.handle_problem`) is never sent: it reads
+        unknown, and the other handles get their answers."""
         wanted: dict[str, list[bytes]] = {s: [] for s in self.servers}
+        found: dict[tuple[str, bytes], Status] = {}
         for ref in refs:
             if ref.by_unique:
                 continue
@@ -222,8 +226,10 @@ class ServerLinks:
                         f"job {ref} belongs to server {server}, which this client does not use "
                         f"(servers: {', '.join(self.servers)})"
                     )
-                wanted[server].append(ref.handle)
-        found: dict[tuple[str, bytes], Status] = {}
+                if handle_problem(ref.handle) is None:
+                    wanted[server].append(ref.handle)
+                else:  # never sent: no server holds such a job, and gearmand would stall
+                    found[(server, ref.handle)] = Status(False, False, 0, 0, server)
         down: set[str] = set()
         for server, handles in wanted.items():
             if not handles:

@@ -35,6 +35,7 @@ __all__ = [
     "ARG_COUNTS",
     "DEFAULT_MAX_PACKET",
     "HEADER_SIZE",
+    "MAX_HANDLE",
     "MAX_UNIQUE",
     "REQ",
     "RES",
@@ -51,6 +52,7 @@ __all__ = [
     "encode_request",
     "encode_response",
     "encode_work",
+    "handle_problem",
     "parse_int",
 ]
 
@@ -313,6 +315,25 @@ def check_unique(unique: bytes) -> bytes:
     if 0 in unique:
         raise ProtocolError(f"unique contains a NUL byte: {bytes(unique)!r}", side="local")
     return unique
+
+
+MAX_HANDLE: Final = 63
+"""Longest job handle gearmand takes (its buffer holds 64 bytes with the NUL): a GET_STATUS for a
+longer one makes gearmand drop or stall the connection, costing every request pipelined with it."""
+
+
+def handle_problem(handle: bytes) -> str | None:
+    """Why gearmand cannot be asked about ``handle`` (too long, empty, a NUL byte), else None."""
+    if not handle:
+        return "job handle is empty"
+    if len(handle) > MAX_HANDLE:
+        return (
+            f"job handle of {len(handle)} bytes is longer than {MAX_HANDLE}: "
+            "no job server issues it, and gearmand stalls on it"
+        )
+    if 0 in handle:
+        return "job handle contains a NUL byte"
+    return None
 
 
 # --------------------------------------------------------------------------------------- decode
