@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from servers import need
-from test_cli import cli, cli_env, worker_process  # noqa: F401  (cli_env is a fixture)
+from test_cli import (  # noqa: F401  (cli_env is a fixture)
+    _one_error_line,
+    cli,
+    cli_env,
+    run_gearstash,
+    worker_process,
+)
 
 from gearstash import Client, JobRef, State, config
 from gearstash.cli.main import main
@@ -322,3 +328,53 @@ def test_4_a_bad_handle_never_costs_the_others_their_answer(bad, gearmand, tmp_s
     lines = result.output.splitlines()
     assert lines[0].startswith("gearstash: error: job handle "), result.output
     assert lines[1].startswith(f"{ref}\tknown=1 running=0"), result.output
+
+
+# ---------------------------------------------------------------- 6. job modules
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("def reverse(job:\n    return 1\n", "broken.py:1: "),
+        ("import os\nraise RuntimeError('no config here')\n", "broken.py:2: "),
+    ],
+    ids=["syntax error", "raises on import"],
+)
+def test_6_a_broken_job_module_is_one_line_with_file_and_line(source, expected, tmp_path):
+    (tmp_path / "broken.py").write_text(source)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEARSTASH_")}
+    env["GEARSTASH_STORE"] = f"sqlite:///{tmp_path}/jobs.db"
+    done = run_gearstash("worker", "-s", "127.0.0.1:1", "broken:reverse", env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    line = _one_error_line(done.stderr)
+    assert str(tmp_path / expected) in line, line
+    assert "RuntimeError: no config here" in line or "SyntaxError" in line, line
+
+
+@pytest.mark.gearmand
+def test_6_a_path_to_a_py_file_and_app_dir(gearmand, cli_env, tmp_path):  # noqa: F811
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "myjobs.py").write_text("def reverse(job):\n    return job.workload[::-1]\n")
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    relative = run_gearstash(
+        "worker", "-s", "127.0.0.1:1", ".myjobs:reverse", env=cli_env, cwd=here
+    )
+    assert relative.returncode == 1
+    assert "relative" in _one_error_line(relative.stderr)
+    missing = run_gearstash("worker", "-s", "127.0.0.1:1", "myjobs:reverse", env=cli_env, cwd=here)
+    assert missing.returncode == 1
+    assert "--app-dir" in _one_error_line(missing.stderr)
+    for args in (["../jobs/myjobs.py:reverse"], ["--app-dir", str(jobs), "myjobs:reverse"]):
+        with worker_process(
+            ["-s", gearmand.address, "--max-jobs", "1", *args],
+            env=cli_env,
+            cwd=here,
+            servers=[gearmand],
+            functions=["reverse"],
+        ) as proc:
+            with Client([gearmand.address], store=cli_env["GEARSTASH_STORE"]) as client:
+                assert client.submit("reverse", b"abc").result == b"cba"
+            assert proc.wait(20) == 0

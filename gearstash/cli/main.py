@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -67,25 +68,64 @@ def main(ctx: click.Context, verbose: int, config_file: str | None) -> None:
 # ---------------------------------------------------------------- worker
 
 
-def load_function(spec: str) -> tuple[str, Callable[..., Any]]:
-    """``module:function`` → (function name, callable); the current directory is importable."""
-    module_name, sep, attr = spec.partition(":")
+def load_function(spec: str, app_dir: str | None = None) -> tuple[str, Callable[..., Any]]:
+    """``module:function`` or ``path/to/file.py:function`` → (function name, callable).
+
+    A module is imported from ``app_dir`` (default: the current directory), then ``sys.path``; a
+    ``.py`` path puts its folder first on ``sys.path``. Every failure — a missing or relative module
+    name, a syntax error, an exception raised on import, a missing attribute — is one
+    :class:`ConfigError` line naming the file and line where it can be told.
+    """
+    module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"expected MODULE:FUNCTION, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
+        raise ConfigError(f"expected MODULE:FUNCTION or path/to/file.py:FUNCTION, got {spec!r}")
+    folder = os.path.abspath(app_dir or os.getcwd())
+    if module_name.endswith(".py") or os.sep in module_name:
+        path = os.path.abspath(module_name)
+        if not os.path.isfile(path):
+            raise ConfigError(f"no job module file {module_name!r} (from {os.getcwd()})")
+        folder, module_name = os.path.dirname(path), os.path.basename(path)[: -len(".py")]
+    if module_name.startswith("."):
+        raise ConfigError(
+            f"{module_name!r} is a relative module name: give MODULE:FUNCTION importable from "
+            "--app-dir (default: the current directory) or path/to/file.py:FUNCTION"
+        )
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    module = _import_job_module(module_name, folder)
     target: Any = module
     for part in attr.split("."):
         target = getattr(target, part, None)
         if target is None:
-            raise ConfigError(f"{module_name!r} has no attribute {attr!r}")
+            raise ConfigError(f"{module.__file__ or module_name}: no attribute {attr!r}")
     if not callable(target):
         raise ConfigError(f"{spec} is not callable")
     return attr.rpartition(".")[2], target
+
+
+def _import_job_module(name: str, folder: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except SyntaxError as exc:
+        raise ConfigError(
+            f"{exc.filename}:{exc.lineno}: job module {name!r} has a SyntaxError: {exc.msg}"
+        ) from None
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            raise ConfigError(
+                f"no job module {name!r} in {folder} or on sys.path (the folder is "
+                "--app-dir, default the current directory; or give path/to/file.py:FUNCTION)"
+            ) from None
+        raise _import_failed(name, exc) from None
+    except Exception as exc:
+        raise _import_failed(name, exc) from None
+
+
+def _import_failed(name: str, exc: Exception) -> ConfigError:
+    """One line for an exception a job module raised on import: the innermost frame of its file."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
+    where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+    return ConfigError(f"{where}importing job module {name!r} raised {type(exc).__name__}: {exc}")
 
 
 @main.command()
@@ -140,6 +180,12 @@ def load_function(spec: str) -> tuple[str, Callable[..., Any]]:
     help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (jobs run, store write latency, "
     "spool size, store-down time; needs gearstash[web]).",
 )
+@click.option(
+    "--app-dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Folder job modules are imported from (default: the current directory).",
+)
 @click.argument("functions", nargs=-1, required=True, metavar="MODULE:FUNCTION...")
 def worker(
     servers: tuple[str, ...],
@@ -155,9 +201,13 @@ def worker(
     spool_max_bytes: int,
     on_store_down: str,
     metrics_port: int | None,
+    app_dir: str | None,
     functions: tuple[str, ...],
 ) -> None:
     """Serve MODULE:FUNCTION... and capture every job event into the store.
+
+    MODULE is imported from --app-dir (default: the current directory) or sys.path; a path to a
+    ``.py`` file (``../jobs/myjobs.py:reverse``) is imported from its folder.
 
     Each function is served under its own name and receives the job (``job.workload``,
     ``job.send_data``, ``job.send_status``, ``job.send_warning``); its return value is the result.
@@ -171,8 +221,8 @@ def worker(
         if not sep or not old or not new:
             raise click.BadParameter(f"expected FUNCTION=NAME, got {item!r}", param_hint="--name")
         renames[old] = new
+    loaded = [(spec, *load_function(spec, app_dir)) for spec in functions]
     settings = settings_for(servers, store)
-    loaded = [(spec, *load_function(spec)) for spec in functions]
 
     def build() -> Worker:
         w = Worker(
