@@ -21,8 +21,10 @@ from test_cli import (  # noqa: F401  (cli_env is a fixture)
     cli,
     cli_env,
     run_gearstash,
+    wait_until,
     worker_process,
 )
+from test_outage import OwnRedis
 
 from gearstash import Client, JobRef, State, config
 from gearstash.cli.main import main
@@ -378,3 +380,35 @@ def test_6_a_path_to_a_py_file_and_app_dir(gearmand, cli_env, tmp_path):  # noqa
             with Client([gearmand.address], store=cli_env["GEARSTASH_STORE"]) as client:
                 assert client.submit("reverse", b"abc").result == b"cba"
             assert proc.wait(20) == 0
+
+
+# ---------------------------------------------------------------- 5. the store is down at start
+
+
+@pytest.mark.gearmand
+def test_5_a_worker_starts_with_its_store_down_spools_and_replays(gearmand, cli_env, tmp_path):  # noqa: F811
+    redis = OwnRedis(tmp_path / "redis")  # not started: the store is down
+    env = dict(cli_env, GEARSTASH_STORE=redis.url)
+    spool = tmp_path / "spool"
+    try:
+        with worker_process(
+            ["-s", gearmand.address, "--spool", str(spool), "clijobs:reverse"],
+            env=env,
+            cwd=tmp_path,
+            servers=[gearmand],
+            functions=["reverse"],
+        ):
+            with Client([gearmand.address], store="null://") as client:
+                ref = client.submit_background("reverse", b"ABC123", unique="down-at-start")
+                assert wait_until(lambda: not client.status(ref).known, 30)  # the job ran
+            assert any(f.stat().st_size > 0 for f in spool.glob("*.spool"))
+            redis.start()
+            with Client([gearmand.address], store=redis.url) as client:
+                view = client.wait(ref, timeout=60)
+            assert (view.state, view.result) == (State.COMPLETE, b"321CBA")
+            assert view.record.data == [b"chunk-0", b"chunk-1", b"chunk-2"]
+        log = "\n".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
+        assert f"store {redis.url} unreachable at start" in log, log
+        assert "Traceback" not in log, log
+    finally:
+        redis.stop()

@@ -42,11 +42,11 @@ import pluggy
 
 from gearstash import config
 from gearstash.config import default_store_url
-from gearstash.errors import (
-    ConfigError,
-)
+from gearstash.errors import ConfigError, StoreError
 from gearstash.spine.manager import EventHooks, open_store
 from gearstash.store.contract import Store
+from gearstash.store.deferred import DeferredStore
+from gearstash.store.urls import redact_url, scrub
 from gearstash.transport.connection import DEFAULT_CONNECT_TIMEOUT, servers_from
 from gearstash.worker.job import JobFunction, Registration
 from gearstash.worker.slot import Slot, SlotSettings
@@ -126,7 +126,7 @@ class Worker:
         self.servers = servers_from(settings.servers if servers is None and settings else servers)
         if store is None or isinstance(store, str):
             url = store or (settings.store if settings else None) or default_store_url()
-            self.store: Store = open_store(url, plugin_manager)
+            self.store: Store = _open_or_defer(url, plugin_manager)
             self._owns_store = True
         else:
             self.store = store
@@ -305,3 +305,20 @@ class Worker:
                 signal.signal(sig, previous)
 
         return restore
+
+
+def _open_or_defer(url: str, plugin_manager: pluggy.PluginManager | None) -> Store:
+    """The store at ``url``; while it is unreachable (StoreError, not a bad URL), a
+    :class:`~gearstash.store.deferred.DeferredStore` that opens it on first use, so that a
+    worker started during an outage serves and spools instead of exiting."""
+    try:
+        return open_store(url, plugin_manager)
+    except StoreError as exc:
+        shown = redact_url(url)
+        log.warning(
+            "store %s unreachable at start (%s); serving anyway: captured events are spooled "
+            "and replayed when it is back",
+            shown,
+            scrub(str(exc), url),
+        )
+        return DeferredStore(shown, lambda: open_store(url, plugin_manager))
