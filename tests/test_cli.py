@@ -214,7 +214,7 @@ def test_worker_submit_wait_status_fetch(gearmand, cli_env, tmp_path):
 
         foreground = cli("submit", "--server", addr, "reverse", "hello")
         assert foreground.exit_code == 0, foreground.output
-        assert foreground.stdout == "chunk-0chunk-1chunk-2olleh\n"
+        assert foreground.stdout == "chunk-0\nchunk-1\nchunk-2\nolleh\n"  # issue 9.11
         assert "warning: careful" in foreground.stderr
 
         from_stdin = cli("submit", "--server", addr, "reverse", "-", input="stdin!")
@@ -222,7 +222,7 @@ def test_worker_submit_wait_status_fetch(gearmand, cli_env, tmp_path):
 
         failed = cli("submit", "--server", addr, "boom", "xyz")
         assert failed.exit_code == 3, failed.output
-        assert failed.stdout == "before the crash"
+        assert failed.stdout == "before the crash\n"
         assert "ValueError: bad input: xyz" in failed.stderr
 
         refused = cli("submit", "--server", addr, "refuse", "it")
@@ -365,10 +365,11 @@ def test_bad_store_is_one_line_exit_1_and_never_shows_the_password(store, cli_en
     url = store.format(secret=SECRET, port=free_port(), tmp=tmp_path)
     env = dict(cli_env, GEARSTASH_STORE=url)
     dead = f"127.0.0.1:{free_port()}"
+    down = store.startswith("postgresql")  # a server that may come back: the worker serves
     for args in (
         ["fetch", "--server", dead, "H:x:1"],
         ["wait", "--server", dead, "-q", "-t", "5", "H:x:1"],
-        ["worker", "--server", dead, "clijobs:reverse"],
+        *([] if down else [["worker", "--server", dead, "clijobs:reverse"]]),
     ):
         proc = run_gearstash(*args, env=env, cwd=tmp_path)
         assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
@@ -377,6 +378,21 @@ def test_bad_store_is_one_line_exit_1_and_never_shows_the_password(store, cli_en
         error = [line for line in proc.stderr.splitlines() if line.startswith("gearstash: error:")]
         assert len(error) == 1, proc.stderr
         assert "***" in error[0] or "store" in error[0]
+    if down:  # issue 9.5: the worker starts, says the store is unreachable, without the password
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "gearstash", "worker", "--server", dead, "clijobs:reverse"],
+            env=env,
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            line = worker.stderr.readline()
+        finally:
+            worker.terminate()
+            rest = worker.communicate(timeout=20)[1]
+        assert "unreachable at start" in line, line + rest
+        assert SECRET not in line + rest and "Traceback" not in line + rest
     # --store on the command line: same care
     proc = run_gearstash("fetch", "--server", dead, "--store", url, "H:x:1", env=cli_env)
     assert proc.returncode == 1 and SECRET not in proc.stdout + proc.stderr
@@ -448,7 +464,7 @@ def test_follow_prints_chunks_like_tail_then_forget_and_purge(gearmand, cli_env,
             "follow", "-s", gearmand.address, ref, "--timeout", "20", env=cli_env
         )
         assert followed.returncode == 0, followed.stderr
-        assert followed.stdout == "line 0\nline 1\nline 2\nline 3\n"
+        assert followed.stdout == "line 0\nline 1\nline 2\nline 3\ndone\n"  # then the result
         assert "complete" in followed.stderr
     forgot = cli("forget", ref)
     assert forgot.exit_code == 0 and "forgot 1 record" in forgot.output

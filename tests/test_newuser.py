@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -412,3 +415,156 @@ def test_5_a_worker_starts_with_its_store_down_spools_and_replays(gearmand, cli_
         assert "Traceback" not in log, log
     finally:
         redis.stop()
+
+
+# ---------------------------------------------------------------- 2. job output on a terminal
+
+HOSTILE_MODULE = """
+def evil(job):
+    job.send_status(1, 2)
+    job.send_data(b"title\\x1b]0;PWNED\\x07 chunk")
+    job.send_warning(b"warn\\x1b]0;PWNED\\x07")
+    job.send_data(b"over\\rwrite")
+    return b"nul\\x00 and\\r return"
+"""
+OSC = b"\x1b]0;PWNED\x07"
+
+
+def in_pty(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> bytes:
+    """Run ``gearstash ARGS`` with its stdout and stderr on a pseudo-terminal (a real tty);
+    everything it wrote, with the tty's ``\\r\\n`` for ``\\n`` undone."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gearstash", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        cwd=cwd,
+    )
+    os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            out += data
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    proc.wait(10)
+    return bytes(out).replace(b"\r\n", b"\n")
+
+
+def assert_escaped(shown: bytes) -> None:
+    assert OSC not in shown and b"\x1b" not in shown and b"\x07" not in shown, shown
+    assert b"\x00" not in shown and b"\r" not in shown, shown
+    assert b"\\x1b]0;PWNED\\x07" in shown, shown
+
+
+@pytest.mark.gearmand
+def test_2_job_output_is_escaped_on_a_terminal_and_raw_only_to_a_pipe(
+    gearmand,
+    cli_env,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    (tmp_path / "hostile.py").write_text(HOSTILE_MODULE)
+    cli_env["GEARSTASH_TOKEN_SECRET"] = "a token secret of at least thirty-two bytes"
+    monkeypatch.setenv("GEARSTASH_TOKEN_SECRET", cli_env["GEARSTASH_TOKEN_SECRET"])
+    server = ["-s", gearmand.address]
+    with worker_process(
+        [*server, "hostile:evil"],
+        env=cli_env,
+        cwd=tmp_path,
+        servers=[gearmand],
+        functions=["evil"],
+    ):
+        foreground = in_pty(["submit", *server, "evil", "x"], cli_env, tmp_path)
+        assert_escaped(foreground)
+        assert b"\\x00" in foreground and b"over\\x0dwrite" in foreground
+        ref = cli("submit", *server, "-b", "evil", "x").stdout.strip()
+        assert cli("wait", *server, "-q", "-t", "20", ref).exit_code == 0
+        for args in (
+            ["fetch"],
+            ["wait", "-q", "-t", "20"],
+            ["follow", "-t", "20"],
+            ["token", "fetch"],
+        ):
+            if args[0] == "token":
+                token = cli("token", "sign", ref).stdout.strip()
+                shown = in_pty([*args, *server, token], cli_env, tmp_path)
+            else:
+                shown = in_pty([*args, *server, ref], cli_env, tmp_path)
+            assert_escaped(shown)
+        raw = in_pty(["follow", *server, "--raw", ref], cli_env, tmp_path)
+        assert OSC in raw
+        piped = run_gearstash("follow", *server, ref, env=cli_env, cwd=tmp_path)
+        assert OSC.decode() in piped.stdout
+        hostile_ref = in_pty(["status", *server, "H:vm:\x1b]0;PWNED\x07"], cli_env, tmp_path)
+        assert b"\x1b" not in hostile_ref and b"\x07" not in hostile_ref, hostile_ref
+        assert b"known=0" in hostile_ref
+
+
+# ---------------------------------------------------------------- 11. submit, follow, worker, demo
+
+
+@pytest.mark.gearmand
+def test_11_foreground_submit_follow_and_the_worker_say_it_plainly(
+    gearmand,
+    cli_env,  # noqa: F811
+    tmp_path,
+):
+    server = ["-s", gearmand.address]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "gearstash", "worker", *server, "clijobs:reverse"],
+        cwd=tmp_path,
+        env=cli_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        done = run_gearstash("submit", *server, "reverse", "olleh", env=cli_env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "chunk-0\nchunk-1\nchunk-2\nhello\n"
+        assert done.stderr == "gearstash: job warning: careful\n"
+        ref = cli("submit", *server, "-b", "reverse", "ABC").stdout.strip()
+        followed = run_gearstash("follow", *server, "-t", "20", ref, env=cli_env, cwd=tmp_path)
+        assert followed.returncode == 0, followed.stderr
+        assert followed.stdout == "chunk-0\nchunk-1\nchunk-2\nCBA\n"
+        assert followed.stderr.endswith(" complete --\n")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=20)
+    assert stderr.splitlines()[-1] == "gearstash worker: stopped on SIGTERM after 2 job(s)", stderr
+    waited = run_gearstash(
+        "submit", *server, "--timeout", "1", "nobody-serves", "x", env=cli_env, cwd=tmp_path
+    )
+    assert waited.returncode == 4
+    assert "is a worker serving 'nobody-serves'?" in _one_line(waited.stderr)
+
+
+def _one_line(stderr: str) -> str:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.gearmand
+def test_11_the_demo_prints_the_worker_banner_before_the_live_bars(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEARSTASH_")}
+    env["GEARSTASH_HOME"] = str(tmp_path / "home")
+    shown = in_pty(["demo", "--steps", "3", "--delay", "0.05"], env, tmp_path, timeout=120)
+    banner = shown.find(b"gearstash worker: serving reverse")
+    bars = shown.find(b"\x1b[?25l")  # rich hides the cursor when the live bars start
+    assert 0 <= banner < bars, shown
+    assert shown.count(b"gearstash worker: serving") == 1
+    assert b"Done." in shown

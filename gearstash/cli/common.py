@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from gearstash import config
+from gearstash.cli.visible import visible
 from gearstash.client.client import Client, JobView
 from gearstash.errors import GearstashError, JobNotFound, WaitTimeout
 from gearstash.spine.manager import open_store
@@ -24,10 +25,10 @@ class ExitCodeGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (JobNotFound, WaitTimeout) as exc:
-            click.echo(f"gearstash: {exc}", err=True)
+            click.echo(f"gearstash: {visible(str(exc))}", err=True)
             ctx.exit(EXIT_WAIT)
         except GearstashError as exc:
-            click.echo(f"gearstash: error: {exc}", err=True)
+            click.echo(f"gearstash: error: {visible(str(exc))}", err=True)
             ctx.exit(EXIT_ERROR)
 
 
@@ -125,12 +126,13 @@ def store_for(store: str | None) -> Store:
 def _text(value: bytes | None) -> str:
     if value is None:
         return "-"
-    return value.decode("utf-8", "backslashreplace")
+    return visible(value)
 
 
 def describe(view: JobView) -> str:
-    """A few human-readable lines about one job."""
-    lines = [f"{view.ref}  {view.state.value}"]
+    """A few human-readable lines about one job; job output with its control characters escaped
+    (:func:`~gearstash.cli.visible.visible`), one line per field."""
+    lines = [f"{visible(str(view.ref))}  {view.state.value}"]
     record = view.record
     if view.denominator:
         lines.append(f"  progress  {view.numerator}/{view.denominator}")
@@ -143,7 +145,7 @@ def describe(view: JobView) -> str:
         if record.result is not None:
             lines.append(f"  result    {_text(record.result)}")
         if record.error is not None:
-            lines.append(f"  error     {record.error.kind}: {record.error.message}")
+            lines.append(f"  error     {record.error.kind}: {visible(record.error.message)}")
     if view.status is None:
         lines.append("  (job server unreachable: state from the store only)")
     return "\n".join(lines)

@@ -13,12 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
 from gearstash import config
 from gearstash.cli.progress import ProgressDisplay
+from gearstash.cli.visible import visible
 from gearstash.client.client import Client
 from gearstash.model.records import JobRef
 from gearstash.store.urls import redact_url
@@ -48,21 +50,29 @@ def run_demo(payloads: list[str], *, steps: int = 10, delay: float = 0.15) -> No
         env = dict(
             os.environ,
             GEARSTASH_STORE=store,
+            GEARSTASH_SPOOL=f"{folder}/spool",
             GEARSTASH_DEMO_STEPS=str(steps),
             GEARSTASH_DEMO_DELAY=str(delay),
         )
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gearstash",
-                "worker",
-                "--server",
-                gearmand.address,
-                "gearstash.cli.demo:reverse",
-            ],
-            env=env,
-        )
+        # The worker's messages go to a file and are shown from there, so that none is printed
+        # into the middle of the live progress bars.
+        worker_log = Path(folder, "worker.log")
+        with worker_log.open("wb") as log_file:
+            worker = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gearstash",
+                    "worker",
+                    "--server",
+                    gearmand.address,
+                    "gearstash.cli.demo:reverse",
+                ],
+                env=env,
+                stdout=log_file,
+                stderr=log_file,
+            )
+        shown = _show_worker_log(console, worker_log, 0, wait_for_line=worker)
         try:
             with Client([gearmand.address], store=store) as client:
                 console.print(f"[bold]store[/] {redact_url(store)}")
@@ -71,8 +81,8 @@ def run_demo(payloads: list[str], *, steps: int = 10, delay: float = 0.15) -> No
                     ref = client.submit_background("reverse", payload)
                     refs.append(ref)
                     console.print(
-                        f"submitted reverse({payload}) in the background: handle "
-                        f"[cyan]{escape(ref.handle.decode())}[/]  (ref {escape(str(ref))})"
+                        f"submitted reverse({escape(visible(payload))}) in the background: handle "
+                        f"[cyan]{escape(visible(ref.handle))}[/]  (ref {escape(visible(str(ref)))})"
                     )
                 _show_progress(client, refs, payloads)
             console.print(
@@ -85,18 +95,18 @@ def run_demo(payloads: list[str], *, steps: int = 10, delay: float = 0.15) -> No
                     record = view.record
                     live = reader.status(JobRef(ref.handle))
                     console.print(
-                        f"\n[cyan]{escape(ref.handle.decode())}[/] reverse({payload}): "
+                        f"\n[cyan]{escape(visible(ref.handle))}[/] reverse({escape(visible(payload))}): "
                         f"state [green]{view.state.value}[/]  (gearmand says known="
                         f"{int(live.known)} running={int(live.running)})"
                     )
                     if record is not None:
                         for chunk in record.data:
                             console.print(
-                                f"  data    {escape(chunk.decode('utf-8', 'replace'))}",
+                                f"  data    {escape(visible(chunk))}",
                                 highlight=False,
                             )
                         console.print(
-                            f"  result  [bold]{escape((record.result or b'').decode())}[/]",
+                            f"  result  [bold]{escape(visible(record.result or b''))}[/]",
                             highlight=False,
                         )
         finally:
@@ -106,7 +116,30 @@ def run_demo(payloads: list[str], *, steps: int = 10, delay: float = 0.15) -> No
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
+            _show_worker_log(console, worker_log, shown)
     console.print("\nworker and gearmand stopped. Done.")
+
+
+def _show_worker_log(
+    console: Console,
+    path: Path,
+    offset: int,
+    *,
+    wait_for_line: subprocess.Popen[bytes] | None = None,
+) -> int:
+    """Print what the worker wrote to ``path`` from ``offset`` on (escaped); returns the new
+    offset. ``wait_for_line``: first wait (up to 15 s, while that process lives) for a whole line,
+    the worker's start-up banner."""
+    deadline = time.monotonic() + 15
+    while wait_for_line is not None and wait_for_line.poll() is None:
+        if b"\n" in path.read_bytes()[offset:] or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    data = path.read_bytes()[offset:]
+    text = data[: data.rfind(b"\n") + 1]
+    for line in text.splitlines():
+        console.print(visible(line), markup=False, highlight=False)
+    return offset + len(text)
 
 
 def _show_progress(client: Client, refs: list[JobRef], payloads: list[str]) -> None:

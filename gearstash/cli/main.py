@@ -36,9 +36,10 @@ from gearstash.cli.common import (
 from gearstash.cli.proxy import proxy
 from gearstash.cli.spool import spool
 from gearstash.cli.token import token
+from gearstash.cli.visible import stream_chunk, visible
 from gearstash.cli.web import web
 from gearstash.client.client import Client
-from gearstash.errors import ConfigError, GearstashError
+from gearstash.errors import ConfigError, GearstashError, WaitTimeout
 from gearstash.model.records import JobRef, State
 from gearstash.protocol.packets import handle_problem
 from gearstash.store.contract import delete
@@ -63,6 +64,32 @@ def main(ctx: click.Context, verbose: int, config_file: str | None) -> None:
     ctx.obj = {"config": config_file}
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------- streamed job output
+
+
+def raw_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--raw",
+        is_flag=True,
+        help="Write job data as raw bytes even to a terminal (to a pipe it always is).",
+    )(f)
+
+
+def chunk_writer(raw: bool) -> Callable[[bytes], None]:
+    """Writes one chunk of job output to standard output on a line of its own: raw bytes to a
+    pipe or with ``raw``, else (a terminal) with control characters escaped."""
+    out = sys.stdout.buffer
+    as_is = raw or not sys.stdout.isatty()
+
+    def write(chunk: bytes) -> None:
+        out.write(stream_chunk(chunk, raw=as_is))
+        if not chunk.endswith(b"\n"):
+            out.write(b"\n")
+        out.flush()
+
+    return write
 
 
 # ---------------------------------------------------------------- worker
@@ -245,6 +272,10 @@ def worker(
             w.work(max_jobs=max_jobs)
         finally:
             w.close()
+        if w.stopped_by is not None:  # one line, not a log line, when a signal stopped it
+            click.echo(
+                f"gearstash worker: stopped on {w.stopped_by} after {w.jobs_done} job(s)", err=True
+            )
         return 0
 
     if metrics_port is not None and processes > 1:
@@ -296,6 +327,14 @@ def worker(
 @click.option(
     "--priority", type=click.Choice(["normal", "high", "low"]), default="normal", show_default=True
 )
+@click.option(
+    "--timeout",
+    "-t",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Foreground: give up after this many seconds (exit 4), e.g. when no worker serves it.",
+)
+@raw_option
 @click.argument("function")
 @click.argument("payload", required=False, default=None)
 def submit(
@@ -304,13 +343,17 @@ def submit(
     background: bool,
     unique: str | None,
     priority: str,
+    timeout: float | None,
+    raw: bool,
     function: str,
     payload: str | None,
 ) -> None:
     """Submit FUNCTION with PAYLOAD ("-" or nothing: read standard input).
 
     Background: prints the job reference (HANDLE@SERVER#UNIQUE), which every other command accepts.
-    Foreground: streams the job's data to standard output, then the result; exits 3 if it failed.
+    Foreground: prints each data chunk on its own line as it comes, then the result on the last
+    line (to a terminal with control characters escaped, unless --raw); warnings go to standard
+    error. Exits 3 if the job failed, 4 after --timeout.
     """
     data = sys.stdin.buffer.read() if payload in (None, "-") else os.fsencode(payload or "")
     with client_for(servers, store, create=True) as client:
@@ -318,24 +361,21 @@ def submit(
             ref = client.submit_background(function, data, unique=unique, priority=priority)
             click.echo(str(ref))
             return
-        out = sys.stdout.buffer
-
-        def on_data(chunk: bytes) -> None:
-            out.write(chunk)
-            out.flush()
-
-        view = client.submit(
-            function,
-            data,
-            unique=unique,
-            priority=priority,
-            on_data=on_data,
-            on_warning=lambda w: click.echo(f"warning: {w.decode('utf-8', 'replace')}", err=True),
-        )
+        write = chunk_writer(raw)
+        try:
+            view = client.submit(
+                function,
+                data,
+                unique=unique,
+                priority=priority,
+                on_data=write,
+                on_warning=lambda w: click.echo(f"gearstash: job warning: {visible(w)}", err=True),
+                timeout=timeout,
+            )
+        except WaitTimeout as exc:
+            raise WaitTimeout(f"{exc} (is a worker serving {function!r}?)") from None
         if view.state is State.COMPLETE:
-            out.write(view.result or b"")
-            out.write(b"\n")
-            out.flush()
+            write(view.result or b"")
             return
         error = view.record.error if view.record else None
         message = error.message if error is not None else ""
@@ -345,7 +385,7 @@ def submit(
                 stored = client.fetch(view.ref).record
                 if stored is not None and stored.error is not None:
                     message = stored.error.message
-        click.echo(f"job failed: {message or 'WORK_FAIL'}", err=True)
+        click.echo(f"gearstash: job failed: {visible(message or 'WORK_FAIL')}", err=True)
         sys.exit(EXIT_FAILED)
 
 
@@ -392,7 +432,7 @@ def status(servers: tuple[str, ...], as_json: bool, handles: tuple[str, ...]) ->
             else:
                 pct = f" {st.percent:.0f}%" if st.percent is not None else ""
                 click.echo(
-                    f"{ref}\tknown={int(st.known)} running={int(st.running)} "
+                    f"{visible(str(ref))}\tknown={int(st.known)} running={int(st.running)} "
                     f"{st.numerator}/{st.denominator}{pct}"
                 )
     if failed:
@@ -443,7 +483,7 @@ def wait(
 
     ref = JobRef.parse(handle)
     with client_for(servers, store) as client, ProgressDisplay(enabled=not quiet) as display:
-        task = display.add(str(ref.handle.decode("utf-8", "replace")))
+        task = display.add(ref.handle.decode("utf-8", "backslashreplace"))
         view = client.wait(ref, timeout, on_progress=lambda v: display.update(task, v))
     if as_json:
         click.echo(json.dumps(view.to_json(), ensure_ascii=False))
@@ -458,30 +498,41 @@ def wait(
 @store_option
 @click.option("--timeout", "-t", type=float, default=None, help="Give up after this many seconds.")
 @click.option("--after", type=int, default=0, show_default=True, help="Start at this chunk number.")
+@raw_option
 @click.argument("handle")
 def follow(
-    servers: tuple[str, ...], store: str | None, timeout: float | None, after: int, handle: str
+    servers: tuple[str, ...],
+    store: str | None,
+    timeout: float | None,
+    after: int,
+    raw: bool,
+    handle: str,
 ) -> None:
-    """Print HANDLE's data chunks as they arrive, like ``tail -f``, until the job ends.
+    """Print HANDLE's data chunks as they arrive, like ``tail -f``, then its result.
 
-    Chunks go to standard output as raw bytes; progress and the final state go to standard error.
-    Uses push where the store has it. Exits 0 when the job completed, 3 when it failed, 4 on
-    timeout or when the job is unknown.
+    Each chunk goes to standard output on its own line (to a terminal with control characters
+    escaped, unless --raw), then the result when the job completed; restarts, the error of a
+    failed job and the final state go to standard error. Uses push where the store has it.
+    Exits 0 when the job completed, 3 when it failed, 4 on timeout or when the job is unknown.
     """
     ref = JobRef.parse(handle)
-    out = sys.stdout.buffer
-    state = State.UNKNOWN
+    write = chunk_writer(raw)
+    view = None
     with client_for(servers, store) as client:
         for update in client.follow(ref, after=after, timeout=timeout):
             if update.restarted:
                 click.echo("-- a new attempt started; its data follows --", err=True)
             for chunk in update.chunks:
-                out.write(chunk)
-                if not chunk.endswith(b"\n"):
-                    out.write(b"\n")
-            out.flush()
-            state = update.view.state
-        click.echo(f"-- {ref.handle.decode('utf-8', 'replace')} {state.value} --", err=True)
+                write(chunk)
+            view = update.view
+        final = client.fetch(view.ref) if view is not None else None
+    state = final.state if final is not None else State.UNKNOWN
+    record = final.record if final is not None else None
+    if state is State.COMPLETE and record is not None and record.result is not None:
+        write(record.result)
+    elif record is not None and record.error is not None:
+        click.echo(f"gearstash: job failed: {visible(record.error.message)}", err=True)
+    click.echo(f"-- {visible(ref.handle)} {state.value} --", err=True)
     if state is not State.COMPLETE:
         sys.exit(EXIT_FAILED)
 

@@ -11,6 +11,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from gearstash.cli.visible import visible
 from gearstash.client.client import JobView
 
 
@@ -47,7 +48,9 @@ class ProgressDisplay:
             self._progress.stop()
 
     def add(self, label: str) -> int:
-        """Add a job line; returns its id for :meth:`update`."""
+        """Add a job line; returns its id for :meth:`update`. Control characters in ``label``
+        are shown escaped."""
+        label = visible(label)
         if self._progress is not None:
             task = int(self._progress.add_task(label, total=None, info="queued"))
         else:

@@ -250,7 +250,14 @@ class Submitter:
                         wait = None if deadline is None else deadline - time.monotonic()
                         if wait is not None and wait <= 0:
                             raise WaitTimeout(f"job {handle!r} did not finish within {timeout} s")
-                        p = conn.read_packet(wait if wait is not None else -1.0)
+                        try:
+                            p = conn.read_packet(wait if wait is not None else -1.0)
+                        except ServerUnavailable:
+                            if deadline is not None and time.monotonic() >= deadline:
+                                raise WaitTimeout(
+                                    f"job {handle!r} did not finish within {timeout} s"
+                                ) from None
+                            raise
                         if p.kind not in WORK_PACKETS or p.args[0] != handle:
                             if p.kind == PacketType.ERROR:
                                 err = ErrorReply.from_packet(p)

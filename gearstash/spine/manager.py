@@ -214,6 +214,15 @@ def open_store(url: str, pm: pluggy.PluginManager | None = None, *, create: bool
         ) from None
 
 
+def is_local_store(url: str, pm: pluggy.PluginManager | None = None) -> bool:
+    """True when ``url`` names a store its plugin can tell is there or not (registered with
+    ``exists``: a local file, like SQLite), rather than a server that may be down for a while."""
+    types = store_types(pm)
+    scheme = url_scheme(url)
+    kind = types.get(scheme) or types.get(scheme.partition("+")[0])
+    return kind is not None and kind.exists is not None
+
+
 # ---------------------------------------------------------------- worker events
 
 

@@ -43,7 +43,7 @@ import pluggy
 from gearstash import config
 from gearstash.config import default_store_url
 from gearstash.errors import ConfigError, StoreError
-from gearstash.spine.manager import EventHooks, open_store
+from gearstash.spine.manager import EventHooks, is_local_store, open_store
 from gearstash.store.contract import Store
 from gearstash.store.deferred import DeferredStore
 from gearstash.store.urls import redact_url, scrub
@@ -157,6 +157,8 @@ class Worker:
         self.jobs_done = 0
         self.stopping = threading.Event()
         """Set when the worker should stop after the jobs in hand."""
+        self.stopped_by: str | None = None
+        """The name of the signal that stopped :meth:`work` (``"SIGTERM"``), else None."""
         self._slots: list[Slot] = []
         self._count_lock = threading.Lock()
         self._max_jobs: int | None = None
@@ -295,7 +297,8 @@ class Worker:
         def handler(signum: int, frame: FrameType | None) -> None:
             if self.stopping.is_set():
                 raise SystemExit(128 + signum)
-            log.info("signal %d: finishing the job in hand, then stopping", signum)
+            self.stopped_by = signal.Signals(signum).name
+            log.info("%s: finishing the job in hand, then stopping", self.stopped_by)
             self.stop()
 
         old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -310,10 +313,13 @@ class Worker:
 def _open_or_defer(url: str, plugin_manager: pluggy.PluginManager | None) -> Store:
     """The store at ``url``; while it is unreachable (StoreError, not a bad URL), a
     :class:`~gearstash.store.deferred.DeferredStore` that opens it on first use, so that a
-    worker started during an outage serves and spools instead of exiting."""
+    worker started during an outage serves and spools instead of exiting. A local store (a
+    SQLite file) that cannot be opened is an error at once."""
     try:
         return open_store(url, plugin_manager)
     except StoreError as exc:
+        if is_local_store(url, plugin_manager):  # a file is not a server that comes back
+            raise
         shown = redact_url(url)
         log.warning(
             "store %s unreachable at start (%s); serving anyway: captured events are spooled "
