@@ -47,6 +47,21 @@ class ServerError(GearstashError):
         self.server = server
 
 
+class NotSupported(ServerError):
+    """The job server does not know the request: an older or other implementation that speaks
+    only part of the protocol (no ``GET_STATUS_UNIQUE``, no low-priority submits…). The message
+    says what it cannot do."""
+
+    def __init__(self, code: str, text: str, *, server: str = "", request: str = "") -> None:
+        super().__init__(code, text, server=server)
+        reason = (text.strip().splitlines() or [""])[0]
+        self.args = (
+            f"job server {server or '?'} cannot do {request or 'this request'}: it speaks an "
+            f"older or other protocol (it answered {code}: {reason})",
+        )
+        self.request = request
+
+
 class StoreError(GearstashError):
     """A store could not be reached, or refused a read or a write.
 

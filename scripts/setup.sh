@@ -28,7 +28,7 @@ APT_PACKAGES=(python3 python3-venv ca-certificates openssl
               gearman-job-server gearman-tools memcached redis-server postgresql mariadb-server
               php-cli php-gearman php-redis php-memcached php-pgsql php-sqlite3 php-mysql
               chromium chromium-driver
-              libgearman-client-perl)
+              libgearman-client-perl gearman-server)
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from perlgearman import PerlGearmanServer
 from servers import need
 from test_cli import (  # noqa: F401  (cli_env is a fixture)
     _one_error_line,
@@ -33,6 +34,8 @@ from gearstash import Client, JobRef, State, config
 from gearstash.cli.main import main
 from gearstash.errors import ConfigError
 from gearstash.model.records import Event, EventKind, JobKey
+from gearstash.protocol.packets import Decoder, Packet, PacketType, encode_request, encode_response
+from gearstash.protocol.worker_side import ErrorAnswer, WorkerSide
 from gearstash.spine.manager import open_store
 from gearstash.store.urls import scrub
 
@@ -568,3 +571,126 @@ def test_11_the_demo_prints_the_worker_banner_before_the_live_bars(tmp_path):
     assert 0 <= banner < bars, shown
     assert shown.count(b"gearstash worker: serving") == 1
     assert b"Done." in shown
+
+
+# ---------------------------------------------------------------- 14. other job servers, other clients
+
+
+@pytest.fixture
+def perl_server(tmp_path: Path):
+    with PerlGearmanServer(tmp_path) as server:
+        yield server
+
+
+def test_14_gearstash_worker_and_client_on_perl_gearman_server(
+    perl_server,
+    cli_env,  # noqa: F811
+    tmp_path,
+):
+    addr = perl_server.address
+    server = ["-s", addr]
+    with worker_process(
+        [*server, "clijobs:reverse"],
+        env=cli_env,
+        cwd=tmp_path,
+        servers=[perl_server],
+        functions=["reverse"],
+    ):
+        ref = cli("submit", *server, "-b", "reverse", "ABC123").stdout.strip()
+        waited = cli("wait", *server, "-q", "-t", "20", "--json", ref)
+        assert waited.exit_code == 0, waited.output
+        doc = json.loads(waited.stdout)
+        assert (doc["state"], doc["result"]) == ("complete", "321CBA")
+        assert doc["data"] == ["chunk-0", "chunk-1", "chunk-2"]  # the server took none of them
+        assert doc["warnings"] == ["careful"]
+        bare = json.loads(cli("fetch", *server, "--json", JobRef.parse(ref).handle).stdout)
+        assert (bare["state"], bare["result"]) == ("complete", "321CBA")
+        followed = run_gearstash("follow", *server, "-t", "20", ref, env=cli_env, cwd=tmp_path)
+        assert followed.stdout == "chunk-0\nchunk-1\nchunk-2\n321CBA\n", followed.stderr
+        foreground = run_gearstash("submit", *server, "reverse", "olleh", env=cli_env)
+        assert foreground.returncode == 0 and foreground.stdout.endswith("hello\n")
+
+        perl_handle = perl_submit(addr, "reverse", "perl", "from-perl")  # Perl client, too
+        assert perl_handle.startswith(f"{addr}//H:")
+        from_perl = json.loads(cli("wait", *server, "-q", "-t", "20", "--json", perl_handle).stdout)
+        assert (from_perl["state"], from_perl["result"]) == ("complete", "lrep")
+
+        queued = cli("submit", *server, "-b", "nobody-serves", "x").stdout.strip()
+        status = cli("status", *server, queued)  # STATUS_RES with empty numbers
+        assert status.exit_code == 0, status.output
+        assert "known=1 running=0 0/0" in status.stdout
+        by_unique = cli("status", *server, "#" + JobRef.parse(queued).unique.decode())
+        assert by_unique.exit_code == 1
+        assert "cannot do GET_STATUS_UNIQUE" in by_unique.output, by_unique.output
+        low = cli("submit", *server, "-b", "--priority", "low", "reverse", "x")
+        assert low.exit_code == 1
+        assert "cannot do this submission" in low.output and "priority normal" in low.output
+    log = "\n".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
+    assert "grabbing with GRAB_JOB" in log and "does not take WORK_DATA/WORK_WARNING" in log
+
+
+PERL_WORKER = """
+use strict; use Gearman::Worker;
+$| = 1;
+my $worker = Gearman::Worker->new(job_servers => [$ARGV[0]]);
+$worker->register_function(perlrev => sub {
+    my $job = shift;
+    $job->set_status(1, 2);
+    return scalar reverse $job->arg;
+});
+print "ready\\n";
+$worker->work while 1;
+"""
+
+
+@pytest.mark.gearmand
+def test_14_gearstash_client_with_a_perl_worker(gearmand, tmp_sqlite_url, tmp_path):
+    perl = shutil.which("perl")
+    need(perl is not None, "perl is not installed")
+    probe = subprocess.run([perl, "-MGearman::Worker", "-e", "1"], capture_output=True)
+    need(probe.returncode == 0, "Gearman::Worker is not installed (libgearman-client-perl)")
+    worker = subprocess.Popen(
+        [perl, "-e", PERL_WORKER, gearmand.address], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert worker.stdout.readline() == "ready\n"
+        assert wait_until(lambda: "perlrev" in gearmand.admin("status"), 15)
+        with Client([gearmand.address], store=tmp_sqlite_url) as client:
+            view = client.submit("perlrev", b"gearman", timeout=20)
+            assert (view.state, view.result) == (State.COMPLETE, b"namraeg")
+            ref = client.submit_background("perlrev", b"abc")
+            assert wait_until(lambda: not client.status(ref).known, 15)
+            # a worker that does not capture: the store has only the submission marker
+            assert client.fetch(ref).state is State.LOST
+    finally:
+        worker.kill()
+        worker.wait(10)
+        worker.stdout.close()
+
+
+def _perl_error(command: str) -> Packet:
+    text = (
+        f'Can\'t locate object method "CMD_{command}" via package "Gearman::Server::Client" at '
+        "/usr/share/perl5/Gearman/Server/Client.pm line 552.\n"
+    )
+    decoder = Decoder()
+    decoder.feed(encode_response(PacketType.ERROR, b"server_error", text.encode()))
+    packet = decoder.next_packet()
+    assert packet is not None
+    return packet
+
+
+def test_14_the_worker_side_reads_perl_gearman_servers_errors():
+    side = WorkerSide(b"w", [("reverse", None)])
+    side.connected()
+    side.grab()
+    fallback = side.receive(_perl_error(""))  # GRAB_JOB_UNIQ has no name there
+    assert isinstance(fallback, ErrorAnswer) and fallback.send == encode_request(
+        PacketType.GRAB_JOB
+    )
+    assert not side.uniques and side.work_output
+    refused = side.receive(_perl_error("work_data"))
+    assert isinstance(refused, ErrorAnswer) and refused.no_work_output and not refused.send
+    assert not side.work_output
+    again = side.receive(_perl_error("work_warning"))
+    assert isinstance(again, ErrorAnswer) and not again.no_work_output  # said once

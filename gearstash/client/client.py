@@ -34,7 +34,7 @@ from gearstash.model.records import (
     JobRef,
     State,
 )
-from gearstash.model.views import JobView, Status, merge_state, successor
+from gearstash.model.views import JobView, Status, merge_state, successor, uniqueless_twin
 from gearstash.spine.manager import open_store
 from gearstash.store.contract import Store, delete, get_after, watch
 from gearstash.transport.connection import DEFAULT_CONNECT_TIMEOUT
@@ -244,27 +244,41 @@ class Client:
     ) -> list[JobView]:
         """Second look at jobs that read ``lost``: the server may have replayed them under new
         handles (persistent queue) — ask the servers by unique and the store for the newest record
-        with the unique (:func:`~gearstash.model.views.successor`). Costs nothing when none is lost."""
+        with the unique (:func:`~gearstash.model.views.successor`); or a worker that could not
+        learn the unique (a server without GRAB_JOB_UNIQ) stored the job under an empty one
+        (:func:`~gearstash.model.views.uniqueless_twin`). Costs nothing when none is lost."""
         lost = [
             i
             for i, v in enumerate(views)
-            if v.state is State.LOST and v.record is not None and v.ref.unique is not None
+            if v.state is State.LOST
+            and v.record is not None
+            and (v.ref.unique is not None or (v.record.attempt == 0 and v.record.key.unique))
         ]
         if not lost:
             return views
-        probes: list[JobRef] = []
+        probes: list[JobRef] = []  # by unique: a replay under a new handle
+        twins: list[JobRef] = []  # the same handle stored without its unique (no GRAB_JOB_UNIQ)
         for i in lost:
             record = views[i].record
             assert record is not None
             probes.append(JobRef(b"", record.key.server, record.key.unique))
-        statuses = self.links.unique_statuses(probes, down)
-        candidates = self.store.get_many(probes)
-        for i, probe, candidate in zip(lost, probes, candidates, strict=True):
+            twins.append(JobRef(record.key.handle, record.key.server, b""))
+        replayable = [views[i].ref.unique is not None for i in lost]
+        asked = [p for p, ok in zip(probes, replayable, strict=True) if ok]
+        statuses = self.links.unique_statuses(asked, down)
+        found = iter(self.store.get_many(asked + twins))
+        candidates = [next(found) if ok else None for ok in replayable]
+        twin_records = list(found)
+        for i, probe, candidate, twin in zip(lost, probes, candidates, twin_records, strict=True):
             view = views[i]
             record = view.record
             assert record is not None
             status = statuses.get(probe)
-            if candidate is not None and successor(record, candidate):
+            if uniqueless_twin(record, twin):
+                assert twin is not None
+                merged = merge_state(JobRef(twin.key.handle, twin.key.server), None, twin, now)
+                views[i] = JobView(view.ref, merged.state, view.status, twin)
+            elif candidate is not None and successor(record, candidate):
                 merged = merge_state(probe, status, candidate, now)
                 views[i] = JobView(view.ref, merged.state, merged.status, candidate)
             elif status is not None and status.known:
@@ -344,11 +358,13 @@ class Client:
                     if not job.by_unique and (status is None or job.server is None):
                         status = self.links.pick_status(job, record, found)
                 view = merge_state(job, status, record)
-                if view.state is State.LOST and job.unique is not None and not job.by_unique:
+                if view.state is State.LOST and not job.by_unique:
                     again = self.fetch(job)
-                    if again.record is not None and again.record.key.handle != job.handle:
-                        # replayed under a new handle: follow that one from its first chunk
-                        job = JobRef(again.record.key.handle, again.record.key.server, job.unique)
+                    other = again.record.key if again.record is not None else None
+                    if other is not None and record is not None and other != record.key:
+                        # replayed under a new handle, or stored without its unique by a worker
+                        # that could not learn it: follow that record from its first chunk
+                        job = JobRef(other.handle, other.server, other.unique)
                         cursor, attempt = 0, None
                         continue
                     view = again

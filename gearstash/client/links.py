@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from gearstash import config
 from gearstash.errors import (
     ConfigError,
+    NotSupported,
     ProtocolError,
     ServerError,
     ServerUnavailable,
@@ -49,6 +50,15 @@ STATUS_BATCH = 1000
 
 RefLike = JobRef | str | bytes
 
+_ASKED = {
+    PacketType.JOB_CREATED: "this submission (high- and low-priority background submissions "
+    "are newer than the original protocol: submit with priority normal)",
+    PacketType.STATUS_RES_UNIQUE: "GET_STATUS_UNIQUE (live status by unique)",
+    PacketType.STATUS_RES: "GET_STATUS",
+    PacketType.OPTION_RES: "OPTION_REQ",
+}
+"""What a request awaiting each answer asks for, to say what a server cannot do."""
+
 
 def as_ref(ref: RefLike) -> JobRef:
     """A :class:`JobRef` from a reference, its string form or a bare handle."""
@@ -72,6 +82,8 @@ class ServerLinks:
         }
         self._locks = {s: threading.Lock() for s in self.servers}
         self.timeout = timeout
+        self.no_unique_status: set[str] = set()
+        """Servers that proved they have no GET_STATUS_UNIQUE (asked by unique no more)."""
 
     def close(self) -> None:
         """Close every connection (they are made again on demand)."""
@@ -106,13 +118,18 @@ class ServerLinks:
         return conn
 
     def expect(self, conn: Connection, kind: PacketType) -> Packet:
-        """Read until a ``kind`` packet, skipping stray WORK_* packets; ERROR raises ServerError."""
+        """Read until a ``kind`` packet, skipping stray WORK_* packets; ERROR raises ServerError
+        (:class:`~gearstash.errors.NotSupported` when the server does not know the request)."""
         while True:
             packet = conn.read_packet()
             if packet.kind == kind:
                 return packet
             if packet.kind == PacketType.ERROR:
                 err = ErrorReply.from_packet(packet)
+                if err.unknown_command:
+                    raise NotSupported(
+                        err.code, err.text, server=conn.server, request=_ASKED.get(kind, "")
+                    )
                 raise ServerError(err.code, err.text, server=conn.server)
             if packet.kind in WORK_PACKETS or packet.kind == PacketType.NOOP:
                 continue
@@ -192,9 +209,14 @@ class ServerLinks:
                     wanted.setdefault(server, []).append(ref.unique)
         answers: dict[tuple[str, bytes], Status] = {}
         for server, uniques in wanted.items():
+            if server in self.no_unique_status:
+                continue
             try:
                 batch = self._unique_status_batch(server, list(dict.fromkeys(uniques)))
             except ServerUnavailable:
+                continue
+            except NotSupported:
+                self.no_unique_status.add(server)  # the store alone answers by unique there
                 continue
             for unique, status in batch.items():
                 answers[(server, unique)] = status
@@ -262,11 +284,15 @@ class ServerLinks:
     def status_unique(self, unique: bytes | str) -> Status:
         """Live status by unique (GET_STATUS_UNIQUE), asking the unique's home server first.
 
-        Raises ServerUnavailable when no server answers.
+        Raises ServerUnavailable when no server answers, NotSupported when the servers that
+        answer have no GET_STATUS_UNIQUE (an older or other job server).
         """
         uniq = check_unique(unique.encode() if isinstance(unique, str) else bytes(unique))
         first: Status | None = None
+        refused: NotSupported | None = None
         for server in self.placement(uniq):
+            if server in self.no_unique_status:
+                continue
             try:
                 with self._locks[server]:
                     conn = self._conn(server)
@@ -280,6 +306,10 @@ class ServerLinks:
                         raise
             except ServerUnavailable:
                 continue
+            except NotSupported as exc:
+                self.no_unique_status.add(server)
+                refused = exc
+                continue
             status = Status(
                 r.known, r.running, r.numerator, r.denominator, server, r.waiting_clients
             )
@@ -287,6 +317,13 @@ class ServerLinks:
                 return status
             first = first or status
         if first is None:
+            if refused is not None or self.no_unique_status:
+                raise refused or NotSupported(
+                    "",
+                    "",
+                    server=", ".join(sorted(self.no_unique_status)),
+                    request=_ASKED[PacketType.STATUS_RES_UNIQUE],
+                )
             raise ServerUnavailable("no job server answered GET_STATUS_UNIQUE")
         return first
 

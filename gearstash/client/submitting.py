@@ -106,8 +106,9 @@ class Submitter:
             if kind is None:
                 raise ConfigError(f"priority must be normal, high or low, not {priority!r}")
             packet = encode_request(kind, fn, uniq, data)
+        since = time.time()
         ref = self._submit_one(packet, uniq)
-        self._mark([(ref, fn)])
+        self._mark([(ref, fn)], since)
         return ref
 
     def _submit_one(self, packet: bytes, uniq: bytes) -> JobRef:
@@ -144,6 +145,7 @@ class Submitter:
         prepared = [self._prepare(job[0], job[1], job[2] if len(job) > 2 else None) for job in jobs]
         refs: list[JobRef | None] = [None] * len(prepared)
         by_server: dict[str, list[int]] = {}
+        since = time.time()
         for index, (_fn, _data, uniq) in enumerate(prepared):
             by_server.setdefault(self.links.placement(uniq)[0], []).append(index)
         try:
@@ -166,7 +168,7 @@ class Submitter:
         except ServerError as exc:
             raise PartlySubmitted(exc, [r for r in refs if r is not None]) from exc
         finally:  # mark what was submitted, also when a server refused a job midway
-            self._mark([(r, prepared[i][0]) for i, r in enumerate(refs) if r is not None])
+            self._mark([(r, prepared[i][0]) for i, r in enumerate(refs) if r is not None], since)
         return [r for r in refs if r is not None]
 
     def _pipeline_submit(self, server: str, packets: list[bytes], handles: list[bytes]) -> None:
@@ -185,18 +187,18 @@ class Submitter:
         except ServerUnavailable:
             return
 
-    def _mark(self, submitted: Sequence[tuple[JobRef, bytes]]) -> None:
+    def _mark(self, submitted: Sequence[tuple[JobRef, bytes]], since: float) -> None:
         """Write the ``submitted`` markers of background jobs, given as ``(ref, function)``
-        pairs, in one store write (when ``mark_submissions``). Failures are only logged: the
-        jobs are submitted."""
+        pairs, in one store write (when ``mark_submissions``), dated ``since`` (just before the
+        submissions were sent: a worker cannot have started them earlier). Failures are only
+        logged: the jobs are submitted."""
         if not self.mark_submissions or not submitted:
             return
-        now = time.time()
         events = [
             Event(
                 EventKind.SUBMITTED,
                 JobKey(ref.server or "", ref.handle, ref.unique or b""),
-                now,
+                since,
                 function=function,
             )
             for ref, function in submitted

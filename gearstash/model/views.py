@@ -165,3 +165,18 @@ def successor(record: JobRecord, candidate: JobRecord | None) -> bool:
     since = record.started_at if record.started_at is not None else record.updated_at
     began = candidate.started_at if candidate.started_at is not None else candidate.updated_at
     return since is not None and began is not None and began > since
+
+
+def uniqueless_twin(record: JobRecord, candidate: JobRecord | None) -> bool:
+    """True when ``candidate`` is the job a submission marker ``record`` announced, as stored by
+    a worker that never learnt its unique: a job server without ``GRAB_JOB_UNIQ`` (Perl's
+    Gearman::Server, gearmand 0.x) assigns jobs without it. Same server and handle, an empty
+    unique, begun after the marker was written."""
+    if candidate is None or record.attempt != 0 or not record.key.unique:
+        return False
+    old, new = record.key, candidate.key
+    if new.unique or new.handle != old.handle or new.server != old.server:
+        return False
+    since = record.updated_at if record.updated_at is not None else record.started_at
+    began = candidate.started_at if candidate.started_at is not None else candidate.updated_at
+    return since is not None and began is not None and began >= since

@@ -24,6 +24,7 @@ the end of the body and may itself contain NULs or be empty.
 from __future__ import annotations
 
 import enum
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -507,15 +508,17 @@ class StatusReply:
 
     @classmethod
     def from_packet(cls, p: Packet) -> StatusReply:
-        """Build from a STATUS_RES packet; ProtocolError on another type or bad numbers."""
+        """Build from a STATUS_RES packet; ProtocolError on another type or bad numbers. Empty
+        numerator and denominator (older servers, Perl's Gearman::Server, for a job that never
+        sent WORK_STATUS) read as 0."""
         _expect(p, PacketType.STATUS_RES)
         handle, known, running, numerator, denominator = p.args
         return cls(
             handle,
             _parse_flag(known, "known"),
             _parse_flag(running, "running"),
-            parse_int(numerator),
-            parse_int(denominator),
+            parse_int(numerator) if numerator else 0,
+            parse_int(denominator) if denominator else 0,
         )
 
 
@@ -590,3 +593,22 @@ class ErrorReply:
 
     def __str__(self) -> str:
         return f"{self.code}: {self.text}"
+
+    @property
+    def unknown_command(self) -> bool:
+        """True when the error says the server does not know the request: gearmand 0.x and
+        others say "unknown" in the code or text; Perl's Gearman::Server answers ``server_error``
+        with ``Can't locate object method "CMD_…"`` (``CMD_`` alone for a packet type it has no
+        name for)."""
+        text = f"{self.code} {self.text}".lower()
+        return "unknown" in text or "can't locate object method \"cmd_" in text
+
+    @property
+    def refused_command(self) -> str | None:
+        """The name of the request the server said it cannot do, when its text names it (Perl:
+        ``work_data``; ``""`` for a packet type it has no name for); else None."""
+        found = _PERL_COMMAND.search(self.text)
+        return found[1] if found is not None else None
+
+
+_PERL_COMMAND = re.compile(r"object method \"CMD_(\w*)\"")

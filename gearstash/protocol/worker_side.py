@@ -16,9 +16,11 @@ A worker may ask for its next job while one runs (``side.grab_ahead()`` when RUN
 answer then waits on the connection, and ``finished`` sends no second grab.
 
 Older and other job servers speak only the original protocol: when a server answers ``ERROR``
-"unknown command" to ``GRAB_JOB_UNIQ`` before it ever accepted one, the connection falls back to ``GRAB_JOB``
+"unknown command" (:attr:`~gearstash.protocol.packets.ErrorReply.unknown_command`) to
+``GRAB_JOB_UNIQ`` before it ever accepted one, the connection falls back to ``GRAB_JOB``
 (:class:`ErrorAnswer` then carries the request to send instead), and the fallback is kept across
-reconnects to that server.
+reconnects to that server. A server that refuses ``WORK_DATA``/``WORK_WARNING`` turns
+:attr:`WorkerSide.work_output` off: the worker stores them and no longer sends them there.
 """
 
 from __future__ import annotations
@@ -85,10 +87,13 @@ class Woken:
 @dataclass(frozen=True, slots=True)
 class ErrorAnswer:
     """The server answered ``ERROR``. ``send`` is the request to send instead (the ``GRAB_JOB``
-    fallback) or empty when nothing is to be done but to log it and read on."""
+    fallback) or empty when nothing is to be done but to log it and read on. ``no_work_output``:
+    this error says the server takes no ``WORK_DATA``/``WORK_WARNING`` (see
+    :attr:`WorkerSide.work_output`); say it once, it is not sent again."""
 
     error: ErrorReply
     send: bytes
+    no_work_output: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +119,7 @@ _NO_JOB = NoJob(_PRE_SLEEP)
 _IGNORED = Ignored()
 
 
-def _unknown_command(error: ErrorReply) -> bool:
-    """An ERROR that says the server does not know the command (older servers: gearmand 0.x
-    ``ERR_UNKNOWN_COMMAND``, Perl Gearman::Server ``unknown_command``). Other errors — a stale
-    ``JOB_NOT_FOUND`` for a finished job, say — are answers to earlier packets, not to the grab."""
-    return "unknown" in f"{error.code} {error.text}".lower()
+_WORK_OUTPUT = frozenset({"work_data", "work_warning"})
 
 
 class WorkerSide:
@@ -133,10 +134,13 @@ class WorkerSide:
     exception here: an unexpected packet comes back as :class:`Unexpected`.
     """
 
-    __slots__ = ("_ahead", "_confirmed", "_grab", "_hello", "state")
+    __slots__ = ("_ahead", "_confirmed", "_grab", "_hello", "state", "work_output")
 
     def __init__(self, client_id: bytes, functions: Sequence[tuple[str, int | None]]) -> None:
         self.state = LinkState.DOWN
+        self.work_output = True
+        """False once this server refused ``WORK_DATA`` or ``WORK_WARNING`` (Perl's
+        Gearman::Server has neither): the worker then stores them without sending them."""
         self._grab = _GRAB_UNIQ
         self._confirmed = False  # the server accepted GRAB_JOB_UNIQ once: never fall back
         self._ahead = False  # a grab was sent while the job runs (grab_ahead)
@@ -198,6 +202,19 @@ class WorkerSide:
         self.state = LinkState.IDLE
         return b""
 
+    def _refuses_work_output(self, error: ErrorReply) -> bool:
+        """True (and :attr:`work_output` turned off) when ``error`` refuses a WORK_DATA or
+        WORK_WARNING: the server names it, or, not naming any, it does not know a command while
+        the grab is settled (the only optional requests a worker sends are those two)."""
+        if not self.work_output or not error.unknown_command:
+            return False
+        named = error.refused_command
+        settled = self._confirmed or self._grab is _GRAB_PLAIN
+        if named in _WORK_OUTPUT or (named is None and settled):
+            self.work_output = False
+            return True
+        return False
+
     def receive(self, packet: Packet) -> WorkerEvent:
         """What ``packet`` from the server means, and the state that follows."""
         kind = packet.kind
@@ -215,7 +232,9 @@ class WorkerSide:
                 return _NO_JOB
             if kind is PacketType.ERROR:
                 error = ErrorReply.from_packet(packet)
-                if self._grab is _GRAB_UNIQ and not self._confirmed and _unknown_command(error):
+                if self._refuses_work_output(error):
+                    return ErrorAnswer(error, b"", no_work_output=True)
+                if self._grab is _GRAB_UNIQ and not self._confirmed and error.unknown_command:
                     self._grab = _GRAB_PLAIN  # an old server: no GRAB_JOB_UNIQ
                     return ErrorAnswer(error, _GRAB_PLAIN)
                 return ErrorAnswer(error, b"")
@@ -226,7 +245,8 @@ class WorkerSide:
             self.state = LinkState.IDLE
             return _WOKEN
         if kind is PacketType.ERROR:
-            return ErrorAnswer(ErrorReply.from_packet(packet), b"")
+            error = ErrorReply.from_packet(packet)
+            return ErrorAnswer(error, b"", no_work_output=self._refuses_work_output(error))
         if kind is PacketType.NOOP:
             return _IGNORED
         return Unexpected(packet)

@@ -60,10 +60,22 @@ def _port_is_listened(host: str, port: int) -> bool:
         return False
 
 
+def _is_script(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"#!"
+    except OSError:
+        return False
+
+
 def find_gearmand() -> str | None:
-    """The gearmand binary: on PATH, else Debian's /usr/sbin/gearmand, else None."""
+    """The C gearmand binary: on PATH, else Debian's /usr/sbin/gearmand, else None.
+
+    Debian's gearman-server package installs Perl's Gearman::Server as /usr/bin/gearmand too; a
+    ``gearmand`` that is a script is not this one.
+    """
     found = shutil.which("gearmand")
-    if found:
+    if found and not _is_script(found):
         return found
     if os.path.isfile(_FALLBACK_BINARY) and os.access(_FALLBACK_BINARY, os.X_OK):
         return _FALLBACK_BINARY

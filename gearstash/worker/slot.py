@@ -138,6 +138,8 @@ class Slot:
         # the job in hand and its queued events (under self.lock)
         self.job: Job | None = None
         self.job_conn: Connection | None = None
+        self.job_side: WorkerSide | None = None
+        """The protocol state of the job's server link: whether it takes WORK_DATA/WARNING."""
         self.pending: list[Event] = []
         self.since = 0.0
         self.leased = 0.0
@@ -209,6 +211,7 @@ class Slot:
             while True:
                 event = side.receive(conn.read_packet())
                 if type(event) is Assigned:
+                    self.job_side = side
                     if self.settings.prefetch and not self.settings.stopping.is_set():
                         self._send_on(conn, side.grab_ahead())
                     final = self._run(link, event.assignment)
@@ -221,7 +224,14 @@ class Slot:
                     self._send_on(conn, event.send)
                     return False
                 if type(event) is ErrorAnswer:
-                    if event.send:
+                    if event.no_work_output:
+                        log.warning(
+                            "job server %s does not take WORK_DATA/WORK_WARNING (%s): they are "
+                            "stored, no longer sent to it",
+                            conn.server,
+                            event.error,
+                        )
+                    elif event.send:
                         log.warning(
                             "job server %s answered %s to GRAB_JOB_UNIQ: an older protocol; "
                             "grabbing with GRAB_JOB (jobs come without their unique)",
@@ -263,7 +273,14 @@ class Slot:
             try:
                 for packet in link.conn.read_available():
                     event = link.side.receive(packet)
-                    if type(event) is ErrorAnswer:
+                    if type(event) is ErrorAnswer and event.no_work_output:
+                        log.warning(
+                            "job server %s does not take WORK_DATA/WORK_WARNING (%s): they are "
+                            "stored, no longer sent to it",
+                            link.conn.server,
+                            event.error,
+                        )
+                    elif type(event) is ErrorAnswer:
                         log.warning(
                             "job server %s answered ERROR %s", link.conn.server, event.error
                         )
@@ -312,13 +329,15 @@ class Slot:
         """:class:`~gearstash.worker.job.JobChannel`: a WORK_DATA chunk."""
         if self._record(job, Event(EventKind.DATA, job.key, time.time(), chunk, ttl=job.ttl)):
             self.hooks.data(job, chunk)
-            self._send(job, encode_work(PacketType.WORK_DATA, job.handle, chunk))
+            if self._output_taken():
+                self._send(job, encode_work(PacketType.WORK_DATA, job.handle, chunk))
 
     def warning(self, job: Job, chunk: bytes) -> None:
         """:class:`~gearstash.worker.job.JobChannel`: a WORK_WARNING."""
         if self._record(job, Event(EventKind.WARNING, job.key, time.time(), chunk, ttl=job.ttl)):
             self.hooks.warning(job, chunk)
-            self._send(job, encode_work(PacketType.WORK_WARNING, job.handle, chunk))
+            if self._output_taken():
+                self._send(job, encode_work(PacketType.WORK_WARNING, job.handle, chunk))
 
     def status(self, job: Job, numerator: int, denominator: int) -> None:
         """:class:`~gearstash.worker.job.JobChannel`: a WORK_STATUS point."""
@@ -338,6 +357,11 @@ class Slot:
                     PacketType.WORK_STATUS, job.handle, b"%d" % numerator, b"%d" % denominator
                 ),
             )
+
+    def _output_taken(self) -> bool:
+        """Whether the job's server takes WORK_DATA/WORK_WARNING (stored either way)."""
+        side = self.job_side
+        return side is None or side.work_output
 
     def _send(self, job: Job, packet: bytes) -> None:
         """Send a work packet of the running job. With a committer (``pipeline`` > 1) and a
