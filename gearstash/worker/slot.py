@@ -224,14 +224,9 @@ class Slot:
                     self._send_on(conn, event.send)
                     return False
                 if type(event) is ErrorAnswer:
-                    if event.no_work_output:
-                        log.warning(
-                            "job server %s does not take WORK_DATA/WORK_WARNING (%s): they are "
-                            "stored, no longer sent to it",
-                            conn.server,
-                            event.error,
-                        )
-                    elif event.send:
+                    if event.no_work_output or not event.send:
+                        _say_error(conn.server, event)
+                    else:
                         log.warning(
                             "job server %s answered %s to GRAB_JOB_UNIQ: an older protocol; "
                             "grabbing with GRAB_JOB (jobs come without their unique)",
@@ -239,8 +234,6 @@ class Slot:
                             event.error,
                         )
                         self._send_on(conn, event.send)
-                    else:
-                        log.warning("job server %s answered ERROR %s", conn.server, event.error)
                 elif type(event) is Unexpected:
                     log.warning(
                         "job server %s sent unexpected %s; ignored",
@@ -273,17 +266,8 @@ class Slot:
             try:
                 for packet in link.conn.read_available():
                     event = link.side.receive(packet)
-                    if type(event) is ErrorAnswer and event.no_work_output:
-                        log.warning(
-                            "job server %s does not take WORK_DATA/WORK_WARNING (%s): they are "
-                            "stored, no longer sent to it",
-                            link.conn.server,
-                            event.error,
-                        )
-                    elif type(event) is ErrorAnswer:
-                        log.warning(
-                            "job server %s answered ERROR %s", link.conn.server, event.error
-                        )
+                    if type(event) is ErrorAnswer:
+                        _say_error(link.conn.server, event)
                     elif type(event) is Unexpected:
                         raise ProtocolError(
                             f"job server {link.conn.server} sent {packet.kind.name} to a "
@@ -655,3 +639,16 @@ class Slot:
             encode_work(PacketType.WORK_COMPLETE, handle, result),
             lambda: self.hooks.completed(job, result),
         )
+
+
+def _say_error(server: str, event: ErrorAnswer) -> None:
+    """Log an ERROR a job server answered (one that asks for nothing to be sent instead)."""
+    if event.no_work_output:
+        log.warning(
+            "job server %s does not take WORK_DATA/WORK_WARNING (%s): they are stored, no longer "
+            "sent to it",
+            server,
+            event.error,
+        )
+    else:
+        log.warning("job server %s answered ERROR %s", server, event.error)
