@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from perlgearman import PerlGearmanServer
-from servers import need
+from servers import need, tcp_reachable
 from test_cli import (  # noqa: F401  (cli_env is a fixture)
     _one_error_line,
     cli,
@@ -32,12 +33,13 @@ from test_outage import OwnRedis
 
 from gearstash import Client, JobRef, State, config
 from gearstash.cli.main import main
-from gearstash.errors import ConfigError
+from gearstash.errors import ConfigError, StoreError
 from gearstash.model.records import Event, EventKind, JobKey
 from gearstash.protocol.packets import Decoder, Packet, PacketType, encode_request, encode_response
 from gearstash.protocol.worker_side import ErrorAnswer, WorkerSide
 from gearstash.spine.manager import open_store
 from gearstash.store.urls import scrub
+from gearstash.testing.gearmand import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -694,3 +696,56 @@ def test_14_the_worker_side_reads_perl_gearman_servers_errors():
     assert not side.work_output
     again = side.receive(_perl_error("work_warning"))
     assert isinstance(again, ErrorAnswer) and not again.no_work_output  # said once
+
+
+# ---------------------------------------------------------------- 10. one message style
+
+TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", re.MULTILINE)
+
+
+@pytest.mark.gearmand
+def test_10_one_message_style_and_timestamps_only_with_v(gearmand, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEARSTASH_")}
+    env["GEARSTASH_HOME"] = str(tmp_path / "home")
+    env["GEARSTASH_STORE"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    args = ("submit", "-b", "-s", gearmand.address, "f", "x")
+    quiet = run_gearstash(*args, env=env, cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stdout.startswith("H:")  # submitted all the same
+    line = _one_line(quiet.stderr)
+    assert line.startswith("gearstash: warning: 1 job(s) submitted"), line
+    assert "not recorded as submitted" in line and "Connection refused" in line
+    verbose = run_gearstash("-v", *args, env=env, cwd=tmp_path)
+    assert TIMESTAMPED.search(verbose.stderr), verbose.stderr
+
+    dead = f"127.0.0.1:{free_port()}"
+    status = run_gearstash("status", "-s", dead, "H:x:1", env=env, cwd=tmp_path)
+    assert status.returncode == 1
+    assert _one_line(status.stderr).startswith("gearstash: error: ")
+    assert "Connection refused" in status.stderr
+
+
+def test_10_a_missing_redis_password_is_said_plainly(tmp_path):
+    binary = shutil.which("redis-server") or "/usr/sbin/redis-server"
+    need(os.path.exists(binary), "redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--requirepass", "pw-9"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert wait_until(lambda: tcp_reachable("127.0.0.1", port, 0.2), 10)
+        for url, said in [
+            (f"redis://127.0.0.1:{port}/0", "the store needs a password"),
+            (
+                f"redis://:wrong-pw@127.0.0.1:{port}/0",
+                "the store refused the user name or password",
+            ),
+        ]:
+            with pytest.raises(StoreError) as caught:
+                open_store(url)
+            assert said in str(caught.value) and "HELLO" not in str(caught.value)
+            assert "wrong-pw" not in str(caught.value)
+    finally:
+        proc.terminate()
+        proc.wait(10)

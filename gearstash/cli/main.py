@@ -62,8 +62,28 @@ from gearstash.store.urls import redact_url
 def main(ctx: click.Context, verbose: int, config_file: str | None) -> None:
     """Keep what Gearman background jobs say, and fetch it back by job handle."""
     ctx.obj = {"config": config_file}
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose)
+
+
+class _LevelWord(logging.Filter):
+    """Gives each record ``level_word``: its level in lower case (``warning``, ``error``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.level_word = record.levelname.lower()
+        return True
+
+
+def configure_logging(verbose: int) -> None:
+    """One message style: without -v, warnings and errors read ``gearstash: warning: …`` like
+    every other message of the command line; with -v (info) or -vv (debug), log lines carry
+    their time, level and logger."""
+    handler = logging.StreamHandler()
+    if verbose:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.addFilter(_LevelWord())
+        handler.setFormatter(logging.Formatter("gearstash: %(level_word)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), handlers=[handler])
 
 
 # ---------------------------------------------------------------- streamed job output

@@ -82,6 +82,8 @@ class ServerLinks:
         }
         self._locks = {s: threading.Lock() for s in self.servers}
         self.timeout = timeout
+        self.down_reasons: dict[str, str] = {}
+        """Why each server found down by :meth:`statuses` was (its latest connection error)."""
         self.no_unique_status: set[str] = set()
         """Servers that proved they have no GET_STATUS_UNIQUE (asked by unique no more)."""
 
@@ -261,8 +263,9 @@ class ServerLinks:
                     server, list(dict.fromkeys(handles))
                 ).items():
                     found[(server, handle)] = status
-            except ServerUnavailable:
+            except ServerUnavailable as exc:
                 down.add(server)
+                self.down_reasons[server] = str(exc)
         return found, down
 
     def status(self, ref: RefLike) -> Status:
@@ -278,7 +281,8 @@ class ServerLinks:
         servers = [job.server] if job.server else self.servers
         answers = [found[(s, job.handle)] for s in servers if (s, job.handle) in found]
         if not answers:
-            raise ServerUnavailable(f"no job server answered for {job}: {', '.join(sorted(down))}")
+            reasons = [self.down_reasons.get(s, s) for s in sorted(down)]
+            raise ServerUnavailable(f"no job server answered for {job}: {'; '.join(reasons)}")
         return next((a for a in answers if a.known), answers[0])
 
     def status_unique(self, unique: bytes | str) -> Status:

@@ -22,6 +22,17 @@ def to_store_error(
     """
     if isinstance(exc, GearstashError):
         return exc
+    secrets = list(secrets)
+    if _refused_login(exc):
+        return StoreError(
+            f"{name}: {doing} failed: "
+            + (
+                "the store refused the user name or password"
+                if secrets
+                else "the store needs a password (put it in the URL, redis://:PASSWORD@host/0, "
+                "from $GEARSTASH_STORE or the config file)"
+            )
+        )
     if isinstance(exc, OSError) and exc.strerror:
         detail = f"{type(exc).__name__}: {exc.strerror}"
     else:
@@ -34,3 +45,13 @@ def to_store_error(
     if len(detail) > MAX_DETAIL:
         detail = detail[: MAX_DETAIL - 3] + "..."
     return StoreError(f"{name}: {doing} failed: {detail}")
+
+
+def _refused_login(exc: BaseException) -> bool:
+    """redis-py's AuthenticationError, or a NOAUTH reply: the server wants (other) credentials."""
+    text = str(exc)
+    return (
+        type(exc).__name__ == "AuthenticationError"
+        or text.startswith("NOAUTH")
+        or "Authentication required" in text
+    )
