@@ -34,7 +34,8 @@ from test_outage import OwnRedis
 from gearstash import Client, JobRef, State, config
 from gearstash.cli.main import main
 from gearstash.errors import ConfigError, StoreError
-from gearstash.model.records import Event, EventKind, JobKey
+from gearstash.model.records import Event, EventKind, JobKey, JobRecord
+from gearstash.model.views import JobView
 from gearstash.protocol.packets import Decoder, Packet, PacketType, encode_request, encode_response
 from gearstash.protocol.worker_side import ErrorAnswer, WorkerSide
 from gearstash.spine.manager import open_store
@@ -749,3 +750,32 @@ def test_10_a_missing_redis_password_is_said_plainly(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# ---------------------------------------------------------------- 12. README and behaviour agree
+
+
+def test_12_fetch_json_of_an_unknown_job_has_every_key_and_exits_0(tmp_sqlite_url):
+    known = JobView(JobRef.parse("H:vm:1"), State.COMPLETE, None, _record()).to_json()
+    open_store(tmp_sqlite_url).close()
+    fetched = CliRunner().invoke(
+        main, ["fetch", "-s", "127.0.0.1:1", "--json", "--store", tmp_sqlite_url, "H:vm:404"]
+    )
+    assert fetched.exit_code == 0, fetched.output
+    doc = json.loads(fetched.stdout)
+    assert doc["state"] == "unknown"
+    assert set(doc) == set(known)
+    readme = (REPO / "README.md").read_text()
+    assert "also `fetch` of a job nobody knows" in readme  # the exit-code table says exit 0
+
+
+def _record() -> JobRecord:
+    record = JobRecord(JobKey("127.0.0.1:4730", b"H:vm:1", b"u"))
+    record.apply(Event(EventKind.COMPLETED, record.key, 1.0, payload=b"r"))
+    return record
+
+
+def test_12_the_readme_says_how_to_get_gearstash_on_path():
+    readme = (REPO / "README.md").read_text()
+    command_line = readme.split("## Command line", 1)[1]
+    assert command_line.index(".venv/bin/activate") < command_line.index("$ gearstash")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gearstash.model.codec import bytes_to_json
-from gearstash.model.records import JobRecord, JobRef, State
+from gearstash.model.records import JobKey, JobRecord, JobRef, State
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,31 +74,22 @@ class JobView:
     def to_json(self) -> dict[str, Any]:
         """The stored record's JSON form (README, "Record format") plus the live status.
 
-        Always has ``handle``, ``server``, ``function``, ``unique``, ``state``, ``known``,
-        ``running``, ``numerator``, ``denominator``, ``data``, ``warnings``, ``result``, ``error``.
+        Always has every key of the record format (for a job the store does not know, with empty
+        values) plus ``ref``, ``state``, ``known``, ``running``, ``numerator``, ``denominator``
+        and ``server_reachable``.
         """
         record = self.record
-        out: dict[str, Any] = (
-            record.to_json()
-            if record is not None
-            else {
-                "format": "gearstash.job/1",
-                "server": self.ref.server,
-                "handle": bytes_to_json(self.ref.handle),
-                "unique": None if self.ref.unique is None else bytes_to_json(self.ref.unique),
-                "function": None,
-                "attempt": 0,
-                "data": [],
-                "warnings": [],
-                "status": [],
-                "result": None,
-                "error": None,
-                "worker": None,
-                "started_at": None,
-                "finished_at": None,
-                "updated_at": None,
-            }
-        )
+        if record is not None:
+            out: dict[str, Any] = record.to_json()
+        else:  # every key a record has, empty: the same shape for a job the store does not know
+            key = JobKey(self.ref.server or "", self.ref.handle, self.ref.unique or b"")
+            out = JobRecord(key, attempt=0).to_json()
+            out.update(
+                server=self.ref.server,
+                unique=None if self.ref.unique is None else bytes_to_json(self.ref.unique),
+                function=None,
+                worker=None,
+            )
         if out.get("server") is None and self.status is not None:
             out["server"] = self.status.server
         out["ref"] = str(self.ref)
