@@ -19,17 +19,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from perlgearman import PerlGearmanServer
-from servers import need, tcp_reachable
+from support.need import need
+from support.waiting import poll
 from test_cli import (  # noqa: F401  (cli_env is a fixture)
     _one_error_line,
     cli,
     cli_env,
     run_gearstash,
-    wait_until,
     worker_process,
 )
-from test_outage import OwnRedis
 
 from gearstash import Client, JobRef, State, config
 from gearstash.cli.main import main
@@ -40,7 +38,8 @@ from gearstash.protocol.packets import Decoder, Packet, PacketType, encode_reque
 from gearstash.protocol.worker_side import ErrorAnswer, WorkerSide
 from gearstash.spine.manager import open_store
 from gearstash.store.urls import scrub
-from gearstash.testing.gearmand import free_port
+from gearstash.testing.gearmand import admin_command, free_port
+from gearstash.testing.servers import perl_gearman_spec, redis_spec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -395,32 +394,35 @@ def test_6_a_path_to_a_py_file_and_app_dir(gearmand, cli_env, tmp_path):  # noqa
 
 
 @pytest.mark.gearmand
-def test_5_a_worker_starts_with_its_store_down_spools_and_replays(gearmand, cli_env, tmp_path):  # noqa: F811
-    redis = OwnRedis(tmp_path / "redis")  # not started: the store is down
+def test_5_a_worker_starts_with_its_store_down_spools_and_replays(
+    gearmand,
+    cli_env,  # noqa: F811
+    tmp_path,
+    own_server,
+):
+    redis = own_server(lambda: redis_spec(persistent=True))
+    redis.stop()  # the store is down when the worker starts
     env = dict(cli_env, GEARSTASH_STORE=redis.url)
     spool = tmp_path / "spool"
-    try:
-        with worker_process(
-            ["-s", gearmand.address, "--spool", str(spool), "clijobs:reverse"],
-            env=env,
-            cwd=tmp_path,
-            servers=[gearmand],
-            functions=["reverse"],
-        ):
-            with Client([gearmand.address], store="null://") as client:
-                ref = client.submit_background("reverse", b"ABC123", unique="down-at-start")
-                assert wait_until(lambda: not client.status(ref).known, 30)  # the job ran
-            assert any(f.stat().st_size > 0 for f in spool.glob("*.spool"))
-            redis.start()
-            with Client([gearmand.address], store=redis.url) as client:
-                view = client.wait(ref, timeout=60)
-            assert (view.state, view.result) == (State.COMPLETE, b"321CBA")
-            assert view.record.data == [b"chunk-0", b"chunk-1", b"chunk-2"]
-        log = "\n".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
-        assert f"store {redis.url} unreachable at start" in log, log
-        assert "Traceback" not in log, log
-    finally:
-        redis.stop()
+    with worker_process(
+        ["-s", gearmand.address, "--spool", str(spool), "clijobs:reverse"],
+        env=env,
+        cwd=tmp_path,
+        servers=[gearmand],
+        functions=["reverse"],
+    ):
+        with Client([gearmand.address], store="null://") as client:
+            ref = client.submit_background("reverse", b"ABC123", unique="down-at-start")
+            assert poll(lambda: not client.status(ref).known, 30)  # the job ran
+        assert any(f.stat().st_size > 0 for f in spool.glob("*.spool"))
+        redis.start()
+        with Client([gearmand.address], store=redis.url) as client:
+            view = client.wait(ref, timeout=60)
+        assert (view.state, view.result) == (State.COMPLETE, b"321CBA")
+        assert view.record.data == [b"chunk-0", b"chunk-1", b"chunk-2"]
+    log = "\n".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
+    assert f"store {redis.url} unreachable at start" in log, log
+    assert "Traceback" not in log, log
 
 
 # ---------------------------------------------------------------- 2. job output on a terminal
@@ -580,9 +582,11 @@ def test_11_the_demo_prints_the_worker_banner_before_the_live_bars(tmp_path):
 
 
 @pytest.fixture
-def perl_server(tmp_path: Path):
-    with PerlGearmanServer(tmp_path) as server:
-        yield server
+def perl_server(own_server):
+    """Perl's Gearman::Server of this test's own (``admin()`` for the text protocol)."""
+    server = own_server(perl_gearman_spec)
+    server.admin = lambda command: admin_command(server.host, server.port, command)
+    return server
 
 
 def test_14_gearstash_worker_and_client_on_perl_gearman_server(
@@ -657,12 +661,12 @@ def test_14_gearstash_client_with_a_perl_worker(gearmand, tmp_sqlite_url, tmp_pa
     )
     try:
         assert worker.stdout.readline() == "ready\n"
-        assert wait_until(lambda: "perlrev" in gearmand.admin("status"), 15)
+        assert poll(lambda: "perlrev" in gearmand.admin("status"), 15)
         with Client([gearmand.address], store=tmp_sqlite_url) as client:
             view = client.submit("perlrev", b"gearman", timeout=20)
             assert (view.state, view.result) == (State.COMPLETE, b"namraeg")
             ref = client.submit_background("perlrev", b"abc")
-            assert wait_until(lambda: not client.status(ref).known, 15)
+            assert poll(lambda: not client.status(ref).known, 15)
             # a worker that does not capture: the store has only the submission marker
             assert client.fetch(ref).state is State.LOST
     finally:
@@ -725,31 +729,16 @@ def test_10_one_message_style_and_timestamps_only_with_v(gearmand, tmp_path):
     assert "Connection refused" in status.stderr
 
 
-def test_10_a_missing_redis_password_is_said_plainly(tmp_path):
-    binary = shutil.which("redis-server") or "/usr/sbin/redis-server"
-    need(os.path.exists(binary), "redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--requirepass", "pw-9"],
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        assert wait_until(lambda: tcp_reachable("127.0.0.1", port, 0.2), 10)
-        for url, said in [
-            (f"redis://127.0.0.1:{port}/0", "the store needs a password"),
-            (
-                f"redis://:wrong-pw@127.0.0.1:{port}/0",
-                "the store refused the user name or password",
-            ),
-        ]:
-            with pytest.raises(StoreError) as caught:
-                open_store(url)
-            assert said in str(caught.value) and "HELLO" not in str(caught.value)
-            assert "wrong-pw" not in str(caught.value)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def test_10_a_missing_redis_password_is_said_plainly(own_server):
+    redis = own_server(lambda: redis_spec(extra=["--requirepass", "pw-9"]))
+    for url, said in [
+        (redis.url, "the store needs a password"),
+        (redis.url.replace("//", "//:wrong-pw@"), "the store refused the user name or password"),
+    ]:
+        with pytest.raises(StoreError) as caught:
+            open_store(url)
+        assert said in str(caught.value) and "HELLO" not in str(caught.value)
+        assert "wrong-pw" not in str(caught.value)
 
 
 # ---------------------------------------------------------------- 12. README and behaviour agree

@@ -563,3 +563,32 @@ def mariadb_spec() -> ServerSpec:
         user=user,
         url=lambda port, folder: f"mysql+pymysql://root@{HOST}:{port}/test",
     )
+
+
+PERL_GEARMAND = "/usr/bin/gearmand"
+"""Where Debian's gearman-server package puts Perl's Gearman::Server (a Perl script; the C
+gearmand of gearman-job-server is /usr/sbin/gearmand)."""
+
+
+def perl_gearman_spec() -> ServerSpec:
+    """Perl's Gearman::Server, a second job-server implementation that speaks only the original
+    protocol: no GRAB_JOB_UNIQ, WORK_DATA, WORK_WARNING, GET_STATUS_UNIQUE, SUBMIT_JOB_HIGH_BG or
+    SUBMIT_JOB_LOW*, and empty STATUS_RES numbers for a job that sent no WORK_STATUS. Its URL is
+    ``127.0.0.1:PORT``."""
+    try:
+        with open(PERL_GEARMAND, "rb") as f:
+            perl = b"perl" in f.readline()
+    except OSError:
+        perl = False
+    if not perl:
+        raise ServerMissing(
+            "Perl Gearman::Server is not installed (Debian package gearman-server): run make setup"
+        )
+
+    def argv(port: int, folder: Path) -> list[str]:
+        return [PERL_GEARMAND, "-p", str(port), "-L", HOST]
+
+    def ready(port: int, folder: Path) -> bool:
+        return tcp_reachable(HOST, port, 0.5)
+
+    return ServerSpec("perl-gearmand", argv, ready)
