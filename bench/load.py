@@ -330,8 +330,10 @@ def _stop_workers(procs: list[tuple[subprocess.Popen[bytes], Path]], report: Rep
             code = proc.wait()
             report.worker_errors.append(f"worker {i} ignored SIGTERM for 20 s (killed)")
         lines = log.read_text(errors="replace").splitlines()
-        # the CLI's one start-up line ("gearstash worker: serving ...") is expected; nothing else
-        extra = [line for line in lines if not line.startswith("gearstash worker: serving")]
+        # the CLI's start-up line ("gearstash worker: serving ...") and its one line on the
+        # signal ("gearstash worker: stopped on SIGTERM after N job(s)") are expected; nothing else
+        said = ("gearstash worker: serving", "gearstash worker: stopped on SIGTERM")
+        extra = [line for line in lines if not line.startswith(said)]
         if code != 0 or extra:
             tail = " | ".join(extra[-5:])
             report.worker_errors.append(f"worker {i} pid {proc.pid} exit {code}: {tail}")

@@ -79,6 +79,11 @@ REFUSED_FOR_GOOD: tuple[type[Exception], ...] = (StoreRejected, ValueError, Type
 ValueError/TypeError escaping a store that could not encode the batch (a bug in that store)."""
 
 
+class StoreDenied(StoreError):
+    """The store is up but refuses these credentials (a missing or wrong password, a user
+    without permission): a configuration error, not an outage — a worker does not wait for it."""
+
+
 class ConfigError(GearstashError):
     """Bad configuration: an unknown store scheme, a malformed server address or URL."""
 

@@ -417,7 +417,9 @@ def test_5_a_worker_starts_with_its_store_down_spools_and_replays(
         assert any(f.stat().st_size > 0 for f in spool.glob("*.spool"))
         redis.start()
         with Client([gearmand.address], store=redis.url) as client:
-            view = client.wait(ref, timeout=60)
+            # the replay thread retries with backoff: until then the job is unknown to both
+            assert poll(lambda: client.fetch(ref).state is State.COMPLETE, 60)
+            view = client.fetch(ref)
         assert (view.state, view.result) == (State.COMPLETE, b"321CBA")
         assert view.record.data == [b"chunk-0", b"chunk-1", b"chunk-2"]
     log = "\n".join(p.read_text() for p in tmp_path.glob("worker-*.log"))

@@ -290,12 +290,17 @@ def test_worker_refuses_a_bad_store_without_showing_the_password(
         env = dict(clean_env, GEARSTASH_STORE=url)
         if i % 2:
             env = dict(clean_env, GEARSTASH_STORE_FILE=str(secret_file))
-        proc = run_cli(env, tmp_path, "-vv", "worker", "-s", gearmand.address, "secjobs:reverse")
-        output = proc.stdout + proc.stderr
-        assert proc.returncode == 1, (name, output)
-        assert "Traceback" not in output, output
-        assert_hidden(output, secret, "gearstash: error:", *words)
-        assert_hidden(output, password)
+        # issue 9.5: a worker serves and spools through an outage (no server on that port);
+        # tests/test_cli.py checks what it says then, without the password
+        if name not in ("store down", "password in the query"):
+            proc = run_cli(
+                env, tmp_path, "-vv", "worker", "-s", gearmand.address, "secjobs:reverse"
+            )
+            output = proc.stdout + proc.stderr
+            assert proc.returncode == 1, (name, output)
+            assert "Traceback" not in output, output
+            assert_hidden(output, secret, "gearstash: error:", *words)
+            assert_hidden(output, password)
         # the same from the library
         with pytest.raises((StoreError, ConfigError)) as info:
             open_store(url)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from gearstash import config
-from gearstash.errors import ConfigError, GearstashError, StoreError
+from gearstash.errors import ConfigError, GearstashError, StoreDenied, StoreError
 from gearstash.spine import hookspecs
 from gearstash.store.contract import Store, StoreFactory, StoreType
 from gearstash.store.urls import check_url_syntax, redact_url, scrub, url_scheme
@@ -204,7 +204,7 @@ def open_store(url: str, pm: pluggy.PluginManager | None = None, *, create: bool
         text = str(exc)
         if scrub(text, url) == text:
             raise
-        cls = type(exc) if type(exc) in (StoreError, ConfigError) else StoreError
+        cls = type(exc) if type(exc) in (StoreError, StoreDenied, ConfigError) else StoreError
         raise cls(scrub(text, url)) from None
     except Exception as exc:  # a driver error a store let through: never show its password
         cls = ConfigError if isinstance(exc, ValueError) else StoreError

@@ -42,7 +42,7 @@ import pluggy
 
 from gearstash import config
 from gearstash.config import default_store_url
-from gearstash.errors import ConfigError, StoreError
+from gearstash.errors import ConfigError, StoreDenied, StoreError
 from gearstash.spine.manager import EventHooks, is_local_store, open_store
 from gearstash.store.contract import Store
 from gearstash.store.deferred import DeferredStore
@@ -314,9 +314,12 @@ def _open_or_defer(url: str, plugin_manager: pluggy.PluginManager | None) -> Sto
     """The store at ``url``; while it is unreachable (StoreError, not a bad URL), a
     :class:`~gearstash.store.deferred.DeferredStore` that opens it on first use, so that a
     worker started during an outage serves and spools instead of exiting. A local store (a
-    SQLite file) that cannot be opened is an error at once."""
+    SQLite file) that cannot be opened, or a store that refuses the credentials
+    (:class:`~gearstash.errors.StoreDenied`), is an error at once."""
     try:
         return open_store(url, plugin_manager)
+    except StoreDenied:
+        raise  # wrong credentials: nothing to wait for
     except StoreError as exc:
         if is_local_store(url, plugin_manager):  # a file is not a server that comes back
             raise

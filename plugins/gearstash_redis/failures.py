@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gearstash.errors import GearstashError, StoreError
+from gearstash.errors import GearstashError, StoreDenied, StoreError
 
 MAX_DETAIL = 400
 
@@ -24,24 +24,23 @@ def to_store_error(
         return exc
     secrets = list(secrets)
     if _refused_login(exc):
-        return StoreError(
-            f"{name}: {doing} failed: "
-            + (
-                "the store refused the user name or password"
-                if secrets
-                else "the store needs a password (put it in the URL, redis://:PASSWORD@host/0, "
-                "from $GEARSTASH_STORE or the config file)"
+        if secrets:
+            said = _scrubbed(str(exc).splitlines()[0] if str(exc) else "", secrets)
+            return StoreDenied(
+                f"{name}: {doing} failed: authentication failed: the store refused the user "
+                f"name or password ({said})"
             )
+        return StoreDenied(
+            f"{name}: {doing} failed: authentication required: the store needs a password "
+            "(put it in the URL, redis://:PASSWORD@host/0, from $GEARSTASH_STORE or the config "
+            "file)"
         )
     if isinstance(exc, OSError) and exc.strerror:
         detail = f"{type(exc).__name__}: {exc.strerror}"
     else:
         text = str(exc)
         detail = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-    detail = " ".join(detail.split())  # one line
-    for secret in secrets:
-        if len(secret) >= 3:  # shorter would mangle the message; redis-py never echoes it anyway
-            detail = detail.replace(secret, "***")
+    detail = _scrubbed(" ".join(detail.split()), secrets)  # one line
     if len(detail) > MAX_DETAIL:
         detail = detail[: MAX_DETAIL - 3] + "..."
     return StoreError(f"{name}: {doing} failed: {detail}")
@@ -55,3 +54,10 @@ def _refused_login(exc: BaseException) -> bool:
         or text.startswith("NOAUTH")
         or "Authentication required" in text
     )
+
+
+def _scrubbed(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if len(secret) >= 3:  # shorter would mangle the message; redis-py never echoes it anyway
+            text = text.replace(secret, "***")
+    return text
