@@ -43,6 +43,7 @@ system_missing() {
     [ -s /etc/ssl/certs/ca-certificates.crt ] || { echo "ca-certificates"; return; }
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || { echo "postgresql"; return; }
     perl -MGearman::Worker -e 1 >/dev/null 2>&1 || { echo "libgearman-client-perl"; return; }
+    perl -MGearman::Server -e 1 >/dev/null 2>&1 || { echo "gearman-server"; return; }
     php -r 'foreach (["gearman", "redis", "memcached", "pgsql", "pdo_sqlite", "pdo_mysql"] as $e)
                 if (!extension_loaded($e)) exit(1);' >/dev/null 2>&1 || { echo "php extensions"; return; }
 }
