@@ -124,8 +124,23 @@ else
     say "pip install -e '.[$EXTRAS]' pygearman -c $CONSTRAINTS"
     .venv/bin/python -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" \
         -e ".[$EXTRAS]" pygearman
+    rm -rf .venv/wheelhouse
     printf '%s\n' "$WANT" >"$STAMP"
     say "python packages installed"
+fi
+
+# The wheels of a bare `pip install gearstash` (no extras) and of its build, so the test that
+# installs one in a fresh venv needs no network (the suite may run in a namespace without one).
+if [ ! -f .venv/wheelhouse/.complete ]; then
+    say "pip download the no-extras install's wheels into .venv/wheelhouse"
+    rm -rf .venv/wheelhouse
+    mapfile -t BARE < <(.venv/bin/python -c '
+import tomllib
+data = tomllib.load(open("pyproject.toml", "rb"))
+print("\n".join(data["project"]["dependencies"] + data["build-system"]["requires"]))')
+    .venv/bin/python -m pip download -q --disable-pip-version-check --only-binary=:all: \
+        -d .venv/wheelhouse "${BARE[@]}"
+    touch .venv/wheelhouse/.complete
 fi
 
 say "ready in $ROOT"

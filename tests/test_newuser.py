@@ -156,8 +156,21 @@ def bare_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(REPO / name, source / name)
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    # from the wheels setup.sh downloaded: the suite may run without a network
+    wheelhouse = REPO / ".venv" / "wheelhouse"
+    assert (wheelhouse / ".complete").is_file(), "run scripts/setup.sh: .venv/wheelhouse is missing"
     subprocess.run(
-        [venv / "bin" / "python", "-m", "pip", "install", "-q", str(source)],
+        [
+            venv / "bin" / "python",
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            str(wheelhouse),
+            str(source),
+        ],
         check=True,
         timeout=900,
     )
@@ -572,6 +585,7 @@ def _one_line(stderr: str) -> str:
 def test_11_the_demo_prints_the_worker_banner_before_the_live_bars(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEARSTASH_")}
     env["GEARSTASH_HOME"] = str(tmp_path / "home")
+    env["TERM"] = "xterm-256color"  # a terminal that draws live bars (a bare chroot has no TERM)
     shown = in_pty(["demo", "--steps", "3", "--delay", "0.05"], env, tmp_path, timeout=120)
     banner = shown.find(b"gearstash worker: serving reverse")
     bars = shown.find(b"\x1b[?25l")  # rich hides the cursor when the live bars start
