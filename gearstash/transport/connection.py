@@ -203,6 +203,16 @@ class Connection:
 
     def _fill(self) -> None:
         """One recv into the decoder (blocking up to the kernel read timeout)."""
+        count = self._recv()
+        try:
+            self.decoder.feed(self._view[:count])
+        except ProtocolError:
+            self.close()
+            raise
+
+    def _recv(self) -> int:
+        """One recv into the buffer; returns the byte count (never 0). A timeout, an error or
+        the server closing the connection closes it and raises ServerUnavailable."""
         sock = self._sock()
         try:
             count = sock.recv_into(self._buffer)
@@ -221,11 +231,7 @@ class Connection:
             raise ServerUnavailable(
                 f"job server {self.server} closed the connection", server=self.server
             )
-        try:
-            self.decoder.feed(self._view[:count])
-        except ProtocolError:
-            self.close()
-            raise
+        return count
 
     def admin(self, command: str, *, multiline: bool) -> list[str]:
         """Run an admin text command (``status``, ``workers``, ``show jobs``, ``version``...).
@@ -238,20 +244,7 @@ class Connection:
         deadline = None if self.read_timeout is None else time.monotonic() + self.read_timeout
         while (result := reader.result()) is None:
             self._wait_readable(deadline)
-            sock = self._sock()
-            try:
-                count = sock.recv_into(self._buffer)
-            except OSError as exc:
-                self.close()
-                raise ServerUnavailable(
-                    f"lost job server {self.server}: {_reason(exc)}", server=self.server
-                ) from exc
-            if not count:
-                self.close()
-                raise ServerUnavailable(
-                    f"job server {self.server} closed the connection", server=self.server
-                )
-            reader.feed(self._view[:count])
+            reader.feed(self._view[: self._recv()])
         return result
 
 
