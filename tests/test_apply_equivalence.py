@@ -84,6 +84,7 @@ def _event_spec(draw: st.DrawFn) -> dict[str, object]:
         "traceback": draw(st.sampled_from(["", "Traceback (most recent call last):\n  x"])),
         "ttl": draw(st.sampled_from([None, None, 0.0, 600.0, 3600.25])),
         "lease": draw(st.sampled_from([None, None, 30.0, 0.5])),
+        "workload": draw(st.sampled_from([None, None, b"", b"load", b"\x00\xffw"])),
     }
 
 

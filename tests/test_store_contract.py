@@ -244,7 +244,7 @@ def test_sql_schema_version_present(sql_url: str) -> None:
             ).scalar_one()
     finally:
         engine.dispose()
-    assert version == "3"
+    assert version == "4"
 
 
 def _quoted_key(engine: sa.Engine) -> str:
@@ -258,14 +258,14 @@ def test_sql_newer_schema_is_refused(private_sql_url: str) -> None:
         with engine.begin() as conn:
             conn.execute(
                 sa.text(
-                    "UPDATE gearstash_meta SET value = '4' WHERE "
+                    "UPDATE gearstash_meta SET value = '5' WHERE "
                     + _quoted_key(engine)
                     + " = 'schema_version'"
                 )
             )
     finally:
         engine.dispose()
-    with pytest.raises(StoreError, match="schema_version 4, newer"):
+    with pytest.raises(StoreError, match="schema_version 5, newer"):
         open_store(private_sql_url)
 
 

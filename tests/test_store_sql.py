@@ -238,14 +238,15 @@ def _schema(url: str) -> tuple[str, set[str], set[str]]:
 
 
 def test_sql_version_1_tables_are_migrated(private_sql_url: str) -> None:
-    """Opening version 1 tables adds lease_until, the unique and state indexes, sets version 3, keeps
+    """Opening version 1 tables adds lease_until, workload, the unique and state indexes, sets
+    version 4, keeps
     every record; the new features then work on the old rows."""
     done, running = _make_v1(private_sql_url)
     assert _schema(private_sql_url)[0] == "1"
     store = open_store(private_sql_url)
     try:
         version, columns, indexes = _schema(private_sql_url)
-        assert version == "3" and "lease_until" in columns
+        assert version == "4" and {"lease_until", "workload"} <= columns
         assert {"ix_gearstash_jobs_unique_key", "ix_gearstash_jobs_state"} <= indexes
         done_events, running_events = _v1_events(done, running)
         got_done, got_running = store.get_many([exact(done), JobRef(running.handle)])
@@ -266,7 +267,7 @@ def test_sql_version_1_tables_are_migrated(private_sql_url: str) -> None:
     finally:
         store.close()
     open_store(private_sql_url).close()  # again: nothing left to do
-    assert _schema(private_sql_url)[0] == "3"
+    assert _schema(private_sql_url)[0] == "4"
 
 
 def test_sql_interrupted_migration_is_finished(private_sql_url: str) -> None:
@@ -283,7 +284,7 @@ def test_sql_interrupted_migration_is_finished(private_sql_url: str) -> None:
     store = open_store(private_sql_url)
     try:
         version, _columns, indexes = _schema(private_sql_url)
-        assert version == "3" and "ix_gearstash_jobs_unique_key" in indexes
+        assert version == "4" and "ix_gearstash_jobs_unique_key" in indexes
         got = get(store, JobRef(b"", done.server, done.unique))
         assert_same(got, JobRecord.from_events(done, _v1_events(done, running)[0]))
     finally:
@@ -313,35 +314,65 @@ def test_sql_version_1_migrated_by_racing_processes(private_sql_url: str) -> Non
         proc.join(timeout=120)
     assert [proc.exitcode for proc in procs] == [0] * 4
     version, columns, indexes = _schema(private_sql_url)
-    assert version == "3" and "lease_until" in columns
+    assert version == "4" and "lease_until" in columns
     assert {"ix_gearstash_jobs_unique_key", "ix_gearstash_jobs_state"} <= indexes
 
 
-def test_sql_version_2_tables_get_the_state_index(private_sql_url: str) -> None:
-    """Version 2 tables (no state index) are migrated to version 3 on open; records kept."""
-    store = open_store(private_sql_url)
+def _downgraded(url: str, version: int, statement: str) -> JobKey:
+    """Current tables holding one full job, taken back to ``version`` by ``statement`` (the
+    version row set to match); the job's key."""
+    store = open_store(url)
     key = new_key()
     try:
         store.write(full_job(key))
     finally:
         store.close()
-    engine = raw_engine(private_sql_url)
+    engine = raw_engine(url)
     try:
         with engine.begin() as conn:
-            on = " ON gearstash_jobs" if engine.dialect.name in ("mysql", "mariadb") else ""
-            conn.exec_driver_sql(f"DROP INDEX ix_gearstash_jobs_state{on}")
+            conn.exec_driver_sql(statement)
             quoted = engine.dialect.identifier_preparer.quote("key")
             conn.exec_driver_sql(
-                f"UPDATE gearstash_meta SET value = '2' WHERE {quoted} = 'schema_version'"
+                f"UPDATE gearstash_meta SET value = '{version}' WHERE {quoted} = 'schema_version'"
             )
     finally:
         engine.dispose()
-    assert _schema(private_sql_url)[0] == "2"
+    assert _schema(url)[0] == str(version)
+    return key
+
+
+def test_sql_version_2_tables_get_the_state_index(private_sql_url: str) -> None:
+    """Version 2 tables (no state index) are migrated to version 4 on open; records kept."""
+    mysql = private_sql_url.startswith(("mysql", "mariadb"))
+    on = " ON gearstash_jobs" if mysql else ""
+    key = _downgraded(private_sql_url, 2, f"DROP INDEX ix_gearstash_jobs_state{on}")
     store = open_store(private_sql_url)
     try:
         version, _columns, indexes = _schema(private_sql_url)
-        assert version == "3" and "ix_gearstash_jobs_state" in indexes
+        assert version == "4" and "ix_gearstash_jobs_state" in indexes
         assert_same(get(store, exact(key)), JobRecord.from_events(key, full_job(key)))
+    finally:
+        store.close()
+
+
+def test_sql_version_3_tables_get_the_workload_column(private_sql_url: str) -> None:
+    """Version 3 tables (no workload column) are migrated to version 4 on open: old records read
+    with no workload, and a captured workload is then stored and read back."""
+    key = _downgraded(private_sql_url, 3, "ALTER TABLE gearstash_jobs DROP COLUMN workload")
+    assert "workload" not in _schema(private_sql_url)[1]
+    store = open_store(private_sql_url)
+    try:
+        version, columns, _indexes = _schema(private_sql_url)
+        assert version == "4" and "workload" in columns
+        old = get(store, exact(key))
+        assert_same(old, JobRecord.from_events(key, full_job(key)))
+        assert old is not None and old.workload is None
+        new = new_key()
+        events = [ev(EventKind.STARTED, new, T0, function=b"f", workload=b"\x00load\xff")]
+        store.write(events)
+        got = get(store, exact(new))
+        assert_same(got, JobRecord.from_events(new, events))
+        assert got is not None and got.workload == b"\x00load\xff"
     finally:
         store.close()
 

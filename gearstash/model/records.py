@@ -221,7 +221,9 @@ class Event:
 
     ``payload`` holds the chunk (data, warning), the result (completed) or the error text (failed,
     exception). ``numerator``/``denominator`` are set for status events. ``function`` and ``worker``
-    are set on ``started`` (``function`` also on ``submitted``). ``traceback`` is set on
+    are set on ``started`` (``function`` also on ``submitted``). ``workload``, when not None, is
+    the job's workload as the worker captured it (set on ``started`` only, and only by a worker
+    or proxy asked to capture workloads; see :attr:`JobRecord.workload`). ``traceback`` is set on
     ``exception``. ``ttl``, when not None, overrides the store's default time to keep the job
     (seconds after this write; 0 = for ever). ``lease``, when not None, sets the record's
     ``lease_until`` to ``at + lease`` (the worker sets it on ``started`` and ``heartbeat``).
@@ -240,6 +242,15 @@ class Event:
     traceback: str = ""
     ttl: float | None = None
     lease: float | None = None
+    workload: bytes | None = None
+
+
+def captured_workload(workload: bytes, cap: int | None) -> bytes | None:
+    """What a ``started`` event stores of ``workload``: itself when capturing (``cap`` not None)
+    and it is at most ``cap`` bytes, else None (a bigger workload is not stored, never cut)."""
+    if cap is None or len(workload) > cap:
+        return None
+    return bytes(workload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +283,9 @@ class JobRecord:
     ``data_offset`` is the index of ``data[0]`` among all the job's chunks (non-zero only for
     records read with a cursor, :func:`gearstash.store.contract.get_after`). ``expires_at`` is the unix
     time after which the store may forget the job (None: never, or the store cannot tell).
+    ``workload`` is the job's workload when a capturing worker stored it (None: not captured —
+    capture off, or the workload was over the worker's size cap); a ``started`` event that
+    carries none leaves it as it was, so a retry by a worker that does not capture keeps it.
     """
 
     key: JobKey
@@ -290,6 +304,7 @@ class JobRecord:
     expires_at: float | None = None
     data_offset: int = 0
     lease_until: float | None = None
+    workload: bytes | None = None
 
     @classmethod
     def create(cls, event: Event) -> JobRecord | None:
@@ -340,6 +355,8 @@ class JobRecord:
             self.attempt = self.attempt + 1 if self.started_at is not None else 1
             self.function = event.function or self.function
             self.worker = event.worker
+            if event.workload is not None:
+                self.workload = event.workload
             self.state = State.RUNNING
             self.started_at = event.at
             self.finished_at = None
@@ -417,6 +434,7 @@ class JobRecord:
             "expires_at": self.expires_at,
             "lease_until": self.lease_until,
             "data_offset": self.data_offset,
+            "workload": None if self.workload is None else bytes_to_json(self.workload),
         }
 
     @classmethod
@@ -441,6 +459,7 @@ class JobRecord:
             raise ValueError(f"not a {FORMAT} record: format={obj.get('format')!r}")
         error = obj.get("error")
         result = obj.get("result")
+        workload = obj.get("workload")
         return cls(
             key=JobKey(obj["server"], json_to_bytes(obj["handle"]), json_to_bytes(obj["unique"])),
             function=json_to_bytes(obj["function"]),
@@ -463,6 +482,7 @@ class JobRecord:
             expires_at=obj.get("expires_at"),
             lease_until=obj.get("lease_until"),
             data_offset=int(obj.get("data_offset") or 0),
+            workload=None if workload is None else json_to_bytes(workload),
         )
 
 

@@ -230,6 +230,49 @@ class StoreContract:
         assert data(JobRef(handle, s2, b"u2")) is None
         assert data(JobRef(handle + b"x")) is None
 
+    def test_workload_is_kept_and_survives_a_retry(self, store: Store) -> None:
+        """A captured workload (on ``started``) is read back exactly; an empty one is not
+        "none"; a later attempt whose ``started`` carries none keeps it; one that carries
+        another replaces it; a job without one reads ``None``."""
+        key, empty, binary, plain = new_key(), new_key(), new_key(), new_key()
+        load = b'{"image": "cat.png", "size": [640, 480]}'
+        first = [
+            Event(EventKind.STARTED, key, T0, function=b"resize", worker="w", workload=load),
+            Event(EventKind.DATA, key, T0 + 1, b"half"),
+            Event(EventKind.EXCEPTION, key, T0 + 2, b"boom", traceback="tb"),
+        ]
+        store.write(first)
+        store.write([Event(EventKind.STARTED, empty, T0, workload=b"")])
+        odd = b"\x00\xff\xfe not utf-8 " + bytes(range(256)) * 256  # 64 KiB + a little
+        store.write(
+            [
+                Event(EventKind.SUBMITTED, binary, T0, function=b"f"),
+                Event(EventKind.STARTED, binary, T0 + 1, workload=odd),
+            ]
+        )
+        store.write(full_job(plain))
+        got, got_empty, got_binary, got_plain = store.get_many(
+            [exact(key), exact(empty), exact(binary), exact(plain)]
+        )
+        assert_same(got, JobRecord.from_events(key, first))
+        assert got is not None and got.workload == load
+        assert got_empty is not None and got_empty.workload == b""
+        assert got_binary is not None and got_binary.workload == odd
+        assert got_plain is not None and got_plain.workload is None
+        retry = [
+            Event(EventKind.STARTED, key, T0 + 10, worker="w2"),
+            Event(EventKind.COMPLETED, key, T0 + 11, b"ok"),
+        ]
+        store.write(retry)
+        got = store.get_many([exact(key)])[0]
+        assert_same(got, JobRecord.from_events(key, first + retry))
+        assert got is not None and (got.attempt, got.workload) == (2, load)
+        again = [Event(EventKind.STARTED, key, T0 + 20, workload=b"other")]
+        store.write(again)
+        got = store.get_many([JobRef(key.handle)])[0]
+        assert got is not None and (got.attempt, got.workload) == (3, b"other")
+        assert JobRecord.from_json(got.to_json()).workload == b"other"
+
     def test_binary_and_large_values_kept_exactly(self, store: Store) -> None:
         key = JobKey(new_server(), new_handle() + b"\x00\xff ../'\";%#@", b"\x00\xfe\x80 u")
         big = bytes(range(256)) * (5 * 4096)  # 5 MiB

@@ -50,10 +50,11 @@ any leading byte. Parts are written before the value that names them.
 ``gs:<J>:job`` — the head: the job record (``gearstash.job/1`` JSON) without its lists
     ``format``, ``server``, ``handle``, ``unique``, ``function``, ``state``, ``attempt``,
     ``result``, ``error``, ``worker``, ``started_at``, ``finished_at``, ``updated_at``,
-    ``expires_at``, ``lease_until`` as in the README's record format (``state`` ``queued``,
-    ``attempt`` 0: submitted, not started yet), and ``chunks``: ``{"generation": G,
-    "data": ND, "warnings": NW, "status": NS, ...}`` (other members are for writers). G is 16 hex
-    digits, new for every attempt (a ``started`` begins a new attempt: its chunks start afresh).
+    ``expires_at``, ``lease_until``, ``workload`` (absent in older heads: null) as in the
+    README's record format (``state`` ``queued``, ``attempt`` 0: submitted, not started yet),
+    and ``chunks``: ``{"generation": G, "data": ND, "warnings": NW, "status": NS, ...}``
+    (other members are for writers). G is 16 hex digits, new for every attempt (a ``started``
+    begins a new attempt: its chunks start afresh).
 ``gs:<J>:<G>:d:<i>`` — data chunk ``i`` (the bytes the worker sent), for ``0 <= i < ND``
 ``gs:<J>:<G>:w:<i>`` — warning ``i``, for ``i < NW``
 ``gs:<J>:<G>:s:<i>`` — status ``i``: ``{"numerator": N, "denominator": D, "at": T}``, ``i < NS``

@@ -223,7 +223,9 @@ class Head:
             f'"error":{error_json},"worker":{_str(r.worker)},'
             f'"started_at":{_num(r.started_at)},"finished_at":{_num(r.finished_at)},'
             f'"updated_at":{_num(r.updated_at)},"expires_at":{_num(r.expires_at)},'
-            f'"lease_until":{_num(r.lease_until)},"chunks":{chunks}}}}}'
+            f'"lease_until":{_num(r.lease_until)},'
+            f'"workload":{"null" if r.workload is None else _bytes(r.workload)},'
+            f'"chunks":{chunks}}}}}'
         )
         return text.encode()
 
@@ -234,6 +236,7 @@ class Head:
             raise ValueError(f"not a {FORMAT} head: format={obj.get('format')!r}")
         error = obj["error"]
         result = obj["result"]
+        workload = obj.get("workload")  # absent in heads written before workloads were kept
         record = JobRecord(
             key=JobKey(obj["server"], json_to_bytes(obj["handle"]), json_to_bytes(obj["unique"])),
             function=json_to_bytes(obj["function"]),
@@ -249,6 +252,7 @@ class Head:
             updated_at=obj["updated_at"],
             expires_at=obj["expires_at"],
             lease_until=obj.get("lease_until"),
+            workload=None if workload is None else json_to_bytes(workload),
         )
         chunks = obj["chunks"]
         gen = chunks["generation"]

@@ -32,7 +32,9 @@ unix seconds as Python prints a float):
     ``complete`` / ``failed``), ``attempt`` (0 while queued), ``worker``; and only when set:
     ``updated_at``, ``expires_at`` (absent when the job is kept for ever), ``lease_until``,
     ``started_at``, ``finished_at``, ``result`` (present and empty: an empty result),
-    ``error_kind`` (``fail`` / ``exception``), ``error_message``, ``traceback``. A new attempt (the
+    ``error_kind`` (``fail`` / ``exception``), ``error_message``, ``traceback``, ``workload``
+    (the job's workload, when a worker captured it; a later attempt without one keeps it). A
+    new attempt (the
     job started again) removes ``finished_at``, ``result`` and the error fields and empties the
     three lists. A ``submitted`` event writes only when the job has no hash yet (a ``queued``
     one); a ``heartbeat`` only when it has one.

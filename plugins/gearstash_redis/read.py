@@ -158,6 +158,7 @@ def _record(
         error_message,
         traceback,
         lease_until,
+        workload,
         data,
         warnings,
         status,
@@ -200,6 +201,7 @@ def _record(
         None if expires_at is None else float(expires_at),
         after,
         None if lease_until is None else float(lease_until),
+        workload,
     )
 
 
@@ -234,6 +236,7 @@ _FIELDS = [
     "expires_at",
     "data_offset",
     "lease_until",
+    "workload",
 ]
 
 

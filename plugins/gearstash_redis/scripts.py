@@ -23,6 +23,7 @@ OP_FAILED = b"F"
 OP_SUBMITTED = b"Q"
 OP_HEARTBEAT = b"B"
 OP_LEASE = b"L"
+OP_WORKLOAD = b"P"
 MAX_RUN = 1000  # values per RPUSH (Lua's unpack() has a C-stack limit of ~8000)
 
 # KEYS, per job (7 each): job, data, warnings, status, gone, handle index, unique index.
@@ -39,7 +40,8 @@ MAX_RUN = 1000  # values per RPUSH (Lua's unpack() has a C-stack limit of ~8000)
 #      C at result | F at kind message traceback |
 #      Q at function (submitted: makes a queued record when there is none, else nothing) |
 #      B lease_until-or-'' (heartbeat: ignored when there is no record) |
-#      L lease_until (the lease of the event before it)
+#      L lease_until (the lease of the event before it) |
+#      P workload (the captured workload of the 'started' before it)
 # An event other than Q and B makes the record when there is none. A batch that changes nothing
 # (Q for a record that exists, B for none) writes nothing: no TTL, no tombstone, no announcement.
 WRITE = r"""
@@ -128,6 +130,9 @@ for k = 1, #KEYS, 7 do
       i = i + 3
     elseif op == 'B' or op == 'L' then
       if exists and ARGV[i + 1] ~= '' then f['lease_until'] = ARGV[i + 1] end
+      i = i + 2
+    elseif op == 'P' then
+      f['workload'] = ARGV[i + 1]
       i = i + 2
     elseif op == 'D' or op == 'W' or op == 'T' then
       local n = tonumber(ARGV[i + 1])
@@ -240,6 +245,7 @@ READ_FIELDS = (
     b"error_message",
     b"traceback",
     b"lease_until",
+    b"workload",
 )
 
 # Reads a batch of references in one call (atomic: every job as of the same moment).
@@ -252,7 +258,7 @@ READ_FIELDS = (
 # Returns one entry per reference:
 #   live job: {server, handle, unique, function, state, attempt, worker, started_at, finished_at,
 #              updated_at, expires_at, result, error_kind, error_message, traceback, lease_until,
-#              data, warnings, status} (a field not set: nil);
+#              workload, data, warnings, status} (a field not set: nil);
 #   gone job: {tombstone} for 'f', {tombstone, K} otherwise (the newest matching job);
 #   nil: no such job (or vanished without a trace).
 # A reference by handle (or by unique) follows its index (newest first) to the first matching job
@@ -261,16 +267,16 @@ READ_MANY = r"""
 local prefix, after = ARGV[1], ARGV[2]
 local FIELDS = {'server', 'handle', 'unique', 'function', 'state', 'attempt', 'worker',
                 'started_at', 'finished_at', 'updated_at', 'expires_at', 'result', 'error_kind',
-                'error_message', 'traceback', 'lease_until'}
+                'error_message', 'traceback', 'lease_until', 'workload'}
 
 local call = redis.call
 
 local function live(base)
   local f = call('HMGET', base .. 'job', unpack(FIELDS))
   if not f[1] then return false end
-  f[17] = call('LRANGE', base .. 'data', after, '-1')  -- string arguments: a little cheaper
-  f[18] = call('LRANGE', base .. 'warnings', '0', '-1')
-  f[19] = call('LRANGE', base .. 'status', '0', '-1')
+  f[18] = call('LRANGE', base .. 'data', after, '-1')  -- string arguments: a little cheaper
+  f[19] = call('LRANGE', base .. 'warnings', '0', '-1')
+  f[20] = call('LRANGE', base .. 'status', '0', '-1')
   return f
 end
 

@@ -25,6 +25,7 @@ from .scripts import (
     OP_STATUS,
     OP_SUBMITTED,
     OP_WARNING,
+    OP_WORKLOAD,
 )
 
 _DATA = EventKind.DATA
@@ -111,6 +112,8 @@ def _ops(events: Sequence[Event]) -> list[Any]:
                 run = []
             if kind is _STARTED:
                 ops += (OP_STARTED, repr(event.at), event.function, _text(event.worker))
+                if event.workload is not None:
+                    ops += (OP_WORKLOAD, event.workload)
             elif kind is _COMPLETED:
                 ops += (OP_COMPLETED, repr(event.at), event.payload)
             elif kind is _HEARTBEAT:

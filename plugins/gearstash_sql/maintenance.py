@@ -9,12 +9,12 @@ one transaction (:meth:`Maintenance.apply`). It is bounded by ``limit`` rows per
    tombstone ORDER BY expires_at LIMIT n``, then the chunks and rows of those ids (the condition is
    checked again in the DELETEs: a job run again meanwhile has a new expiry and is left alone).
 2. **Newly expired jobs.** The rows with ``purged_until < expires_at <= now`` (``ORDER BY
-   expires_at LIMIT n``): their chunks are deleted and ``result``, ``error_message`` and
-   ``traceback`` set to NULL (the bulk of the space); the row stays as a tombstone so that the job
-   reads as ``expired``. ``purged_until`` (a row of ``gearstash_meta``, shared by every process
-   using the tables) then moves to the last expiry cleaned, so a step never walks the tombstones
-   again. Both queries are range scans of the ``expires_at`` index; a step with nothing to do
-   only reads.
+   expires_at LIMIT n``): their chunks are deleted and ``result``, ``error_message``,
+   ``traceback`` and ``workload`` set to NULL (the bulk of the space); the row stays as a
+   tombstone so that the job reads as ``expired``. ``purged_until`` (a row of
+   ``gearstash_meta``, shared by every process using the tables) then moves to the last expiry
+   cleaned, so a step never walks the tombstones again. Both queries are range scans of the
+   ``expires_at`` index; a step with nothing to do only reads.
 
 A row written with an expiry already older than ``purged_until`` (a TTL shorter than the delay
 between the event and its write, or a host whose clock is far behind) is not cleaned early; it
@@ -165,7 +165,8 @@ class Maintenance:
                 (*plan.expired, plan.now),
             )
             cursor.execute(
-                f"UPDATE {job_table} SET result = NULL, error_message = NULL, traceback = NULL "
+                f"UPDATE {job_table} SET result = NULL, error_message = NULL, traceback = NULL, "
+                f"workload = NULL "
                 f"WHERE id IN ({marks}) AND expires_at <= {mark}",
                 (*plan.expired, plan.now),
             )

@@ -58,6 +58,7 @@ FRESH_COLUMNS: dict[str, Any] = {
     "expires_at": None,
     "next_seq": 0,
     "lease_until": None,
+    "workload": None,
 }
 
 # every column a new job row is inserted with, and every column of a chunk row
@@ -175,6 +176,8 @@ class RowChange:
                     error_message=None,
                     traceback=None,
                 )
+                if event.workload is not None:
+                    changes["workload"] = event.workload
             elif kind is _COMPLETED:
                 changes.update(
                     state=State.COMPLETE.value,
@@ -252,6 +255,7 @@ class Scan:
         updated_at: float | None = None
         expires_at: float | None = None
         lease_until: float | None = None
+        workload: bytes | None = None
         seq = 0
         starts = 0
         finals = 0
@@ -287,6 +291,8 @@ class Scan:
                 starts += 1
                 function = event.function or function
                 worker = event.worker
+                if event.workload is not None:
+                    workload = event.workload
                 state = _RUNNING
                 started_at = at
                 finished_at = result = error_kind = error_message = traceback = None
@@ -333,6 +339,7 @@ class Scan:
             expires_at,
             seq,
             lease_until,
+            workload,
         )
         self.chunks = chunks
         self.starts = starts
@@ -402,6 +409,7 @@ RECORD_COLUMNS = (
     "expires_at",
     "next_seq",
     "lease_until",
+    "workload",
 )
 EXPIRES_AT = RECORD_COLUMNS.index("expires_at")
 NEXT_SEQ = RECORD_COLUMNS.index("next_seq")
@@ -458,6 +466,7 @@ def build_record(row: Sequence[Any], chunk_rows: Iterable[Sequence[Any]]) -> Job
         expires_at,
         _next_seq,
         lease_until,
+        workload,
     ) = row
     return JobRecord(
         key=JobKey(server, bytes(handle), bytes(unique_key)),
@@ -477,4 +486,5 @@ def build_record(row: Sequence[Any], chunk_rows: Iterable[Sequence[Any]]) -> Job
         updated_at=updated_at,
         expires_at=expires_at,
         lease_until=lease_until,
+        workload=None if workload is None else bytes(workload),
     )

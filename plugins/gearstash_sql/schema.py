@@ -1,4 +1,4 @@
-"""The SQL schema of the ``sql`` store (schema version 3), the same on SQLite, PostgreSQL and MariaDB.
+"""The SQL schema of the ``sql`` store (schema version 4), the same on SQLite, PostgreSQL and MariaDB.
 
 Other programs (PHP, reports, a DBA's shell) may read these tables directly, so they are kept plain:
 no pickles, bytes as BLOB/BYTEA, times as float Unix seconds in DOUBLE columns, states as short text.
@@ -31,6 +31,9 @@ next_seq        INTEGER                      the ``seq`` the next chunk of this 
 lease_until     DOUBLE, null                 Unix time until which the running job's worker
                                              promised to renew its lease (``heartbeat``); NULL:
                                              no lease (schema version 2)
+workload        BYTEA / LONGBLOB, null       the job's workload, when a worker captured it
+                                             (``--capture-workload``); NULL: not captured
+                                             (schema version 4)
 =============== ============================ ====================================================
 
 Unique constraint ``uq_gearstash_jobs_key`` on (handle, server, unique_key), which is also the index
@@ -56,17 +59,18 @@ at              DOUBLE                       Unix time the worker said it
 =============== ============================ ====================================================
 
 ``gearstash_meta``: ``key`` VARCHAR(64) primary key, ``value`` VARCHAR(255). Holds ``schema_version``
-(``"3"``) and, once a purge has cleaned something, ``purged_until`` (the expiry up to which expired
+(``"4"``) and, once a purge has cleaned something, ``purged_until`` (the expiry up to which expired
 jobs have been cleaned; see :mod:`gearstash_sql.maintenance`). ``key`` is a reserved word in
 MySQL/MariaDB: quote it (```key```) in hand-written SQL. A store refuses to open tables whose
 schema_version is newer than it knows.
 
-Schema version 1 → 2 → 3 (:func:`ensure_schema` migrates on open, once, under a lock: SQLite's
+Schema version 1 → 2 → 3 → 4 (:func:`ensure_schema` migrates on open, once, under a lock: SQLite's
 ``BEGIN IMMEDIATE``, a ``FOR UPDATE`` of the version row on PostgreSQL, ``GET_LOCK`` on MariaDB):
 adds the column ``lease_until`` and the index ``ix_gearstash_jobs_unique_key`` (version 2), the
-index ``ix_gearstash_jobs_state`` (version 3), then sets schema_version to ``"3"``. Every step is
-skipped when already done, so an interrupted migration is finished by the next opener. Rows keep
-their values (``lease_until`` NULL). Building the index blocks writes to ``gearstash_jobs`` while it
+index ``ix_gearstash_jobs_state`` (version 3), the column ``workload`` (version 4), then sets
+schema_version to ``"4"``. Every step is skipped when already done, so an interrupted migration is
+finished by the next opener. Rows keep their values (``lease_until`` and ``workload`` NULL).
+Building the index blocks writes to ``gearstash_jobs`` while it
 runs (a second or so per million jobs).
 """
 
@@ -79,8 +83,8 @@ from sqlalchemy.dialects import mysql
 
 from gearstash.errors import StoreError
 
-SCHEMA_VERSION = 3
-MIGRATABLE = frozenset({1, 2})  # older versions ensure_schema upgrades
+SCHEMA_VERSION = 4
+MIGRATABLE = frozenset({1, 2, 3})  # older versions ensure_schema upgrades
 MAX_KEY_BYTES = 255  # handle and unique_key; server is at most 255 characters
 
 _MYSQL = ("mysql", "mariadb")
@@ -123,6 +127,7 @@ jobs = sa.Table(
     sa.Column("expires_at", sa.Double(), nullable=True),
     sa.Column("next_seq", sa.Integer(), nullable=False),
     sa.Column("lease_until", sa.Double(), nullable=True),  # schema version 2
+    sa.Column("workload", Blob, nullable=True),  # schema version 4
     # handle first: the same constraint also serves lookups by handle alone (no second index to
     # write on every insert, which on SQLite costs ~20% of the write rate)
     sa.UniqueConstraint("handle", "server", "unique_key", name="key"),
@@ -252,7 +257,7 @@ _MIGRATION_WAIT_S = 120
 
 
 def _migrate(engine: sa.Engine) -> None:
-    """Bring version 1 tables to :data:`SCHEMA_VERSION`, once, under a lock; idempotent.
+    """Bring version 1 to 3 tables to :data:`SCHEMA_VERSION`, once, under a lock; idempotent.
 
     SQLite: one ``BEGIN IMMEDIATE`` transaction (its DDL is transactional). PostgreSQL: one
     transaction that first locks the version row (``FOR UPDATE``), so concurrent openers wait and
@@ -290,7 +295,7 @@ def _migrate(engine: sa.Engine) -> None:
 
 
 def _upgrade(conn: sa.Connection) -> None:
-    """Version 1 or 2 → 3 on ``conn`` (the caller holds the migration lock): each step if not
+    """Version 1, 2 or 3 → 4 on ``conn`` (the caller holds the migration lock): each step if not
     done."""
     dialect = conn.dialect
     prepare = dialect.identifier_preparer
@@ -298,12 +303,13 @@ def _upgrade(conn: sa.Connection) -> None:
     columns = {column["name"] for column in inspector.get_columns(jobs.name)}
     indexes = {index["name"] for index in inspector.get_indexes(jobs.name)}
     steps: list[str] = []
-    if "lease_until" not in columns:
-        kind = jobs.c.lease_until.type.compile(dialect=dialect)
-        steps.append(
-            f"ALTER TABLE {prepare.format_table(jobs)} ADD COLUMN "
-            f"{prepare.quote('lease_until')} {kind} NULL"
-        )
+    for column in (jobs.c.lease_until, jobs.c.workload):  # nullable: old rows read NULL
+        if column.name not in columns:
+            kind = column.type.compile(dialect=dialect)
+            steps.append(
+                f"ALTER TABLE {prepare.format_table(jobs)} ADD COLUMN "
+                f"{prepare.quote(column.name)} {kind} NULL"
+            )
     for index in (unique_index, state_index):
         if index.name not in indexes:
             steps.append(str(sa.schema.CreateIndex(index).compile(dialect=dialect)))

@@ -419,7 +419,10 @@ class WritePath:
         """
         if self.family != "mysql":
             return
-        size = sum(len(e.payload) + len(e.function) + len(e.traceback) for e in events)
+        size = sum(
+            len(e.payload) + len(e.function) + len(e.traceback) + len(e.workload or b"")
+            for e in events
+        )
         if size < 256 * 1024:
             return
         if self._max_packet is None:
@@ -432,7 +435,11 @@ class WritePath:
         limit = self._max_packet - 64 * 1024
         sent = size
         if size <= limit < 2 * size:  # only then do the escapes decide
-            sent += sum(e.payload.count(c) for e in events for c in _ESCAPED_BYTES)
+            sent += sum(
+                e.payload.count(c) + (e.workload or b"").count(c)
+                for e in events
+                for c in _ESCAPED_BYTES
+            )
         if sent > limit:
             raise StoreRejected(
                 f"{self.url}: a write of {size} bytes of payload does not fit the server's "
