@@ -56,6 +56,8 @@ HOME_ENV = "GEARSTASH_HOME"
 WEB_ADMIN_ENV = "GEARSTASH_WEB_ADMIN"
 
 DEFAULT_SPOOL_MAX_BYTES = 1 << 30
+DEFAULT_WORKLOAD_MAX_BYTES = 64 << 10
+"""The largest workload a worker or proxy capturing workloads stores (``--workload-max-bytes``)."""
 """A worker spool holds at most this many bytes unless told otherwise (``--spool-max-bytes``)."""
 STRICT_PLUGINS_ENV = "GEARSTASH_STRICT_PLUGINS"
 FILE_SUFFIX = "_FILE"

@@ -315,6 +315,29 @@ def test_raw_grab_job_worker_stray_work_and_admin_lines(
     assert record(tmp_sqlite_url, JobRef(b"H:nobody:1")) is None
 
 
+def test_proxy_captures_workloads_up_to_its_cap(
+    gearmand: Gearmand, start_proxy: Any, tmp_sqlite_url: str
+) -> None:
+    proxy = start_proxy(
+        gearmand.address, tmp_sqlite_url, "--capture-workload", "--workload-max-bytes", "8"
+    )
+    loads = {b"u-small": b"\x00load\xff!", b"u-big": b"123456789"}
+    with _raw(proxy.address) as worker, _raw(gearmand.address) as client:
+        worker.sendall(encode_request(PacketType.CAN_DO, b"cap"))
+        for unique, load in loads.items():
+            client.sendall(encode_request(PacketType.SUBMIT_JOB_BG, b"cap", unique, load))
+            assert _read(client, Decoder()).kind == PacketType.JOB_CREATED
+        decoder = Decoder()
+        for _ in loads:
+            worker.sendall(encode_request(PacketType.GRAB_JOB_UNIQ))
+            handle, _function, unique, workload = _read(worker, decoder).args
+            assert workload == loads[unique]
+            worker.sendall(encode_request(PacketType.WORK_COMPLETE, handle, b"ok"))
+            ref = JobRef(handle, gearmand.address, unique)
+            rec = wait_for("the job's record", lambda ref=ref: finished(tmp_sqlite_url, ref))
+            assert rec.workload == (loads[unique] if unique == b"u-small" else None)
+
+
 class FakeUpstream:
     """A job server that records what it receives and answers with what the test gives it (for
     what gearmand cannot do: send an unknown packet type, or garbage)."""

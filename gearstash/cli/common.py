@@ -66,7 +66,8 @@ def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def capture_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--lease``, ``--spool`` and ``--spool-max-bytes``: what the worker and the proxy share."""
+    """``--lease``, ``--spool``, ``--spool-max-bytes``, ``--capture-workload`` and
+    ``--workload-max-bytes``: what the worker and the proxy share."""
     options = [
         click.option(
             "--lease",
@@ -89,6 +90,20 @@ def capture_options(f: Callable[..., Any]) -> Callable[..., Any]:
             default=config.DEFAULT_SPOOL_MAX_BYTES,
             show_default=True,
             help="Bound of the spool; beyond it new events are lost (logged).",
+        ),
+        click.option(
+            "--capture-workload",
+            is_flag=True,
+            help="Store each job's workload in its record (shown by the web face, needed to "
+            "resubmit a failed job). Off by default: workloads may hold what should not be kept.",
+        ),
+        click.option(
+            "--workload-max-bytes",
+            type=click.IntRange(min=0),
+            default=config.DEFAULT_WORKLOAD_MAX_BYTES,
+            show_default=True,
+            help="With --capture-workload: the largest workload stored; a bigger one is not "
+            "stored at all (never truncated).",
         ),
     ]
     for option in reversed(options):

@@ -246,6 +246,8 @@ def worker(
     lease: float,
     spool: str | None,
     spool_max_bytes: int,
+    capture_workload: bool,
+    workload_max_bytes: int,
     on_store_down: str,
     metrics_port: int | None,
     app_dir: str | None,
@@ -282,6 +284,8 @@ def worker(
             spool=spool or settings.spool,
             spool_max_bytes=spool_max_bytes,
             on_store_down=on_store_down,
+            capture_workload=capture_workload,
+            workload_max_bytes=workload_max_bytes,
         )
         for spec, name, fn in loaded:
             w.register(renames.get(spec, renames.get(name, name)), fn)

@@ -90,6 +90,8 @@ def proxy(
     flush_interval: float,
     spool: str | None,
     spool_max_bytes: int,
+    capture_workload: bool,
+    workload_max_bytes: int,
     max_packet: int,
 ) -> None:
     """Relay workers of any language to the job server and capture what their jobs say.
@@ -122,6 +124,7 @@ def proxy(
         max_packet=max_packet,
         processes=processes,
         writers=store_writers,
+        workload_max=workload_max_bytes if capture_workload else None,
     )
     click.echo(
         "gearstash proxy: "

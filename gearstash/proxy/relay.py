@@ -24,7 +24,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from gearstash.errors import ProtocolError
-from gearstash.model.records import Event, EventKind, JobError, JobKey, JobRef
+from gearstash.model.records import (
+    Event,
+    EventKind,
+    JobError,
+    JobKey,
+    JobRef,
+    captured_workload,
+)
 from gearstash.protocol.packets import REQ, RES, PacketType, encode_request, encode_response
 from gearstash.proxy.framing import Frame, Splitter, split_args
 
@@ -102,6 +109,7 @@ class Hub(Protocol):
     connect_timeout: float
     identity: str
     lease: float | None
+    workload_max: int | None
     pairs: set[Pair]
 
 
@@ -382,6 +390,7 @@ class Pair:
                     function=function,
                     worker=f"{self.proxy.identity} for {self.peer}",
                     lease=self.proxy.lease,
+                    workload=captured_workload(workload, self.proxy.workload_max),
                 )
             ]
         )

@@ -51,6 +51,8 @@ class Settings:
     processes: int = 1
     writers: int = 1
     backlog: int = 1024
+    workload_max: int | None = None
+    """The largest workload stored in a job's record (None: workloads are not captured)."""
 
 
 class Proxy:
@@ -77,6 +79,7 @@ class Proxy:
             writers=settings.writers,
         )
         self.lease: float | None = settings.lease or None
+        self.workload_max = settings.workload_max
         self.max_packet = settings.max_packet
         self.connect_timeout = settings.connect_timeout
         self.identity = f"gearstash-proxy@{os.uname().nodename}:{os.getpid()}"

@@ -25,7 +25,7 @@ from gearstash.errors import (
     ProtocolError,
     ServerUnavailable,
 )
-from gearstash.model.records import Event, EventKind, JobError, JobKey
+from gearstash.model.records import Event, EventKind, JobError, JobKey, captured_workload
 from gearstash.protocol.packets import JobAssignment, PacketType, encode_request, encode_work
 from gearstash.protocol.worker_side import (
     Assigned,
@@ -83,6 +83,8 @@ class SlotSettings:
     """Ask for the next job while one runs (:meth:`WorkerSide.grab_ahead`)."""
     """Jobs a slot may have finished and not yet told its server about (group commit, see
     :mod:`gearstash.worker.commit`); 1 writes and tells each job before the next is grabbed."""
+    workload_max: int | None = None
+    """The largest workload the ``started`` event carries (None: workloads are not captured)."""
 
 
 class Link:
@@ -578,6 +580,7 @@ class Slot:
             self, JobKey(conn.server, handle, assignment.unique), name, assignment.workload, ttl
         )
         now = time.time()
+        cap = self.settings.workload_max
         with self.lock:
             self.job, self.job_conn = job, conn
             self.since = self.leased = now
@@ -590,6 +593,7 @@ class Slot:
                     worker=self.settings.identity,
                     ttl=ttl,
                     lease=self.settings.lease,
+                    workload=captured_workload(assignment.workload, cap),
                 )
             ]
             if self.fail:  # the start must be stored before the function runs

@@ -91,6 +91,12 @@ class Worker:
         assignment), so use it for short jobs. On stop, a job assigned ahead is not run: the
         connection is closed and the server queues it again.
     :param spool_max_bytes: the spool's bound (default 1 GiB); beyond it new events are lost (logged).
+    :param capture_workload: store each job's workload in its record (the ``started`` event
+        carries it), so the web face can show it and an admin can resubmit a failed job. Off by
+        default: workloads may hold what should not be kept.
+    :param workload_max_bytes: the largest workload stored when capturing (default 64 KiB); a
+        bigger one is not stored at all (the record's ``workload`` stays null), never truncated,
+        so what is stored can always be resubmitted as it was.
     """
 
     def __init__(
@@ -109,6 +115,8 @@ class Worker:
         spool: str | os.PathLike[str] | None = None,
         spool_max_bytes: int = config.DEFAULT_SPOOL_MAX_BYTES,
         on_store_down: str = "spool",
+        capture_workload: bool = False,
+        workload_max_bytes: int = config.DEFAULT_WORKLOAD_MAX_BYTES,
         plugin_manager: pluggy.PluginManager | None = None,
     ) -> None:
         if concurrency < 1:
@@ -119,6 +127,10 @@ class Worker:
             raise ConfigError("lease must not be negative")
         if pipeline < 1:
             raise ConfigError("pipeline must be at least 1")
+        if workload_max_bytes < 0:
+            raise ConfigError("workload_max_bytes must not be negative")
+        self.workload_max: int | None = workload_max_bytes if capture_workload else None
+        """The largest workload stored, or None when workloads are not captured."""
         self.pipeline = pipeline
         self.prefetch = prefetch
 
@@ -220,6 +232,7 @@ class Worker:
             fail=self.on_store_down == "fail",
             pipeline=self.pipeline,
             prefetch=self.prefetch,
+            workload_max=self.workload_max,
         )
         self._slots = [Slot(settings, i) for i in range(self.concurrency)]
         restore = self._install_signals() if handle_signals else None
