@@ -24,6 +24,7 @@ from starlette.testclient import TestClient
 from gearstash.cli.main import main
 from gearstash.client.client import Client
 from gearstash.client.tokens import TokenSigner
+from gearstash.errors import ConfigError
 from gearstash.model.records import Event, EventKind, JobKey, JobRef
 from gearstash.spine.manager import open_store
 from gearstash.store.contract import Store
@@ -33,7 +34,7 @@ from gearstash.web.app import create_app
 from gearstash.web.events import Cursor
 from gearstash.web.hub import Hub
 from gearstash.web.openapi import SCHEMA
-from gearstash.web.security import AdminCredential, hash_password
+from gearstash.web.security import AdminCredential, LoginThrottle, hash_password
 
 SECRET = "token-secret-for-the-web-tests-0123456789"
 PASSWORD = "correct horse battery"
@@ -576,3 +577,182 @@ def test_metrics_describe_the_store_and_the_job_servers(gearmand: Gearmand, stor
     assert f'gearman_server_up{{server="{gearmand.address}"}} 1.0' in text
     assert 'gearman_server_up{server="127.0.0.1:9"} 0.0' in text
     assert f'gearman_queued{{function="queued-fn",server="{gearmand.address}"}} 1.0' in text
+
+
+# ---------------------------------------------------------------------------------- workloads
+
+
+def test_workload_shown_in_the_job_view_and_never_through_a_token(store: Store) -> None:
+    binary, text, plain = new_key(), new_key(), new_key()
+    load = b"\x00\xff<script>alert(1)</script>"
+    now = time.time()
+    store.write([Event(EventKind.STARTED, binary, now, function=b"f", workload=load)])
+    store.write([Event(EventKind.STARTED, text, now, function=b"f", workload=b'{"a": 1}')])
+    store.write([Event(EventKind.COMPLETED, binary, now + 1, b"ok")])
+    store.write(full_job(plain))
+    token = TokenSigner(SECRET).sign(JobRef.parse(_ref(binary)))
+    with _client(_app(store)) as client:
+        view = client.get("/api/jobs/" + _q(binary)).json()
+        assert view["workload"] == {"base64": "AP88c2NyaXB0PmFsZXJ0KDEpPC9zY3JpcHQ+"}
+        assert client.get("/api/jobs/" + _q(text)).json()["workload"] == '{"a": 1}'
+        assert client.get("/api/jobs/" + _q(plain)).json()["workload"] is None
+        assert "<script>alert" not in client.get("/jobs/" + _q(binary)).text
+        final = [
+            d
+            for _id, name, d in _events(client.get("/api/jobs/" + _q(binary) + "/events").text)
+            if name == "final"
+        ]
+        assert final and "workload" not in final[0]
+    with _client(_app(store), REMOTE) as remote:
+        shown = remote.get("/t/" + token)
+        assert shown.status_code == 200 and shown.json()["result"] == "ok"
+        assert "workload" not in shown.json() and "AP88" not in shown.text
+        assert "AP88" not in remote.get("/t/" + token + "/events").text
+
+
+def _failing_once(seen: set[bytes]) -> Any:
+    def flaky(job: Any) -> bytes:
+        """Fails the first time it sees a workload, completes with it the next."""
+        if job.workload not in seen:
+            seen.add(job.workload)
+            raise RuntimeError("first try fails")
+        return b"ok:" + job.workload
+
+    return flaky
+
+
+def _login(client: TestClient, password: str) -> str:
+    """Log in as admin; the new session's CSRF token."""
+    csrf = _csrf(client)
+    response = client.post(
+        "/admin/login", data={"password": password, "csrf": csrf}, follow_redirects=False
+    )
+    assert response.status_code == 303, response.text
+    return _csrf(client)
+
+
+def test_admin_resubmits_a_failed_job_with_its_captured_workload(
+    gearmand: Gearmand, store: Store
+) -> None:
+    from workers import running_worker
+
+    secret = "an-admin-secret-of-some-length"
+    app = create_app(store=store, servers=[gearmand.address], token_secret=SECRET, admin=secret)
+    load = b"\x00resize \xff 640x480"
+    with (
+        running_worker(
+            [gearmand.address], store, {"flaky": _failing_once(set())}, capture_workload=True
+        ),
+        Client([gearmand.address], store=store) as submitter,
+        _client(app) as client,
+    ):
+        failed = submitter.submit_background("flaky", load)
+        view = submitter.wait(failed, timeout=30)
+        assert view.state.value == "failed" and view.record is not None
+        assert view.record.workload == load
+        path = "/api/jobs/" + quote(str(failed), safe="") + "/resubmit"
+        csrf = _csrf(client)
+        assert "log in" in _one_line_error(client.post(path, headers={"x-csrf-token": csrf}), 403)
+        csrf = _login(client, secret)
+        _one_line_error(client.post(path), 403)  # no CSRF token
+        made = client.post(path, headers={"x-csrf-token": csrf})
+        assert made.status_code == 201, made.text
+        body = made.json()
+        new = JobRef.parse(body["ref"])
+        assert new.server == failed.server and new.handle != failed.handle
+        assert body["path"] == "/jobs/" + quote(body["ref"], safe="")
+        assert JobRef.parse(body["resubmitted"]) == failed
+        done = submitter.wait(new, timeout=30)
+        assert done.state.value == "complete" and done.result == b"ok:" + load
+        assert done.record is not None and done.record.function == b"flaky"
+        assert store.get_many([failed])[0].state.value == "failed"  # type: ignore[union-attr]
+        # a complete job is not resubmitted; nor a failed one whose workload was not captured
+        again = client.post(
+            "/api/jobs/" + quote(str(new), safe="") + "/resubmit", headers={"x-csrf-token": csrf}
+        )
+        assert "this one is complete" in _one_line_error(again, 409)
+        bare = JobKey(failed.server or "", b"H:bare:1", b"u-bare")
+        store.write(
+            [
+                Event(EventKind.STARTED, bare, time.time(), function=b"flaky"),
+                Event(EventKind.EXCEPTION, bare, time.time(), b"boom"),
+            ]
+        )
+        refused = client.post("/api/jobs/" + _q(bare) + "/resubmit", headers={"x-csrf-token": csrf})
+        assert "no workload was captured" in _one_line_error(refused, 409)
+        unknown = client.post(
+            "/api/jobs/" + _q(new_key()) + "/resubmit", headers={"x-csrf-token": csrf}
+        )
+        _one_line_error(unknown, 404)
+
+
+def test_worker_stores_no_workload_over_its_cap(gearmand: Gearmand, store: Store) -> None:
+    from workers import running_worker
+
+    with (
+        running_worker([gearmand.address], store, capture_workload=True, workload_max_bytes=8),
+        Client([gearmand.address], store=store) as client,
+    ):
+        small = client.submit_background("echo", b"12345678")
+        big = client.submit_background("echo", b"123456789")
+        assert client.wait(small, timeout=30).record.workload == b"12345678"  # type: ignore[union-attr]
+        got = client.wait(big, timeout=30).record
+        assert got is not None and got.result == b"123456789" and got.workload is None
+    with (
+        running_worker([gearmand.address], store),
+        Client([gearmand.address], store=store) as client,
+    ):
+        off = client.submit_background("echo", b"x")
+        assert client.wait(off, timeout=30).record.workload is None  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------------- logins
+
+
+def test_admin_login_is_rate_limited_per_address(store: Store) -> None:
+    app = _app(store, admin=hash_password(PASSWORD), login_limit=3, login_window=600)
+    with _client(app, REMOTE) as client, _client(app, ("198.51.100.7", 1)) as other:
+        for _ in range(3):
+            csrf = _csrf(client)
+            wrong = client.post("/admin/login", data={"password": "nope", "csrf": csrf})
+            assert "wrong password" in _one_line_error(wrong, 403)
+        csrf = _csrf(client)
+        limited = client.post("/admin/login", data={"password": PASSWORD, "csrf": csrf})
+        assert "too many login attempts" in _one_line_error(limited, 429)
+        assert 1 <= int(limited.headers["retry-after"]) <= 600
+        assert client.get("/api/jobs").status_code == 403  # the right password did not log in
+        # another address is not limited, and a success clears its count
+        for _ in range(2):
+            csrf = _csrf(other)
+            other.post("/admin/login", data={"password": "nope", "csrf": csrf})
+        _login(other, PASSWORD)
+        assert other.get("/api/jobs").status_code == 200
+        other.post("/admin/logout", data={"csrf": _csrf(other)})
+        for _ in range(3):
+            csrf = _csrf(other)
+            wrong = other.post("/admin/login", data={"password": "nope", "csrf": csrf})
+            _one_line_error(wrong, 403)
+        csrf = _csrf(other)
+        _one_line_error(other.post("/admin/login", data={"password": "no", "csrf": csrf}), 429)
+
+
+def test_login_throttle_window_and_memory_bound() -> None:
+    now = [1000.0]
+    throttle = LoginThrottle(2, 60.0, max_clients=3, clock=lambda: now[0])
+    assert throttle.attempt("a") == 0
+    now[0] += 10
+    assert throttle.attempt("a") == 0
+    assert throttle.attempt("a") == 50  # refused attempts are not counted
+    now[0] += 49.5
+    assert throttle.attempt("a") == 1
+    now[0] += 0.5  # the first attempt left the window
+    assert throttle.attempt("a") == 0 and throttle.attempt("a") == 10
+    throttle.succeeded("a")
+    assert throttle.attempt("a") == 0
+    for client in ("b", "c", "d"):  # "a" is now the least recently seen of four
+        throttle.attempt(client)
+        throttle.attempt(client)
+    assert throttle.attempt("d") > 0
+    assert throttle.attempt("a") == 0  # forgotten, and so counted afresh
+    with pytest.raises(ConfigError):
+        LoginThrottle(0)

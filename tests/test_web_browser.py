@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx2
 import pytest
@@ -175,6 +175,15 @@ def test_token_page_shows_its_one_job_and_forged_tokens_are_refused(store: Store
             assert response.status_code == 403 and response.json() == {"error": "forbidden"}
 
 
+def _log_in(driver: Any, base: str) -> None:
+    """Log in as admin through the login page; back on the overview."""
+    driver.get(base + "/login")
+    field = driver.find_element("css selector", "input[name=password]")
+    field.send_keys(PASSWORD)
+    field.submit()
+    wait_for(lambda: driver.current_url.rstrip("/") == base, 20)
+
+
 def test_admin_actions_need_login_and_csrf_in_the_browser(store: Store) -> None:
     key = new_key()
     store.write(full_job(key))
@@ -185,11 +194,7 @@ def test_admin_actions_need_login_and_csrf_in_the_browser(store: Store) -> None:
     with serving(app) as base, chrome() as driver:
         driver.get(_page(base, key))  # a credential is configured: log in first
         assert "forbidden" in driver.execute_script("return document.body.textContent")
-        driver.get(base + "/login")
-        field = driver.find_element("css selector", "input[name=password]")
-        field.send_keys(PASSWORD)
-        field.submit()
-        wait_for(lambda: driver.current_url.rstrip("/") == base, 20)
+        _log_in(driver, base)
         driver.get(_page(base, key))
         wait_for(lambda: _text(driver, "result") == "done", 20)
         # a POST without the CSRF token is refused, even from the logged-in page
@@ -237,3 +242,46 @@ def test_hidden_tab_pauses_and_resumes_without_losing_or_repeating(store: Store)
         wait_for(lambda: _text(driver, "state") == "complete", 20)
         assert _chunks(driver) == [f"chunk {i}" for i in range(4)]  # nothing lost, nothing twice
         assert _text(driver, "percent").startswith("50.0 %")
+
+
+def test_admin_resubmits_a_failed_job_from_its_page(
+    gearmand: Gearmand, store_url: str, store: Store
+) -> None:
+    seen: set[bytes] = set()
+
+    def flaky(job: Job) -> bytes:
+        """Fails the first time it sees a workload, completes with it the next."""
+        if job.workload not in seen:
+            seen.add(job.workload)
+            raise RuntimeError("first try fails")
+        return b"ok:" + job.workload
+
+    app = create_app(
+        store=store, servers=[gearmand.address], token_secret=SECRET, admin=hash_password(PASSWORD)
+    )
+    load = b'<img src=x onerror="window.__pwned = 1"> \xff'
+    with (
+        serving(app) as base,
+        running_worker([gearmand.address], store_url, {"flaky": flaky}, capture_workload=True),
+        Client([gearmand.address], store=store) as client,
+        chrome() as driver,
+    ):
+        failed = client.submit_background("flaky", load)
+        assert client.wait(failed, timeout=30).state.value == "failed"
+        _log_in(driver, base)
+        driver.get(_page(base, failed))
+        wait_for(lambda: _text(driver, "state") == "failed", 20)
+        shown = _text(driver, "workload")
+        assert shown.startswith("binary, ") and "base64: " in shown  # not UTF-8: hex and base64
+        assert driver.execute_script("return window.__pwned") is None
+        button = driver.find_element("id", "resubmit")
+        assert button.is_displayed()
+        button.click()
+        driver.switch_to.alert.accept()
+        wait_for(lambda: driver.current_url != _page(base, failed), 20)
+        new = JobRef.parse(unquote(driver.current_url.rsplit("/jobs/", 1)[1]))
+        assert new.server == failed.server and new.handle != failed.handle
+        wait_for(lambda: _text(driver, "state") == "complete", 30)
+        assert _text(driver, "result").startswith("binary, ")
+        assert not driver.find_element("id", "resubmit").is_displayed()
+        assert client.fetch(new).result == b"ok:" + load

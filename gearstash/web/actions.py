@@ -1,19 +1,26 @@
-"""What changes things: admin login/logout, forget, purge, submit, and minting a share link.
+"""What changes things: admin login/logout, forget, purge, submit, resubmit, and minting a share
+link.
 
-Every action is a POST carrying the session's CSRF token; forget, purge and submit also need an
-admin session (a credential must be configured). Submitting is off unless the app was made with
-``allow_submit=True`` (``gearstash web --allow-submit``).
+Every action is a POST carrying the session's CSRF token; forget, purge, submit and resubmit also
+need an admin session (a credential must be configured). Submitting is off unless the app was made
+with ``allow_submit=True`` (``gearstash web --allow-submit``); resubmitting a failed or lost job
+whose workload was captured is always offered to an admin. Login attempts are rate limited per
+client address (:class:`~gearstash.web.security.LoginThrottle`).
 """
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from gearstash.client.client import Client
 from gearstash.client.tokens import DEFAULT_TTL
+from gearstash.model.records import JobRef, State
 from gearstash.store.contract import delete, purge
-from gearstash.web.api import face_of
-from gearstash.web.face import HTTPProblem, parse_ref
+from gearstash.web.api import face_of, fetch
+from gearstash.web.face import Face, HTTPProblem, parse_ref
 from gearstash.web.security import new_csrf
 
 MAX_WORKLOAD = 1 << 20
@@ -29,9 +36,18 @@ async def login(request: Request) -> Response:
     fields = await face.require_csrf(request)
     if face.admin is None:
         raise HTTPProblem(403, "read-only: no admin credential is configured")
+    client = request.client.host if request.client else ""
+    wait = face.throttle.attempt(client)
+    if wait:
+        raise HTTPProblem(
+            429,
+            f"too many login attempts from this address: try again in {wait} s",
+            {"retry-after": str(wait)},
+        )
     offered = fields.get("password", "")
     if not await face.blocking(face.admin.check, offered):
         raise HTTPProblem(403, "forbidden: wrong password")
+    face.throttle.succeeded(client)
     request.session.clear()
     request.session["admin"] = True
     request.session["csrf"] = new_csrf()  # a new session gets a new token
@@ -83,6 +99,59 @@ async def submit(request: Request) -> Response:
         lambda: face.client.submit_background(function, workload, unique=unique)
     )
     return JSONResponse({"ref": str(ref)}, status_code=201)
+
+
+RESUBMITTABLE = frozenset({State.FAILED, State.LOST})
+"""The states of a job an admin may resubmit (``failed`` covers WORK_FAIL and exceptions)."""
+
+
+def _submit_to(face: Face, server: str, function: bytes, workload: bytes) -> JobRef:
+    """Submit a background job to ``server`` alone (a client of its own, closed after)."""
+    with Client([server], store=face.store, connect_timeout=1.0, timeout=5.0) as client:
+        return client.submit_background(function, workload)
+
+
+async def resubmit(request: Request) -> Response:
+    """``POST /api/jobs/{ref}/resubmit``: submit a failed or lost job again (admin).
+
+    The same function and the captured workload, as a new background job (a new handle and
+    unique) on the job server that ran the job; the old record stays as it was. 201 with
+    ``{"ref", "path", "resubmitted"}`` (``path``: the new job's page). 404 for an unknown job,
+    409 when the job is not failed or lost, when no workload was captured, or when its job
+    server is not one this app is configured with.
+    """
+    face = face_of(request)
+    face.require_admin(request)
+    await face.require_csrf(request)
+    ref = parse_ref(request.path_params["ref"])
+    view = await face.blocking(fetch, face, ref)
+    record = view.record
+    if record is None:
+        raise HTTPProblem(404, "no such job in the store")
+    if view.state not in RESUBMITTABLE:
+        raise HTTPProblem(
+            409, f"only a failed or lost job can be resubmitted; this one is {view.state.value}"
+        )
+    if record.workload is None:
+        raise HTTPProblem(
+            409,
+            "no workload was captured for this job (its worker ran without --capture-workload, "
+            "or the workload was over --workload-max-bytes)",
+        )
+    if not record.function:
+        raise HTTPProblem(409, "the job's function is not known")
+    server = record.key.server
+    if server not in face.servers:
+        raise HTTPProblem(409, f"the job's server {server} is not one this app submits to")
+    new = await face.blocking(_submit_to, face, server, record.function, record.workload)
+    return JSONResponse(
+        {
+            "ref": str(new),
+            "path": f"{_base(request)}/jobs/{quote(str(new), safe='')}",
+            "resubmitted": str(JobRef(record.key.handle, server, record.key.unique)),
+        },
+        status_code=201,
+    )
 
 
 async def share(request: Request) -> Response:

@@ -217,12 +217,14 @@ def fetch(face: Face, ref: JobRef) -> JobView:
     return face.client.fetch(ref)
 
 
-async def _view_json(face: Face, ref: JobRef) -> dict[str, Any]:
+async def _view_json(face: Face, ref: JobRef, *, workload: bool = True) -> dict[str, Any]:
     view = await face.blocking(fetch, face, ref)
     if view.state is State.UNKNOWN:
         raise HTTPProblem(404, "no such job: neither the job server nor the store knows it")
     out = view.to_json()
     out["restarts"] = max(0, (view.record.attempt if view.record else 0) - 1)
+    if not workload:
+        del out["workload"]  # a token shows what the job said, not what it was given
     return out
 
 
@@ -235,10 +237,11 @@ async def api_job(request: Request) -> Response:
 
 
 async def api_token(request: Request) -> Response:
-    """``GET /t/{token}``: the view of the one job a token names (403 for a refused token)."""
+    """``GET /t/{token}``: the view of the one job a token names (403 for a refused token),
+    without its ``workload``."""
     face = face_of(request)
     ref = face.verify_token(request.path_params["token"])
-    return JSONResponse(await _view_json(face, ref))
+    return JSONResponse(await _view_json(face, ref, workload=False))
 
 
 def _cursor(request: Request) -> Cursor:

@@ -42,7 +42,12 @@ from gearstash.transport.connection import servers_from
 from gearstash.web import actions, api, metrics, openapi, pages
 from gearstash.web.face import MAX_QUERY, THREADS, Face, HTTPProblem, problem
 from gearstash.web.hub import Hub
-from gearstash.web.security import SECURITY_HEADERS, AdminCredential, session_key
+from gearstash.web.security import (
+    SECURITY_HEADERS,
+    AdminCredential,
+    LoginThrottle,
+    session_key,
+)
 
 log = logging.getLogger("gearstash.web")
 STATIC = Path(__file__).parent / "static"
@@ -85,7 +90,7 @@ class Guard:
 
 async def _problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPProblem)
-    return problem(exc.status, exc.message)
+    return problem(exc.status, exc.message, exc.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -123,6 +128,7 @@ def routes() -> list[Route | Mount]:
         Route("/api/submit", actions.submit, methods=["POST"]),
         Route("/api/jobs/{ref:path}/events", api.api_job_events),
         Route("/api/jobs/{ref:path}/forget", actions.forget, methods=["POST"]),
+        Route("/api/jobs/{ref:path}/resubmit", actions.resubmit, methods=["POST"]),
         Route("/api/jobs/{ref:path}/share", actions.share, methods=["POST"]),
         Route("/api/jobs/{ref:path}", api.api_job),
         Route("/t/{token}/events", api.api_token_events),
@@ -143,6 +149,8 @@ def create_app(
     allow_submit: bool = False,
     config_file: str | os.PathLike[str] | None = None,
     hub_interval: float = 0.05,
+    login_limit: int = 5,
+    login_window: float = 300.0,
 ) -> Starlette:
     """The web face as an ASGI app.
 
@@ -152,7 +160,10 @@ def create_app(
     the app is read-only). Never pass secrets on a command line: ``gearstash web`` reads them
     from the configuration only. ``public``: let non-loopback clients list and read jobs without
     logging in. A store given as an object is not closed with the app; one given as a URL is.
-    Raises ConfigError for a malformed credential or setting.
+    ``login_limit`` / ``login_window``: admin login attempts a client address may make that do
+    not succeed within that many seconds; more get 429 with ``Retry-After``
+    (:class:`~gearstash.web.security.LoginThrottle`). Raises ConfigError for a malformed
+    credential or setting.
     """
     settings = config.resolve(config=config_file)
     credential_text = admin if admin is not None else settings.web_admin
@@ -175,6 +186,7 @@ def create_app(
         admin=credential,
         public=public,
         allow_submit=allow_submit,
+        throttle=LoginThrottle(login_limit, login_window),
     )
 
     @contextlib.asynccontextmanager

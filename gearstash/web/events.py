@@ -11,8 +11,8 @@ Events, in the order the job said things (each ``data:`` is one line of JSON):
 ``chunk``   ``{"index", "data"}`` — a WORK_DATA chunk; ``data`` is a string (UTF-8) or
             ``{"base64": …}``
 ``warning`` ``{"index", "data"}`` — a WORK_WARNING
-``final``   the whole record as ``GET /api/jobs/{ref}`` shows it, without ``data`` (already sent);
-            the stream ends after it
+``final``   the whole record as ``GET /api/jobs/{ref}`` shows it, without ``data`` (already sent)
+            and ``workload``; the stream ends after it
 =========== =========================================================================================
 
 Every event's ``id`` is the cursor after it: ``ATTEMPT.CHUNKS.WARNINGS.STATUS`` (how many of each
@@ -80,9 +80,11 @@ def read_state(record: JobRecord | None, now: float) -> State:
 
 
 def final_json(record: JobRecord, state: State) -> dict[str, Any]:
-    """The ``final`` event's data: the record without its chunks."""
+    """The ``final`` event's data: the record without its chunks (and without its workload:
+    token streams never show it)."""
     out = record.to_json()
     out.pop("data", None)
+    out.pop("workload", None)
     out["chunks"] = len(record.data)
     out["state"] = state.value
     return out

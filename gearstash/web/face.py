@@ -23,7 +23,13 @@ from gearstash.errors import BadToken, ConfigError
 from gearstash.model.records import JobRef
 from gearstash.store.contract import Store, can_list
 from gearstash.web.hub import Hub
-from gearstash.web.security import AdminCredential, csrf_matches, is_loopback, new_csrf
+from gearstash.web.security import (
+    AdminCredential,
+    LoginThrottle,
+    csrf_matches,
+    is_loopback,
+    new_csrf,
+)
 
 THREADS = 16
 """Worker threads the app uses at most for store and job-server calls (anyio's limiter)."""
@@ -38,17 +44,19 @@ _T = TypeVar("_T")
 
 
 class HTTPProblem(Exception):
-    """An HTTP error with a one-line message, answered as ``{"error": message}``."""
+    """An HTTP error with a one-line message, answered as ``{"error": message}`` (with
+    ``headers``, such as ``Retry-After``, when given)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
-def problem(status: int, message: str) -> JSONResponse:
+def problem(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """``{"error": message}`` with ``status`` (the message on one line)."""
-    return JSONResponse({"error": " ".join(message.split())}, status_code=status)
+    return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers)
 
 
 @dataclass
@@ -64,6 +72,8 @@ class Face:
     public: bool = False
     allow_submit: bool = False
     owns: list[Callable[[], None]] = field(default_factory=list)
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    """Admin login attempts per client address (429 beyond its limit)."""
 
     @property
     def can_list(self) -> bool:

@@ -105,6 +105,13 @@ SCHEMA: dict[str, Any] = {
             "post": {"summary": "Forget a job (admin)", "parameters": [_REF_PARAM, _FORM_CSRF],
                      "responses": {"200": _json("count", {"type": "object"}), "403": _ERROR}}
         },
+        "/api/jobs/{ref}/resubmit": {
+            "post": {"summary": "Submit a failed or lost job again with its captured workload "
+                                "(admin); answers the new job's ref and page path",
+                     "parameters": [_REF_PARAM, _FORM_CSRF],
+                     "responses": {"201": _json("reference", {"type": "object"}),
+                                   "403": _ERROR, "404": _ERROR, "409": _ERROR}}
+        },
         "/api/jobs/{ref}/share": {
             "post": {"summary": "Mint a token link to the job's public page",
                      "parameters": [_REF_PARAM, _FORM_CSRF],
@@ -162,7 +169,8 @@ SCHEMA: dict[str, Any] = {
             },
             "Job": {"type": "object",
                     "description": "the gearstash.job/1 record plus ref, state, known, running, "
-                    "numerator, denominator, server_reachable, restarts"},
+                    "numerator, denominator, server_reachable, restarts (a token's view has no "
+                    "workload)"},
         }
     },
 }  # fmt: skip

@@ -11,6 +11,7 @@ beyond hashing.
   compared in constant time.
 * Without a credential, routes that list or read jobs by reference answer only loopback clients
   (127.0.0.0/8, ::1) unless the app is ``public``; token routes answer everyone.
+* Admin logins are rate limited per client address (:class:`LoginThrottle`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import math
 import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gearstash.errors import ConfigError
@@ -138,3 +144,59 @@ def is_loopback(host: str | None) -> bool:
         return False
     mapped = getattr(address, "ipv4_mapped", None)
     return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+class LoginThrottle:
+    """Admin login attempts per client address: at most ``limit`` attempts that did not succeed
+    within ``window`` seconds; beyond that :meth:`attempt` refuses (the caller answers 429 with
+    ``Retry-After``) until the oldest of them leaves the window.
+
+    An attempt counts from the moment it is made (before the password is checked), so parallel
+    guesses cannot slip past the limit while the hash runs; a successful login clears its
+    address. At most ``max_clients`` addresses are remembered (the least recently seen are
+    forgotten first), so a flood of addresses cannot grow memory without bound. Clients behind
+    one reverse proxy share its address (and its limit). Thread-safe; ``clock`` is monotonic
+    seconds.
+    """
+
+    def __init__(
+        self,
+        limit: int = 5,
+        window: float = 300.0,
+        *,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if limit < 1 or window <= 0 or max_clients < 1:
+            raise ConfigError("a login throttle needs limit >= 1, window > 0, max_clients >= 1")
+        self.limit = limit
+        self.window = window
+        self.max_clients = max_clients
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._attempts: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def attempt(self, client: str) -> int:
+        """Count an attempt by ``client`` and return 0; or, when it already made ``limit``
+        attempts within the window, count nothing and return the whole seconds (>= 1) until it
+        may try again."""
+        now = self._clock()
+        with self._lock:
+            times = self._attempts.pop(client, None) or deque()
+            while times and times[0] <= now - self.window:
+                times.popleft()
+            wait = 0
+            if len(times) >= self.limit:
+                wait = max(1, math.ceil(times[0] + self.window - now))
+            else:
+                times.append(now)
+            if times:
+                self._attempts[client] = times  # now the most recently seen
+                while len(self._attempts) > self.max_clients:
+                    self._attempts.popitem(last=False)
+            return wait
+
+    def succeeded(self, client: str) -> None:
+        """A login by ``client`` succeeded: forget its attempts."""
+        with self._lock:
+            self._attempts.pop(client, None)

@@ -313,6 +313,7 @@
       const badge = $("state");
       badge.textContent = state;
       badge.className = "state " + state;
+      if (view.workload !== undefined) resubmittable();
     }
 
     function facts(data) {
@@ -407,11 +408,29 @@
       }
     }
 
+    // the captured workload (a token's view has none: the box stays hidden)
+    function workload(data) {
+      if (!("workload" in data)) return;
+      const pre = $("workload");
+      const captured = data.workload !== null && data.workload !== undefined;
+      pre.textContent = captured ? bytesText(data.workload) : "not captured (the worker ran without --capture-workload, or it was over the size cap)";
+      pre.className = captured ? "" : "muted";
+      $("workload-box").hidden = false;
+      view.workload = captured;
+      resubmittable();
+    }
+
+    function resubmittable() {
+      const button = $("resubmit");
+      button.hidden = !(body.dataset.admin === "yes" && ref && view.workload && ["failed", "lost"].includes(view.state));
+    }
+
     function whole(data) {
       view.ref = data.ref || view.ref;
       $("title").textContent = bytesText(data.handle);
       setState(data.state);
       facts(data);
+      workload(data);
       view.attempt = data.attempt;
       view.status = (data.status || []).slice();
       clear($("chunks"));
@@ -519,6 +538,11 @@
       });
     }
     if (body.dataset.admin === "yes" && ref) {
+      $("resubmit").addEventListener("click", async () => {
+        if (!confirm("Submit this job again with the same function and workload?")) return;
+        try { const d = await post(jsonURL + "/resubmit"); location.assign(d.path); }
+        catch (e) { showError(e.message); }
+      });
       const forget = $("forget");
       forget.hidden = false;
       forget.addEventListener("click", async () => {
