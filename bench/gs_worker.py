@@ -1,6 +1,7 @@
 """One gearstash worker process for bench/run.py: drain N jobs, print timings as JSON.
 
 usage: gs_worker.py ADDRESS FUNCTION N plain|status STORE_URL [RSS_AT] [--pipeline K] [--prefetch]
+       [--capture-workload]
 
 Timing uses this process's own clock: from the start of the first job to the start of the
 last one, so the rate covers N-1 complete job cycles and no start-up; ``cpu_seconds`` is the
@@ -39,6 +40,7 @@ def main() -> None:
     ap.add_argument("rss_at", type=int, nargs="?", default=0)
     ap.add_argument("--pipeline", type=int, default=None, help="Worker(pipeline=K)")
     ap.add_argument("--prefetch", action="store_true", help="Worker(prefetch=True)")
+    ap.add_argument("--capture-workload", action="store_true", help="Worker(capture_workload=True)")
     opts = ap.parse_args()
     n, rss_at, variant = opts.n, opts.rss_at, opts.variant
     clock = time.perf_counter if n else time.time
@@ -65,6 +67,8 @@ def main() -> None:
     extra: dict[str, int | bool] = {} if opts.pipeline is None else {"pipeline": opts.pipeline}
     if opts.prefetch:
         extra["prefetch"] = True
+    if opts.capture_workload:
+        extra["capture_workload"] = True
     worker = Worker(servers=[opts.address], store=opts.store, concurrency=1, **extra)
     worker.register(opts.function, job_fn)
     try:

@@ -55,6 +55,7 @@ class Case:
     procs: int = 0  # 0: one process draining exactly N; P >= 1: P processes until drained
     pipeline: int | None = None  # gearstash: Worker(pipeline=K)
     prefetch: bool = False  # gearstash: Worker(prefetch=True)
+    capture: bool = False  # gearstash: Worker(capture_workload=True)
     default: bool = True  # run without --cases
 
 
@@ -96,6 +97,17 @@ CASES = [
             prefetch=True,
         )
         for n in (1, 2, 4)
+    ],
+    *[
+        Case(
+            f"gearstash {store} status+data capture-workload",
+            "gearstash",
+            "status",
+            store,
+            capture=True,
+            default=False,
+        )
+        for store in ("sqlite", "redis")
     ],
     Case("gearstash sqlite plain", "gearstash", "plain", "sqlite", default=False),
     Case("gearstash redis plain", "gearstash", "plain", "redis", default=False),
@@ -164,6 +176,7 @@ def worker_argv(case: Case, g: Gearmand, function: str, n: int, store_url: str) 
         args = [g.address, function, str(n), case.variant, store_url]
         extra = [] if case.pipeline is None else ["--pipeline", str(case.pipeline)]
         extra += ["--prefetch"] if case.prefetch else []
+        extra += ["--capture-workload"] if case.capture else []
         return [PY, str(BENCH / "gs_worker.py"), *args, str(RSS_AT if n > RSS_AT else 0), *extra]
     if case.impl in ("php", "phpredis"):
         variant = "byhand" if case.impl == "phpredis" else case.variant
@@ -192,7 +205,7 @@ def run_one(
     if case.impl == "phpredis":
         check_by_hand(store_url, jobs)
     elif case.store in ("sqlite", "redis"):
-        check_captured(store_url, g.address, jobs, case.variant)
+        check_captured(store_url, g.address, jobs, case.variant, case.capture)
     return report
 
 
@@ -289,8 +302,11 @@ def check_by_hand(url: str, jobs: list[tuple[bytes, bytes]]) -> None:
         client.close()
 
 
-def check_captured(url: str, server: str, jobs: list[tuple[bytes, bytes]], variant: str) -> None:
-    """Every job must be in the store, complete, with its result (and its status and data)."""
+def check_captured(
+    url: str, server: str, jobs: list[tuple[bytes, bytes]], variant: str, capture: bool = False
+) -> None:
+    """Every job must be in the store, complete, with its result (and its status and data, and
+    with ``capture`` its workload)."""
     store = open_store(url)
     try:
         for start in range(0, len(jobs), 500):
@@ -302,6 +318,7 @@ def check_captured(url: str, server: str, jobs: list[tuple[bytes, bytes]], varia
                     and rec.state == State.COMPLETE
                     and rec.result == workload(unique)[::-1]
                     and (variant == "plain" or (len(rec.status) == 1 and rec.data == [b"half way"]))
+                    and rec.workload == (workload(unique) if capture else None)
                 )
                 if not ok:
                     raise RuntimeError(f"{url}: job {handle!r} not captured right: {rec}")

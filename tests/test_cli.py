@@ -161,7 +161,12 @@ def _one_error_line(stderr: str) -> str:
 def test_worker_submit_wait_status_fetch(gearmand, cli_env, tmp_path):
     addr = gearmand.address
     with worker_process(
-        ["--server", addr, "clijobs:reverse", "clijobs:boom", "clijobs:refuse"],
+        [
+            "--server",
+            addr,
+            "--capture-workload",
+            *("clijobs:reverse", "clijobs:boom", "clijobs:refuse"),
+        ],
         env=cli_env,
         cwd=tmp_path,
         servers=[gearmand],
@@ -201,6 +206,7 @@ def test_worker_submit_wait_status_fetch(gearmand, cli_env, tmp_path):
             "warnings": ["careful"],
             "result": "321CBA",
             "error": None,
+            "workload": "ABC123",  # --capture-workload
         }
         assert {k: doc.get(k, "<missing>") for k in expected} == expected
         assert doc["server"] == addr

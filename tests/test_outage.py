@@ -367,6 +367,7 @@ def test_every_event_field_round_trips_without_pickle() -> None:
             worker="host:42",
             traceback="Traceback…\n",
             ttl=None if kind is EventKind.DATA else 0.5,
+            workload=None if kind is EventKind.DATA else b"\x00\xffload",
         )
         for kind in EventKind
     ]

@@ -684,6 +684,24 @@ def test_admin_resubmits_a_failed_job_with_its_captured_workload(
             "/api/jobs/" + _q(new_key()) + "/resubmit", headers={"x-csrf-token": csrf}
         )
         _one_line_error(unknown, 404)
+        # a lost job (its worker died: the lease ran out, the job server forgot it) is resubmitted
+        lost = JobKey(failed.server or "", b"H:lost:1", b"u-lost")
+        store.write(
+            [
+                Event(
+                    EventKind.STARTED,
+                    lost,
+                    time.time() - 60,
+                    function=b"flaky",
+                    lease=1.0,
+                    workload=b"lost load",
+                )
+            ]
+        )
+        assert client.get("/api/jobs/" + _q(lost)).json()["state"] == "lost"
+        revived = client.post("/api/jobs/" + _q(lost) + "/resubmit", headers={"x-csrf-token": csrf})
+        assert revived.status_code == 201, revived.text
+        assert JobRef.parse(revived.json()["ref"]).server == failed.server
 
 
 def test_worker_stores_no_workload_over_its_cap(gearmand: Gearmand, store: Store) -> None:
