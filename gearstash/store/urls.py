@@ -1,6 +1,8 @@
 """Store URLs: their scheme, their ``?ttl=``, and keeping their secrets out of text.
 
-A store URL may carry a password (``redis://:pw@host/0``, ``?password=``). :func:`redact_url`
+A store URL may carry a password (``redis://:pw@host/0``, ``?password=``), also inside another
+URL given as a query option's value (``?read_url=`` followed by a percent-encoded URL with a
+password of its own). :func:`redact_url`
 masks every secret for display, :func:`url_secrets` lists them and :func:`scrub` removes them from
 any text (a driver's error message) before it is logged or shown. Pure functions, no I/O.
 """
@@ -8,7 +10,15 @@ any text (a driver's error message) before it is logged or shown. Pure functions
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import (
+    parse_qs,
+    parse_qsl,
+    quote,
+    unquote,
+    unquote_plus,
+    urlsplit,
+    urlunsplit,
+)
 
 from gearstash.errors import ConfigError
 
@@ -47,11 +57,29 @@ def _secret_option(name: str) -> bool:
     return bool(_SECRET_OPTION.search(unquote(name)))
 
 
+def _nested_url(value: str) -> bool:
+    """True for a query option's (decoded) value that is itself a URL (``?read_url=``)."""
+    return "://" in value
+
+
+def _redact_option(name: str, value: str) -> str:
+    """One ``name=value`` item of a URL's query, as :func:`redact_url` shows it."""
+    if _secret_option(name):
+        return f"{name}=***"
+    decoded = unquote_plus(value)
+    if _nested_url(decoded):
+        shown = redact_url(decoded)
+        if shown != decoded:
+            return f"{name}={quote(shown, safe='*<>')}"
+    return f"{name}={value}"
+
+
 def redact_url(url: str) -> str:
     """``url`` with its password (if any) replaced by ``***``; the form to print and log.
 
     The userinfo password and the values of query options that name a secret (``password=``,
-    ``sslpassword=``, ``secret=``, ``token=``…) become ``***``. A URL whose credentials cannot be
+    ``sslpassword=``, ``secret=``, ``token=``…) become ``***``; an option whose value is a
+    (percent-encoded) URL is shown as that URL redacted, re-encoded. A URL whose credentials cannot be
     located for sure (no scheme, or an ``@`` the parser did not read as the end of the userinfo,
     as with an unencoded ``/``, ``?`` or ``#`` in a password) is not shown at all.
     """
@@ -81,8 +109,8 @@ def redact_url(url: str) -> str:
     if query:
         items = []
         for item in query.split("&"):
-            name, eq, _ = item.partition("=")
-            items.append(f"{name}=***" if eq and _secret_option(name) else item)
+            name, eq, value = item.partition("=")
+            items.append(_redact_option(name, value) if eq else item)
         query = "&".join(items)
     if netloc == parts.netloc:
         if query == parts.query:
@@ -132,7 +160,8 @@ def _raw_userinfo_secrets(url: str) -> list[str]:
 
 
 def url_secrets(url: str) -> list[str]:
-    """The secrets a store URL holds: its password and secret-named query options' values.
+    """The secrets a store URL holds: its password, secret-named query options' values, and the
+    secrets of a URL given as an option's value (``?read_url=``).
 
     Each secret comes as written and percent-decoded (drivers see the decoded form); the longest
     first, so :func:`scrub` replaces a secret before any part of it.
@@ -151,7 +180,15 @@ def url_secrets(url: str) -> list[str]:
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if value and _secret_option(name):
                 found.update((value, quote(value, safe=""), value.replace(" ", "+")))
+            elif _nested_url(value):
+                for secret in url_secrets(value):  # as the driver sees it, and as encoded here
+                    found.update((secret, quote(secret, safe=""), _plus_form(secret)))
     return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def _plus_form(text: str) -> str:
+    """``text`` percent-encoded as a query value may carry it (spaces as ``+``)."""
+    return quote(text, safe=" ").replace(" ", "+")
 
 
 def scrub(text: str, url: str) -> str:

@@ -471,10 +471,16 @@ def memcached_spec(*, memory_mb: int = 64) -> ServerSpec:
     )
 
 
-def postgres_spec() -> ServerSpec:
+def postgres_spec(*, standby_of: PrivateServer | None = None) -> ServerSpec:
     """PostgreSQL: ``initdb`` (trust auth for the ``postgres`` role; fsync off) and ``postgres``
     in the foreground, its unix socket in its own folder. SIGINT is the fast shutdown: sessions
-    end, data stay. URL: ``postgresql+psycopg://postgres@127.0.0.1:PORT/test``."""
+    end, data stay. URL: ``postgresql+psycopg://postgres@127.0.0.1:PORT/test``.
+
+    Every such server can be a primary (``wal_level=replica`` and initdb's trust for loopback
+    replication connections are PostgreSQL's defaults). ``standby_of``: a streaming hot standby
+    of that running server instead, made by ``pg_basebackup -R`` (so it follows the primary
+    through ``primary_conninfo`` and ``standby.signal``); read-only, database ``test`` included.
+    """
     bindir = find_pg_bindir()
     if bindir is None:
         raise ServerMissing(
@@ -483,6 +489,13 @@ def postgres_spec() -> ServerSpec:
         )
 
     def prepare(folder: Path, run: Runner) -> None:
+        if standby_of is not None:
+            run([
+                str(bindir / "pg_basebackup"), "-h", standby_of.host, "-p", str(standby_of.port),
+                "-U", "postgres", "-D", str(folder / "data"), "-R", "-X", "stream",
+                "--checkpoint=fast", "--no-sync",
+            ])  # fmt: skip
+            return
         run([
             str(bindir / "initdb"), "-D", str(folder / "data"), "-U", "postgres", "--auth=trust",
             "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions",
@@ -507,7 +520,7 @@ def postgres_spec() -> ServerSpec:
 
     user = _unprivileged("postgres")
     return ServerSpec(
-        "postgres",
+        "postgres" if standby_of is None else "postgres-standby",
         argv,
         ready,
         prepare,
@@ -517,11 +530,15 @@ def postgres_spec() -> ServerSpec:
     )
 
 
-def mariadb_spec() -> ServerSpec:
+def mariadb_spec(*, server_id: int = 1, binlog: bool = False) -> ServerSpec:
     """MariaDB: ``mariadb-install-db`` into a private datadir, ``mariadbd`` with its own socket;
     every start runs an init file that makes the ``test`` database and ``root@127.0.0.1``
     without password (all rights, grant option). URL:
-    ``mysql+pymysql://root@127.0.0.1:PORT/test``."""
+    ``mysql+pymysql://root@127.0.0.1:PORT/test``.
+
+    Replication: ``binlog`` writes a row-based binary log (a primary); ``server_id`` must differ
+    between a primary and its replicas. :func:`gearstash.testing.replication.follow_mariadb`
+    makes a server replicate another by GTID."""
     install = require_binary("mariadb-install-db", "mariadb-server", "/usr/bin/mysql_install_db")
     server = require_binary("mariadbd", "mariadb-server", "/usr/sbin/mysqld")
     user = _unprivileged("mysql")
@@ -542,12 +559,17 @@ def mariadb_spec() -> ServerSpec:
             f"--basedir={Path(server).parent.parent}",
         ])  # fmt: skip
 
+    log_bin = (
+        ["--log-bin=mariadb-bin", "--binlog-format=ROW"] if binlog else ["--skip-log-bin"]
+    )
+
     def argv(port: int, folder: Path) -> list[str]:
         return [
             server, "--no-defaults", f"--datadir={folder / 'data'}", f"--port={port}",
             f"--bind-address={HOST}", f"--socket={folder / 'mariadb.sock'}",
             f"--pid-file={folder / 'mariadb.pid'}", f"--log-error={folder / 'mariadb-error.log'}",
-            f"--init-file={folder / 'init.sql'}", "--skip-name-resolve", "--skip-log-bin",
+            f"--init-file={folder / 'init.sql'}", "--skip-name-resolve", *log_bin,
+            f"--server-id={server_id}",
             "--innodb-buffer-pool-size=32M", "--innodb-flush-log-at-trx-commit=0",
             "--max-connections=200", "--max-allowed-packet=16M",  # the default the tests rely on
         ]  # fmt: skip

@@ -12,7 +12,8 @@
 * ``mysql://`` / ``mariadb://`` use PyMySQL unless a driver is named.
 
 Query options whose name starts with ``gearstash_``, and the store's own options (:data:`OPTIONS`:
-``ttl``, ``tombstone``, ``purge_every``, ``notify``), are for gearstash and never reach SQLAlchemy.
+``ttl``, ``tombstone``, ``purge_every``, ``notify``, ``read_url``), are for gearstash and never
+reach SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ DEFAULT_DRIVERS = {
 }
 ALIASES = {"postgres": "postgresql"}
 # the store's own URL query options (see gearstash_sql.store), removed before SQLAlchemy sees the URL
-OPTIONS = frozenset({"ttl", "tombstone", "purge_every", "notify"})
+OPTIONS = frozenset({"ttl", "tombstone", "purge_every", "notify", "read_url"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,23 @@ def parse_url(url: str) -> Target:
     memory = backend == "sqlite" and parsed.database in (None, "", ":memory:")
     family = "mysql" if backend == "mariadb" else backend
     return Target(parsed, family, memory, parsed.password or "")
+
+
+def read_target(primary: Target, read_url: str) -> Target:
+    """The read replica a store URL's ``?read_url=`` names, checked against the ``primary``.
+
+    The replica must be the same database family over the same driver (the reads are compiled
+    once for one dialect), and SQLite has none. Raises ConfigError (no secret in the message).
+    """
+    if primary.family == "sqlite":
+        raise ConfigError("read_url: SQLite stores have no read replica")
+    replica = parse_url(read_url)
+    if replica.url.drivername != primary.url.drivername:
+        raise ConfigError(
+            f"read_url {redact_url(read_url)!r} must name the same database and driver as the "
+            f"store ({primary.url.drivername}), not {replica.url.drivername}"
+        )
+    return replica
 
 
 def make_engine(target: Target, *, pooled: bool = True) -> sa.Engine:

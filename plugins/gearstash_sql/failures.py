@@ -6,6 +6,7 @@ parameters: engines are created with ``hide_parameters=True``) and never a passw
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,10 +46,13 @@ def is_disconnect(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
 
 
-def to_store_error(exc: BaseException, name: str, doing: str, password: str = "") -> GearstashError:
+def to_store_error(
+    exc: BaseException, name: str, doing: str, passwords: Sequence[str] = ()
+) -> GearstashError:
     """A StoreError for ``exc`` saying what failed (``doing``) in store ``name``.
 
-    A :class:`~gearstash.errors.GearstashError` (already mapped) is returned unchanged.
+    ``passwords`` (the store's and its read replica's) never show in the message. A
+    :class:`~gearstash.errors.GearstashError` (already mapped) is returned unchanged.
     """
     if isinstance(exc, GearstashError):
         return exc
@@ -63,8 +67,9 @@ def to_store_error(exc: BaseException, name: str, doing: str, password: str = ""
     else:
         detail = f"{type(exc).__name__}: {exc}"
     detail = " ".join(detail.split())  # one line
-    if len(password) >= 3:  # shorter would mangle the message; drivers never echo it anyway
-        detail = detail.replace(password, "***")
+    for password in sorted(passwords, key=len, reverse=True):
+        if len(password) >= 3:  # shorter would mangle the message; drivers never echo it anyway
+            detail = detail.replace(password, "***")
     if len(detail) > MAX_DETAIL:
         detail = detail[: MAX_DETAIL - 3] + "..."
     if _is_data_error(exc):  # the database refuses these values: retrying cannot help

@@ -6,8 +6,8 @@ the key and unique indexes), with the last status point of each listed job from 
 sub-selects on the chunk primary key. The cursor is the id of the last job listed, so a job made
 after the first page never shows up on a later one. ``count_by_state()``: a ``GROUP BY state``
 (an index-only scan of ``ix_gearstash_jobs_state`` without other filters) less the expired rows
-(a range of the expires_at index). Both read through the
-store's pooled engine in autocommit; a row past ``expires_at`` reads as ``expired``.
+(a range of the expires_at index). Both read through the store's pooled engine (its read
+replica's with ``?read_url=``) in autocommit; a row past ``expires_at`` reads as ``expired``.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class Listing:
     """``list_jobs()`` and ``count_by_state()``; :class:`~gearstash_sql.store.SqlStore` provides
     the engine and the error mapping."""
 
-    _engine: sa.Engine
+    _read_engine: sa.Engine  # the replica's (?read_url=), else the store's
     _closed: bool
 
     if TYPE_CHECKING:  # SqlStore's methods
@@ -193,7 +193,7 @@ class Listing:
         if self._closed:
             raise self._closed_error()
         try:
-            with self._engine.connect() as conn:
+            with self._read_engine.connect() as conn:
                 return list(conn.execute(query).all())
         except Exception as exc:
             raise self._error(exc, doing) from exc

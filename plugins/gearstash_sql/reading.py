@@ -10,6 +10,11 @@ unique under any handle, on the ``(unique_key, server)`` index), then per 500 ch
 statement for their rows and chunks. MySQL over PyMySQL sends the job and chunk
 SELECTs as one ``START TRANSACTION READ ONLY; ...; COMMIT`` query (MariaDB's UNION is slow).
 A read that finds its connection dead runs once more on a new one.
+
+With a read replica (``?read_url=``) these reads go to the replica, and the references it answers
+with no record or a record that is not final are read once more from the primary (one more
+statement or batch, for those only): read-your-writes, so replication lag never makes a job look
+unknown, lost or older than the primary has it (see :mod:`gearstash_sql.store`).
 """
 
 from __future__ import annotations
@@ -40,10 +45,11 @@ class ReadPath:
     _closed: bool
     _guard: contextlib.AbstractContextManager[Any]
     _reads: Reads
+    _replica: bool  # reads go to a replica (?read_url=), then to the primary where need be
 
     if TYPE_CHECKING:  # SqlStore's methods
 
-        def _reading(self, body: Callable[[Any], _T]) -> _T: ...
+        def _reading(self, body: Callable[[Any], _T], primary: bool = False) -> _T: ...
         def _closed_error(self) -> StoreError: ...
 
     # ------------------------------------------------------------------ Store protocol
@@ -52,12 +58,27 @@ class ReadPath:
         """The newest record matching each reference, in order (None if none). Raises StoreError.
 
         One reference: one statement. More: two statements per 500 (see :mod:`gearstash_sql.reads`).
+        With a replica, again from the primary for those it has no final record of.
         """
         if not refs:
             return []
         now = time.time()
+        found = self._get_many(refs, now, False)
+        if self._replica:
+            again = [
+                i for i, record in enumerate(found) if record is None or not record.state.final
+            ]
+            if again:
+                fresh = self._get_many([refs[i] for i in again], now, True)
+                for i, record in zip(again, fresh, strict=True):
+                    found[i] = record
+        return found
+
+    def _get_many(
+        self, refs: Sequence[JobRef], now: float, primary: bool
+    ) -> list[JobRecord | None]:
         if len(refs) == 1:
-            return [self._get_one(refs[0], 0, now)]
+            return [self._get_one(refs[0], 0, now, primary)]
         handles = list(
             {ref.handle for ref in refs if len(ref.handle) <= MAX_KEY_BYTES and not ref.by_unique}
         )
@@ -70,7 +91,7 @@ class ReadPath:
         )
         with self._guard:
             candidates, rows, chunk_rows = self._reading(
-                lambda cursor: self._read_many(cursor, refs, handles, uniques, now)
+                lambda cursor: self._read_many(cursor, refs, handles, uniques, now), primary
             )
         records: dict[int, JobRecord] = {}
         out: list[JobRecord | None] = []
@@ -89,11 +110,16 @@ class ReadPath:
         """The newest record matching ``ref`` with only its data chunks from index ``after`` on.
 
         ``data_offset`` is ``after``; warnings and status points come whole. Only the chunks
-        returned are read from the database (one statement). Raises StoreError.
+        returned are read from the database (one statement; with a replica, again from the
+        primary when the replica has no final record). Raises StoreError.
         """
-        return self._get_one(ref, max(int(after), 0), time.time())
+        after, now = max(int(after), 0), time.time()
+        record = self._get_one(ref, after, now, False)
+        if self._replica and (record is None or not record.state.final):
+            record = self._get_one(ref, after, now, True)
+        return record
 
-    def _get_one(self, ref: JobRef, after: int, now: float) -> JobRecord | None:
+    def _get_one(self, ref: JobRef, after: int, now: float, primary: bool) -> JobRecord | None:
         """One reference's record in one statement (``after``: a cursor read)."""
         if self._closed:
             raise self._closed_error()
@@ -127,14 +153,15 @@ class ReadPath:
             found_jobs, found_chunks = self._reading(
                 lambda cursor: _mysql_read(
                     cursor, job_sql, key, chunk_sql, [*params[len(key) : -1], *key, now]
-                )
+                ),
+                primary,
             )
             row = found_jobs[0] if found_jobs else None
             chunk_rows = [item[1:] for item in found_chunks]
         else:
             sql = reads.one(server is not None, unique is not None, bool(after), by_unique)
             with self._guard:
-                found = self._reading(lambda cursor: _fetch(cursor, sql, params))
+                found = self._reading(lambda cursor: _fetch(cursor, sql, params), primary)
             for item in found:
                 if item[JOB_WIDTH] < 0:
                     row = item[:JOB_WIDTH]

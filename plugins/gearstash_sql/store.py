@@ -27,6 +27,15 @@ short transaction; a failure is logged and never fails the write. :meth:`SqlStor
 steps until nothing is left and returns how many jobs it cleaned or deleted. Expiry is decided by
 the clocks of the writing and purging hosts: keep them in sync.
 
+Read replica (PostgreSQL, MariaDB/MySQL): ``?read_url=URL`` (percent-encoded, same database and
+driver) sends the reads — ``get_many``, ``get_after``, ``list_jobs``, ``count_by_state`` — to a
+replica; writes, deletes, purges, the schema check and watches (LISTEN runs on the primary: a hot
+standby refuses it) stay on the primary. Read-your-writes: a reference the replica answers with no
+record, or with a record that is not final (queued, running), is read again from the primary, so
+a lagging replica never makes a job look unknown, lost or older than it is; a final record
+(complete, failed, expired) is answered by the replica alone, as are listings and counts, which
+may lag. The replica's password is kept out of messages like the store's.
+
 Push (PostgreSQL over psycopg 3): writes notify the job's channel in the same statement
 (:mod:`gearstash_sql.notify`), and :meth:`SqlStore.watch` listens on a connection of its own;
 ``?notify=0`` turns it off. SQLite has no push across hosts, but its watches see commits from
@@ -53,7 +62,7 @@ from gearstash.store.urls import redact_url, ttl_from_query
 
 from . import driver
 from .direct import Statements
-from .engine import make_engine, multi_statements, parse_url
+from .engine import make_engine, multi_statements, parse_url, read_target
 from .failures import is_retryable, to_store_error
 from .listing import Listing
 from .maintenance import Maintenance
@@ -104,7 +113,11 @@ class SqlStore(WritePath, ReadPath, Removal, Listing):
         )
         if self._notify:
             self.capabilities = self.capabilities | {"push"}
-        self._password = target.password
+        read_url = (query.get("read_url") or [""])[-1]
+        replica = read_target(target, read_url) if read_url else None
+        #: the read replica's redacted URL (``?read_url=``), else None
+        self.read_url = redact_url(read_url) if replica is not None else None
+        self._passwords = (target.password, *(() if replica is None else (replica.password,)))
         self._closed = False
         self._memory = target.memory
         self._sqlite_file = (
@@ -113,10 +126,15 @@ class SqlStore(WritePath, ReadPath, Removal, Listing):
         self._make_locks()
         on_fork(self)
         self._write_engine: sa.Engine | None = None
+        self._replica_engine: sa.Engine | None = None  # pool-less, for the replica's readers
         try:
             self._engine = make_engine(target)
             if not target.memory:
                 self._write_engine = make_engine(target, pooled=False)
+            # list_jobs() and count_by_state() read through this pooled engine
+            self._read_engine = self._engine if replica is None else make_engine(replica)
+            if replica is not None:
+                self._replica_engine = make_engine(replica, pooled=False)
         except Exception as exc:
             raise self._error(exc, "opening the store") from exc
         self._forks = forks()
@@ -144,6 +162,11 @@ class SqlStore(WritePath, ReadPath, Removal, Listing):
         # writer, nor take its lock); an in-memory database reads on its one connection
         self._readers = (
             self._writers if self._memory else Writers(self._connect_reader, shared=False)
+        )
+        # with a replica, _readers read there and these read the primary (read-your-writes)
+        self._replica = replica is not None
+        self._primary_readers = (
+            Writers(self._connect_primary_reader, shared=False) if replica else self._readers
         )
 
     def __repr__(self) -> str:
@@ -205,11 +228,15 @@ class SqlStore(WritePath, ReadPath, Removal, Listing):
             self._after_fork()
             self._writers.close()
             self._readers.close()
+            self._primary_readers.close()
             if self._listeners is not None:
                 self._listeners.close()
             self._engine.dispose()
             if self._write_engine is not None:
                 self._write_engine.dispose()
+            if self._replica_engine is not None:
+                self._read_engine.dispose()
+                self._replica_engine.dispose()
 
     # ------------------------------------------------------------------ connections
 
@@ -230,13 +257,17 @@ class SqlStore(WritePath, ReadPath, Removal, Listing):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _connect_writer(self) -> Writer:
+        return self._connect(self._write_engine)
+
+    def _connect(self, engine: sa.Engine | None) -> Writer:
+        """A connection of the store's own from the pool-less ``engine`` (autocommit)."""
         conn: Any
-        if self._write_engine is None:  # in-memory SQLite: the engine's one connection
+        if engine is None:  # in-memory SQLite: the engine's one connection
             fairy = self._engine.raw_connection()
             conn = fairy.dbapi_connection
             fairy.close()  # back to the StaticPool, which keeps it open
             return Writer(conn, owned=False, socket=None)
-        fairy = self._write_engine.raw_connection()
+        fairy = engine.raw_connection()
         fairy.detach()  # ours now: SQLAlchemy neither pools nor resets it
         conn = fairy.dbapi_connection
         try:
@@ -251,9 +282,17 @@ class SqlStore(WritePath, ReadPath, Removal, Listing):
             raise
 
     def _connect_reader(self) -> Writer:
+        """A read connection (to the replica if there is one)."""
+        return self._connect_read(self._replica_engine or self._write_engine)
+
+    def _connect_primary_reader(self) -> Writer:
+        """A read connection to the primary (a store with a replica: read-your-writes)."""
+        return self._connect_read(self._write_engine)
+
+    def _connect_read(self, engine: sa.Engine | None) -> Writer:
         """A read connection: as a write connection (autocommit); MySQL: REPEATABLE READ, so the
         two SELECTs of a read (see gearstash_sql.reads) see one snapshot."""
-        reader = self._connect_writer()
+        reader = self._connect(engine)
         if self.family == "mysql":
             try:
                 reader.cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -337,19 +376,21 @@ class SqlStore(WritePath, ReadPath, Removal, Listing):
                 self._engine.dispose(close=False)
             self._forks = forks()
 
-    def _reading(self, body: Callable[[Any], _T]) -> _T:
-        """Run ``body(cursor)`` on this thread's read connection (autocommit); once more on a new
-        connection if it was found dead (a read may be sent twice)."""
+    def _reading(self, body: Callable[[Any], _T], primary: bool = False) -> _T:
+        """Run ``body(cursor)`` on this thread's read connection (autocommit) — the replica's
+        if there is one, unless ``primary`` — once more on a new connection if it was found dead
+        (a read may be sent twice)."""
         if self._closed:
             raise self._closed_error()
-        readers = self._readers
+        readers = self._primary_readers if primary else self._readers
+        doing = "read" if primary or not self._replica else "read from the replica"
         for attempt in (1, 2):
             try:
                 reader = readers.get()
             except WritersClosed:
                 raise self._closed_error() from None
             except Exception as exc:
-                raise self._error(exc, "read") from exc
+                raise self._error(exc, doing) from exc
             try:
                 return body(reader.cursor)
             except BaseException as exc:
@@ -367,11 +408,11 @@ class SqlStore(WritePath, ReadPath, Removal, Listing):
                     raise
                 if attempt == 1 and dead:
                     continue
-                raise self._error(exc, "read") from exc
+                raise self._error(exc, doing) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _error(self, exc: BaseException, doing: str) -> Exception:
-        return to_store_error(exc, self.url, doing, self._password)
+        return to_store_error(exc, self.url, doing, self._passwords)
 
     def _closed_error(self) -> StoreError:
         return StoreError(f"{self.url}: the store is closed")
