@@ -247,10 +247,14 @@ def print_records(results: dict[str, dict[str, Any]], checks: list[dict[str, Any
 
 
 def bench_fetch(g: Gearmand, store: str, url: str, jobs: int, repeat: int) -> dict[str, Any]:
-    """fetch_many(refs) against a loop of fetch(ref), same client, same jobs."""
+    """fetch_many(refs) against a loop of fetch(ref), same client, same jobs. The records are
+    written through one store object and read through another, as a worker and a client in
+    two processes would (no name or connection of the writer is at hand for the reader)."""
     opened = open_store(url)
+    reader = None
     try:
-        with Client([g.address], store=opened) as client:
+        reader = open_store(url)
+        with Client([g.address], store=reader) as client:
             fn = f"fetch_{store}"
             refs = [client.submit_background(fn, b"w", unique=f"f{i}") for i in range(jobs)]
             now = time.time()
@@ -277,6 +281,8 @@ def bench_fetch(g: Gearmand, store: str, url: str, jobs: int, repeat: int) -> di
                 single.append(time.perf_counter() - start)
     finally:
         opened.close()
+        if reader is not None:
+            reader.close()
     out = {"jobs": jobs, "fetch_many_s": many, "fetch_loop_s": single}
     out["speedup"] = median(single) / median(many)
     print(

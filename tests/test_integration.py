@@ -367,6 +367,28 @@ def test_fetch_many_is_one_round_trip_per_server(gearmand_factory, store_url, mo
     assert gets == [300]  # one store query
 
 
+def test_pipelined_statuses_keep_each_jobs_own_answer(gearmand, store_url):
+    """Replies alike share one Status; replies that differ keep their own (known or not)."""
+    with Client([gearmand.address], store=store_url) as c:
+        queued = [c.submit_background("nobody_serves_this", b"%d" % i) for i in range(3)]
+        unknown = [JobRef(b"H:nowhere:%d" % i, gearmand.address) for i in range(3)]
+        refs = [queued[0], unknown[0], queued[1], unknown[1], unknown[2], queued[2]]
+        found, down = c.links.statuses(refs)
+        assert not down
+        answers = [found[(r.server, r.handle)] for r in refs]
+        assert [(a.known, a.running) for a in answers] == [
+            (True, False),
+            (False, False),
+            (True, False),
+            (False, False),
+            (False, False),
+            (True, False),
+        ]
+        assert all(a.server == gearmand.address for a in answers)
+        for one, ref in zip(answers, refs, strict=True):
+            assert c.links.status(ref) == one  # as asked alone
+
+
 def test_stop_finishes_the_job_in_hand(gearmand, store_url):
     worker = Worker([gearmand.address], store=store_url)
     worker.register("slow", FUNCTIONS["slow"])

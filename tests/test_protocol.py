@@ -41,6 +41,7 @@ from gearstash.protocol.packets import (
     check_unique,
     encode,
     encode_request,
+    encode_requests,
     encode_response,
     parse_int,
 )
@@ -187,6 +188,22 @@ def test_encode_rejects_unknown_type_and_non_bytes() -> None:
         with pytest.raises(ProtocolError, match="bytes-like") as info:
             encode(T.SUBMIT_JOB, *args)
         assert info.value.side == "local"
+
+
+@given(st.lists(st.binary(max_size=70), max_size=20))
+def test_encode_requests_is_the_requests_back_to_back(handles: list[bytes]) -> None:
+    for kind in (T.GET_STATUS, T.GET_STATUS_UNIQUE):
+        want = b"".join(encode_request(kind, h) for h in handles)
+        assert encode_requests(kind, handles) == want
+        assert encode_requests(kind, [bytearray(h) for h in handles]) == want
+
+
+def test_encode_requests_refuses_what_encode_refuses() -> None:
+    with pytest.raises(ProtocolError, match="takes 3 arguments") as info:
+        encode_requests(T.SUBMIT_JOB, [b"x"])
+    assert info.value.side == "local"
+    with pytest.raises(ProtocolError, match="bytes-like"):
+        encode_requests(T.GET_STATUS, [b"H:a:1", "H:a:2"])  # type: ignore[list-item]
 
 
 # -------------------------------------------------------------------------------- round trip

@@ -31,6 +31,7 @@ from gearstash.protocol.packets import (
     UniqueStatusReply,
     check_unique,
     encode_request,
+    encode_requests,
     handle_problem,
 )
 from gearstash.transport.connection import Connection, servers_from
@@ -119,11 +120,13 @@ class ServerLinks:
                 raise ProtocolError(f"job server {server} answered OPTION_RES {reply.args[0]!r}")
         return conn
 
-    def expect(self, conn: Connection, kind: PacketType) -> Packet:
-        """Read until a ``kind`` packet, skipping stray WORK_* packets; ERROR raises ServerError
-        (:class:`~gearstash.errors.NotSupported` when the server does not know the request)."""
+    def expect(self, conn: Connection, kind: PacketType, packet: Packet | None = None) -> Packet:
+        """Read until a ``kind`` packet (``packet``: one read already), skipping stray WORK_*
+        packets; ERROR raises ServerError (:class:`~gearstash.errors.NotSupported` when the
+        server does not know the request)."""
         while True:
-            packet = conn.read_packet()
+            if packet is None:
+                packet = conn.read_packet()
             if packet.kind == kind:
                 return packet
             if packet.kind == PacketType.ERROR:
@@ -134,6 +137,7 @@ class ServerLinks:
                     )
                 raise ServerError(err.code, err.text, server=conn.server)
             if packet.kind in WORK_PACKETS or packet.kind == PacketType.NOOP:
+                packet = None
                 continue
             conn.close()
             raise ProtocolError(
@@ -149,19 +153,37 @@ class ServerLinks:
     # ------------------------------------------------------------ status
 
     def _status_batch(self, server: str, handles: Sequence[bytes]) -> dict[bytes, Status]:
-        """GET_STATUS for many handles on one server, pipelined. Raises ServerUnavailable."""
+        """GET_STATUS for many handles on one server, pipelined. Raises ServerUnavailable.
+
+        Replies with the same numbers share one (immutable) :class:`Status`: most jobs asked
+        for at once are queued, or finished and forgotten, alike."""
         out: dict[bytes, Status] = {}
+        seen: dict[tuple[bytes, ...], Status] = {}  # a reply's fields after the handle
+        status_res = PacketType.STATUS_RES
         with self._locks[server]:
             conn = self._conn(server)
+            read = conn.read_packet
             try:
                 for start in range(0, len(handles), STATUS_BATCH):
                     batch = handles[start : start + STATUS_BATCH]
-                    conn.send(b"".join(encode_request(PacketType.GET_STATUS, h) for h in batch))
+                    conn.send(encode_requests(PacketType.GET_STATUS, batch))
                     for _ in batch:
-                        reply = StatusReply.from_packet(self.expect(conn, PacketType.STATUS_RES))
-                        out[reply.handle] = Status(
-                            reply.known, reply.running, reply.numerator, reply.denominator, server
-                        )
+                        packet = read()
+                        if packet.kind is not status_res:
+                            packet = self.expect(conn, status_res, packet)
+                        handle, *numbers = packet.args
+                        fields = tuple(numbers)
+                        status = seen.get(fields)
+                        if status is None:
+                            reply = StatusReply.from_packet(packet)  # checks the numbers
+                            status = seen[fields] = Status(
+                                reply.known,
+                                reply.running,
+                                reply.numerator,
+                                reply.denominator,
+                                server,
+                            )
+                        out[handle] = status
             except BaseException:
                 conn.close()  # unread replies of this batch would answer the next call
                 raise
@@ -175,9 +197,7 @@ class ServerLinks:
             try:
                 for start in range(0, len(uniques), STATUS_BATCH):
                     batch = uniques[start : start + STATUS_BATCH]
-                    conn.send(
-                        b"".join(encode_request(PacketType.GET_STATUS_UNIQUE, u) for u in batch)
-                    )
+                    conn.send(encode_requests(PacketType.GET_STATUS_UNIQUE, batch))
                     for _ in batch:
                         r = UniqueStatusReply.from_packet(
                             self.expect(conn, PacketType.STATUS_RES_UNIQUE)

@@ -104,6 +104,11 @@ class Layout:
             self.channel(key.handle),
         )
 
+    def job(self, key: JobKey) -> bytes:
+        """``PREFIX:{J}:job`` alone, what a read names: one digest, where :attr:`keys` makes
+        four for a key it has not cached (a reader seldom has: the worker wrote the job)."""
+        return b"%b:{%b}:job" % (self._prefix, digest(encode_key(key)).encode())
+
     def index(self, handle: bytes) -> bytes:
         """``PREFIX:h:{H}``: the handle index."""
         return b"%b:h:{%b}" % (self._prefix, digest(handle).encode())

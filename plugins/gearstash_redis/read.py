@@ -55,7 +55,7 @@ class ReadBatch:
                 slot = slots[ref] = len(slots)
             order.append(slot)
         distinct = list(slots)
-        keys_of, index = layout.keys, layout.index
+        job_of, index = layout.job, layout.index
         commands: list[Command] = []
         for start in range(0, len(distinct), SLICE):
             keys: list[bytes] = []
@@ -69,7 +69,7 @@ class ReadBatch:
                     else:
                         args += (_ANY_HANDLE, unique)
                 elif ref.handle and server is not None and unique is not None:
-                    keys.append(keys_of(JobKey(server, ref.handle, unique)).job)
+                    keys.append(job_of(JobKey(server, ref.handle, unique)))
                     args.append(_COMPLETE)
                 else:  # an empty unique is never listed: an empty handle looks among empty handles
                     keys.append(index(ref.handle))

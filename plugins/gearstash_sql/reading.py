@@ -33,6 +33,7 @@ from .rows import build_record, expired, expired_record
 from .schema import MAX_KEY_BYTES
 
 IN_CHUNK = 500  # parameters per IN list
+EXACT_CHUNK = 300  # whole keys (three parameters each) per statement
 _T = TypeVar("_T")
 _SEQ = itemgetter(0)  # a chunk row's seq (see gearstash_sql.reads)
 
@@ -79,8 +80,15 @@ class ReadPath:
     ) -> list[JobRecord | None]:
         if len(refs) == 1:
             return [self._get_one(refs[0], 0, now, primary)]
+        exact = not self._reads.multi  # whole keys in one statement (see gearstash_sql.reads)
         handles = list(
-            {ref.handle for ref in refs if len(ref.handle) <= MAX_KEY_BYTES and not ref.by_unique}
+            {
+                ref.handle
+                for ref in refs
+                if len(ref.handle) <= MAX_KEY_BYTES
+                and not ref.by_unique
+                and not (exact and _whole(ref))
+            }
         )
         uniques = list(
             {
@@ -191,6 +199,25 @@ class ReadPath:
         order). Expired jobs' chunks are not read. ``uniques``: those of the references by unique
         alone."""
         reads = self._reads
+        rows: dict[int, Any] = {}
+        chunk_rows: dict[int, list[Any]] = {}
+        # whole keys: their rows and chunks at once (the key is unique: no candidates to choose)
+        whole: dict[tuple[bytes, str | None, bytes | None], int] = {}
+        if not reads.multi:
+            keys = list(
+                {
+                    (ref.handle, ref.server, ref.unique): None
+                    for ref in refs
+                    if _whole(ref) and len(ref.handle) <= MAX_KEY_BYTES
+                }
+            )
+            for key_part in _slices(keys, EXACT_CHUNK):
+                params: list[Any] = [value for key in key_part for value in key]
+                params.append(now)
+                cursor.execute(reads.exact(len(key_part)), params)
+                _take(cursor.fetchall(), rows, chunk_rows)
+            for job_id, row in rows.items():
+                whole[(bytes(row[2]), row[1], bytes(row[3]))] = job_id
         found: dict[bytes, list[tuple[int, JobKey]]] = {}
         for part in _slices(handles):
             cursor.execute(reads.find(len(part)), part)
@@ -207,6 +234,9 @@ class ReadPath:
                 )
         chosen: list[int | None] = []
         for ref in refs:
+            if whole and _whole(ref):
+                chosen.append(whole.get((ref.handle, ref.server, ref.unique)))
+                continue
             best: int | None = None
             candidates = (
                 by_unique.get(unique_of(ref), ()) if ref.by_unique else found.get(ref.handle, ())
@@ -215,9 +245,7 @@ class ReadPath:
                 if (best is None or job_id > best) and ref.matches(key):
                     best = job_id
             chosen.append(best)
-        ids = sorted({job_id for job_id in chosen if job_id is not None})
-        rows: dict[int, Any] = {}
-        chunk_rows: dict[int, list[Any]] = {}
+        ids = sorted({job_id for job_id in chosen if job_id is not None and job_id not in rows})
         for id_part in _slices(ids):
             if reads.multi:
                 job_sql, chunk_sql = reads.mysql_load(len(id_part))
@@ -230,14 +258,25 @@ class ReadPath:
                     chunk_rows.setdefault(item[0], []).append(item[1:])
                 continue
             cursor.execute(reads.load(len(id_part)), [*id_part, now])
-            for item in cursor.fetchall():
-                if item[JOB_WIDTH] < 0:
-                    rows[item[0]] = item[:JOB_WIDTH]
-                else:
-                    chunk_rows.setdefault(item[0], []).append(item[JOB_WIDTH:])
+            _take(cursor.fetchall(), rows, chunk_rows)
         for job_chunks in chunk_rows.values():
             job_chunks.sort(key=_SEQ)
         return chosen, rows, chunk_rows
+
+
+def _whole(ref: JobRef) -> bool:
+    """True for a reference that names a whole key (handle, server and unique)."""
+    return bool(ref.handle) and ref.server is not None and ref.unique is not None
+
+
+def _take(items: Sequence[Any], rows: dict[int, Any], chunk_rows: dict[int, list[Any]]) -> None:
+    """Sort the rows of a union read (see gearstash_sql.reads) into job rows by id and chunk
+    rows by job id."""
+    for item in items:
+        if item[JOB_WIDTH] < 0:
+            rows[item[0]] = item[:JOB_WIDTH]
+        else:
+            chunk_rows.setdefault(item[0], []).append(item[JOB_WIDTH:])
 
 
 def unique_of(ref: JobRef) -> bytes:
@@ -281,6 +320,6 @@ def _record(row: Any, chunk_rows: dict[int, list[Any]], now: float) -> JobRecord
     return build_record(row, chunk_rows.get(row[0], ()))
 
 
-def _slices(items: list[_T]) -> Iterator[list[_T]]:
-    for start in range(0, len(items), IN_CHUNK):
-        yield items[start : start + IN_CHUNK]
+def _slices(items: list[_T], size: int = IN_CHUNK) -> Iterator[list[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -15,7 +15,11 @@ Reads run straight on the DBAPI cursor of the thread's read connection (see
   one for the references by unique alone (an empty handle, see :class:`~gearstash.model.records.JobRef`;
   on the ``(unique_key, server)`` index), then per 500 chosen ids
   one statement of the same shape as above. Each job's row and chunks come from one statement, so
-  each record is consistent; the batch is a bounded number of statements.
+  each record is consistent; the batch is a bounded number of statements. References that name
+  a whole key (handle, server and unique: what ``submit_background`` returns) skip the candidate
+  query: the key is unique, so per 300 of them ONE statement of that shape finds their rows by
+  a join of ``VALUES (handle, server, unique), ...`` with the key index (:meth:`Reads.exact`;
+  not on MySQL, whose reads keep the two steps; SQLite scans the table for a row-value ``IN``).
 
 MySQL/MariaDB over PyMySQL (whose connections take several statements per query, see
 :mod:`gearstash_sql.direct`): MariaDB runs every ``UNION`` through a temporary table, on disk when
@@ -75,6 +79,12 @@ class Reads:
         )
         self._union = f"{job_part} UNION ALL {chunk_part}"
         self._select_jobs = f"SELECT {job_columns} FROM {job_table}"
+        self._join_keys = (
+            f"SELECT {', '.join(f't.{quote(name)}' for name in RECORD_COLUMNS)} FROM (VALUES "
+            "{}) k JOIN "
+            f"{job_table} t ON t.handle = k.column1 AND t.server = k.column2 "
+            "AND t.unique_key = k.column3"
+        )
         # a cursor read: the seq of the after-th data chunk (params: after); chunks kept from it
         self._cut = (
             f", k AS (SELECT c.seq FROM {chunk_table} c JOIN j ON c.job_id = j.id "
@@ -92,6 +102,7 @@ class Reads:
         self._mysql_one: dict[tuple[bool, bool, bool, bool], tuple[str, str]] = {}
         self._find: dict[tuple[str, int], str] = {}
         self._load: dict[int, str] = {}
+        self._exact: dict[int, str] = {}
 
     def marks(self, count: int) -> str:
         return ", ".join([self.mark] * count)
@@ -184,6 +195,15 @@ class Reads:
                 f"SELECT id, server, handle, unique_key FROM {self._jobs} "
                 f"WHERE {column} IN ({self.marks(count)})"
             )
+        return sql
+
+    def exact(self, count: int) -> str:
+        """The job rows of ``count`` whole keys with their chunks, as :meth:`load` (params: each
+        key's handle, server and unique, then now)."""
+        sql = self._exact.get(count)
+        if sql is None:
+            keys = self._join_keys.format(", ".join([f"({self.marks(3)})"] * count))
+            sql = self._exact[count] = f"WITH j AS ({keys}) {self._union}"
         return sql
 
     def load(self, count: int) -> str:
