@@ -3,24 +3,29 @@ every chunk is checked: stored exactly once, in order, for every job.
 
     .venv/bin/python bench/load.py --store redis --workers 4 --jobs-per-worker 20000
     .venv/bin/python bench/load.py --store postgres --workers 4 --jobs-per-worker 20000
+    .venv/bin/python bench/load.py --private --gearmands 2 --prefork --store redis
 
 ``--store`` takes ``redis`` (a fresh key prefix in db 15 of 127.0.0.1:6379, deleted afterwards),
 ``postgres`` (a fresh schema in db ``test`` of 127.0.0.1:5432, dropped afterwards), or any store URL
-shared by processes (used as is, nothing cleaned up). A private gearmand on a free port serves the
-run.
+shared by processes (used as is, nothing cleaned up); ``--private`` runs ``redis`` and ``postgres``
+on a redis-server or PostgreSQL of the run's own on a free loopback port instead (the test suite's
+servers: PostgreSQL with fsync off), touching no server of the machine. A private gearmand on a
+free port serves the run; ``--gearmands N`` starts N of them, the client spreads the jobs over
+them (by unique) and every worker serves them all (``-s`` each).
 
 What happens (:func:`run_load`, which ``tests/test_load.py`` calls with a small size):
 
 1. ``workers x jobs_per_worker`` background jobs go to a fresh function name with distinct uniques
    (``Client.submit_background_many``, 1,000 a call), before any worker runs (``--live``: after the workers
    registered, while they work);
-2. ``workers`` separate ``gearstash worker`` CLI processes start, each serving :func:`chunky`: it
+2. ``workers`` separate ``gearstash worker`` CLI processes start (``--prefork``: ONE ``gearstash
+   worker --processes <workers>`` supervisor and its children), each serving :func:`chunky`: it
    sends ``chunks`` WORK_DATA chunks ``b"<unique>:<i>:" + payload`` and returns
    ``b"done:<unique>"`` (``--flush-interval S``: ``load.py --serve`` processes running
    ``Worker(flush_interval=S)`` instead; 0 makes every event a store write of its own);
-3. the driver waits until gearmand holds no job of the function (a worker stores a job's events
-   before the server hears it ended), stops the workers with SIGTERM, and checks their exit codes
-   and stderr;
+3. the driver waits until no gearmand holds a job of the function (a worker stores a job's
+   events before the server hears it ended), stops the workers with SIGTERM, and checks their
+   exit codes and stderr;
 4. every job is read back with ``Client.fetch_many`` (1,000 per call) and checked: state complete,
    attempt 1, exactly ``chunks`` data chunks equal to the expected ones in order (a missing, extra,
    repeated, foreign or misplaced chunk is named), the result, no error. For Redis and SQL stores
@@ -44,7 +49,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +97,8 @@ class Report:
     chunks_per_job: int
     flush_interval: float | None = None  # None: the gearstash worker CLI
     live: bool = False  # submitted while the workers ran (else: queue filled first)
+    gearmands: int = 1
+    prefork: bool = False  # one `gearstash worker --processes N` (else N separate processes)
     submit_s: float = 0.0
     wait_s: float = 0.0  # first worker spawned → gearmand holds no job of the function
     processing_s: float = 0.0  # first stored started_at → last stored finished_at
@@ -101,6 +108,7 @@ class Report:
     raw_jobs: int | None = None  # job records counted in the store's own layout
     raw_chunks: int | None = None  # data chunks counted in the store's own layout
     jobs_per_worker: dict[str, int] = field(default_factory=dict)
+    jobs_per_server: dict[str, int] = field(default_factory=dict)
     anomalies: Counter[str] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
     worker_errors: list[str] = field(default_factory=list)
@@ -132,10 +140,13 @@ class Report:
         total_chunks = self.jobs * self.chunks_per_job
         span = self.processing_s or float("nan")
         lines = [
-            f"store {self.store}: {self.workers} worker processes, {self.jobs:,} jobs x "
+            f"store {self.store}: {self.workers} worker processes, {self.gearmands} gearmand"
+            f"{'s' if self.gearmands > 1 else ''}, {self.jobs:,} jobs x "
             f"{self.chunks_per_job} chunks = {total_chunks:,} chunks; workers: "
             + (
-                "gearstash worker CLI"
+                f"gearstash worker --processes {self.workers}"
+                if self.prefork
+                else "gearstash worker CLI"
                 if self.flush_interval is None
                 else f"Worker(flush_interval={self.flush_interval})"
             )
@@ -151,6 +162,8 @@ class Report:
             f"{_maybe(self.raw_chunks)}",
             "jobs per worker: "
             + ", ".join(f"{w} {n:,}" for w, n in sorted(self.jobs_per_worker.items())),
+            "jobs per gearmand: "
+            + ", ".join(f"{s} {n:,}" for s, n in sorted(self.jobs_per_server.items())),
         ]
         if self.anomalies:
             lines.append("ANOMALIES: " + ", ".join(f"{k} {n:,}" for k, n in self.anomalies.items()))
@@ -168,7 +181,7 @@ def _maybe(value: int | None) -> str:
 
 
 def run_load(
-    server: str,
+    server: str | Sequence[str],
     store_url: str,
     *,
     workers: int = 4,
@@ -178,22 +191,30 @@ def run_load(
     concurrency: int = 1,
     flush_interval: float | None = None,
     live: bool = False,
+    prefork: bool = False,
     timeout: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
-    """Run the load against the gearmand at ``server`` (``host:port``) and ``store_url``.
+    """Run the load against the gearmand(s) at ``server`` (``host:port``, or several: the jobs
+    are spread over them by unique and every worker serves them all) and ``store_url``.
 
     ``flush_interval``: None runs ``gearstash worker`` (its default, 0.05 s: a job's events go in
-    one store write); a number runs workers with that ``Worker(flush_interval=...)``. ``live``:
-    start the workers first and submit while they work (else the queue is filled first).
+    one store write); a number runs workers with that ``Worker(flush_interval=...)``. ``prefork``:
+    one ``gearstash worker --processes <workers>`` instead of ``workers`` separate processes.
+    ``live``: start the workers first and submit while they work (else the queue is filled first).
     """
     from gearstash import Client
 
+    servers = [server] if isinstance(server, str) else list(server)
+    if prefork and flush_interval is not None:
+        raise ValueError("prefork runs the gearstash worker CLI: no flush_interval")
     say = progress or (lambda _text: None)
     run = secrets.token_hex(4)
     function = f"load-{run}"
     total = workers * jobs_per_worker
-    report = Report(_redacted(store_url), workers, total, chunks, flush_interval, live)
+    report = Report(
+        _redacted(store_url), workers, total, chunks, flush_interval, live, len(servers), prefork
+    )
     workload = b"%d %d" % (chunks, payload)
     uniques = [b"%s-%d" % (run.encode(), n) for n in range(total)]
     timeout = timeout if timeout is not None else 120.0 + total / 20
@@ -201,22 +222,21 @@ def run_load(
     def spawn() -> float:
         say(f"starting {workers} worker processes")
         spawned = time.perf_counter()
-        procs.extend(
-            _spawn_workers(
-                server, store_url, function, workers, concurrency, flush_interval, Path(tmp)
-            )
+        made = _spawn_workers(
+            servers, store_url, function, workers, concurrency, flush_interval, prefork, Path(tmp)
         )
+        procs.extend(made)
         return spawned
 
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     with (
-        Client([server], store=store_url) as client,
+        Client(servers, store=store_url) as client,
         tempfile.TemporaryDirectory(prefix="gearstash-load-") as tmp,
     ):
         try:
             if live:
                 spawned = spawn()
-                _wait_until(server, function, procs, 60.0, say, workers=workers * concurrency)
+                _wait_until(servers, function, procs, 60.0, say, workers=workers * concurrency)
             say(f"submitting {total:,} jobs to {function}")
             t0 = time.perf_counter()
             refs = []
@@ -226,7 +246,7 @@ def run_load(
             report.submit_s = time.perf_counter() - t0
             if not live:
                 spawned = spawn()
-            _wait_until(server, function, procs, timeout, say)
+            _wait_until(servers, function, procs, timeout, say)
             report.wait_s = time.perf_counter() - spawned
         finally:
             _stop_workers(procs, report)
@@ -240,25 +260,31 @@ def run_load(
 
 
 def _spawn_workers(
-    server: str,
+    servers: list[str],
     store_url: str,
     function: str,
     n: int,
     concurrency: int,
     flush_interval: float | None,
+    prefork: bool,
     tmp: Path,
 ) -> list[tuple[subprocess.Popen[bytes], Path]]:
-    """``gearstash worker`` CLI processes; with ``flush_interval``, ``load.py --serve`` ones."""
-    env = dict(os.environ, GEARSTASH_STORE=store_url, GEARSTASH_SERVERS=server)
+    """``gearstash worker`` CLI processes serving every one of ``servers``; with
+    ``flush_interval``, ``load.py --serve`` ones; ``prefork``: one CLI supervisor of ``n``."""
+    env = dict(os.environ, GEARSTASH_STORE=store_url, GEARSTASH_SERVERS=",".join(servers))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH), env.get("PYTHONPATH")]))
     if flush_interval is None:
         argv = [sys.executable, "-m", "gearstash", "worker", "-c", str(concurrency)]
+        for server in servers:
+            argv += ["-s", server]
+        if prefork:
+            argv += ["--processes", str(n)]
         argv += ["-n", f"chunky={function}", "load:chunky"]
     else:
         argv = [sys.executable, str(BENCH / "load.py"), "--serve", function]
         argv += ["--concurrency", str(concurrency), "--flush-interval", str(flush_interval)]
     procs = []
-    for i in range(n):
+    for i in range(1 if prefork else n):
         log = tmp / f"worker-{i}.log"
         with open(log, "wb") as out:
             # cwd: not the checkout, whose gearstash/ would shadow a PYTHONPATH one (python -m)
@@ -283,7 +309,7 @@ def serve(function: str, concurrency: int, flush_interval: float) -> None:
 
 
 def _wait_until(
-    server: str,
+    servers: list[str],
     function: str,
     procs: list[tuple[subprocess.Popen[bytes], Path]],
     timeout: float,
@@ -291,19 +317,23 @@ def _wait_until(
     *,
     workers: int = 0,
 ) -> None:
-    """Until gearmand's ``status`` shows no job of ``function`` (or, with ``workers``, that many
-    worker connections registered for it); raise if a worker died or time ran out."""
+    """Until no gearmand's ``status`` shows a job of ``function`` (or, with ``workers``, every
+    one shows that many worker connections registered for it); raise if a worker died or time
+    ran out."""
     from gearstash.protocol.admin import parse_status
     from gearstash.testing.gearmand import admin_command
 
-    host, _, port = server.rpartition(":")
     deadline = time.monotonic() + timeout
     next_say = time.monotonic() + 10
     while True:
-        rows = parse_status(admin_command(host, int(port), "status").splitlines())
-        row = next((r for r in rows if r.function == function), None)
-        left = row.queued if row is not None else 0
-        if workers and row is not None and row.workers >= workers:
+        rows = []
+        for server in servers:
+            host, _, port = server.rpartition(":")
+            status = parse_status(admin_command(host, int(port), "status").splitlines())
+            rows.append(next((r for r in status if r.function == function), None))
+        left = sum(row.queued for row in rows if row is not None)
+        running = sum(row.running for row in rows if row is not None)
+        if workers and all(row is not None and row.workers >= workers for row in rows):
             return
         if not workers and left == 0:
             return
@@ -313,7 +343,7 @@ def _wait_until(
             waited = f"{workers} workers" if workers else f"{left} jobs left"
             raise RuntimeError(f"{waited} after {timeout:.0f} s")
         if time.monotonic() > next_say and not workers:
-            say(f"{left:,} jobs left ({row.running if row else 0} running)")
+            say(f"{left:,} jobs left ({running} running)")
             next_say += 10
         time.sleep(0.1)
 
@@ -341,6 +371,7 @@ def _stop_workers(procs: list[tuple[subprocess.Popen[bytes], Path]], report: Rep
 
 def _verify(client: Any, refs: list[Any], chunks: int, payload: int, report: Report) -> None:
     per_worker: Counter[str] = Counter()
+    per_server: Counter[str] = Counter()
     first_start, last_end = float("inf"), 0.0
     for start in range(0, len(refs), FETCH_BATCH):
         batch = refs[start : start + FETCH_BATCH]
@@ -355,6 +386,7 @@ def _verify(client: Any, refs: list[Any], chunks: int, payload: int, report: Rep
                 continue
             report.chunks_stored += len(record.data)
             per_worker[record.worker] += 1
+            per_server[record.key.server] += 1
             if record.started_at is not None:
                 first_start = min(first_start, record.started_at)
             if record.finished_at is not None:
@@ -363,6 +395,7 @@ def _verify(client: Any, refs: list[Any], chunks: int, payload: int, report: Rep
             if not check_job(record, view.state, expected, report):
                 report.jobs_ok += 1
     report.jobs_per_worker = dict(per_worker)
+    report.jobs_per_server = dict(per_server)
     report.processing_s = max(last_end - first_start, 0.0)
 
 
@@ -511,15 +544,19 @@ def postgres_store(base: str | None = None) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def store_for(name: str) -> Iterator[str]:
-    if name == "redis":
-        with redis_store() as url:
-            yield url
-    elif name in ("postgres", "postgresql"):
-        with postgres_store() as url:
-            yield url
-    else:
-        yield name
+def store_for(name: str, private: bool = False) -> Iterator[str]:
+    """The store URL of ``--store name``; ``private``: on a server of the run's own."""
+    from gearstash.testing.servers import PrivateServer, postgres_spec, redis_spec
+
+    with contextlib.ExitStack() as stack:
+        if name == "redis":
+            base = stack.enter_context(PrivateServer(redis_spec())).url if private else REDIS_BASE
+            yield stack.enter_context(redis_store(base))
+        elif name in ("postgres", "postgresql"):
+            base = stack.enter_context(PrivateServer(postgres_spec())).url if private else None
+            yield stack.enter_context(postgres_store(base))
+        else:
+            yield name
 
 
 def main() -> int:
@@ -548,6 +585,19 @@ def main() -> int:
         action="store_true",
         help="start the workers first and submit while they work (default: fill the queue first)",
     )
+    parser.add_argument(
+        "--gearmands", type=int, default=1, help="private gearmands the jobs are spread over (1)"
+    )
+    parser.add_argument(
+        "--prefork",
+        action="store_true",
+        help="one `gearstash worker --processes <workers>` instead of separate worker processes",
+    )
+    parser.add_argument(
+        "--private",
+        action="store_true",
+        help="redis/postgres: a server of the run's own on a free loopback port",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--serve", metavar="FUNCTION", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -562,11 +612,15 @@ def main() -> int:
         print(time.strftime("%H:%M:%S"), text, file=sys.stderr, flush=True)
 
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    with Gearmand() as gearmand, store_for(args.store) as url:
-        say(f"gearmand {gearmand.version()} on {gearmand.address}; store {_redacted(url)}")
+    load = os.getloadavg()
+    with contextlib.ExitStack() as stack:
+        gearmands = [stack.enter_context(Gearmand()) for _ in range(max(1, args.gearmands))]
+        url = stack.enter_context(store_for(args.store, args.private))
+        addresses = [g.address for g in gearmands]
+        say(f"gearmand {gearmands[0].version()} on {', '.join(addresses)}; store {_redacted(url)}")
         say(f"gearstash from {Path(gearstash.__file__).parent}")
         report = run_load(
-            gearmand.address,
+            addresses,
             url,
             workers=args.workers,
             jobs_per_worker=args.jobs_per_worker,
@@ -575,12 +629,13 @@ def main() -> int:
             concurrency=args.concurrency,
             flush_interval=args.flush_interval,
             live=args.live,
+            prefork=args.prefork,
             progress=say,
         )
     if args.json:
-        print(json.dumps({"started": started, **report.to_json()}, indent=1))
+        print(json.dumps({"started": started, "load": load, **report.to_json()}, indent=1))
     else:
-        print(f"started {started}")
+        print(f"started {started}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
         print(report.text())
     return 0 if report.ok else 1
 

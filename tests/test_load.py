@@ -70,6 +70,30 @@ def test_load_postgres_every_event_its_own_write(gearmand, postgres_url):
         _run(gearmand, url, jobs_per_worker=100, flush_interval=0)
 
 
+def test_load_two_gearmands_prefork_redis(gearmand_factory, redis_url):
+    """Two gearmands, ``gearstash worker --processes 4`` serving both, 4 x 100 jobs into Redis:
+    the jobs went to both servers, and every chunk is stored exactly once and in order."""
+    _two_gearmands(gearmand_factory, load.redis_store(redis_url))
+
+
+@pytest.mark.postgres
+def test_load_two_gearmands_prefork_postgres(gearmand_factory, postgres_url):
+    """The same into PostgreSQL."""
+    _two_gearmands(gearmand_factory, load.postgres_store(postgres_url))
+
+
+def _two_gearmands(gearmand_factory, store) -> None:
+    servers = [gearmand_factory().address, gearmand_factory().address]
+    with store as url:
+        report = load.run_load(
+            servers, url, workers=WORKERS, jobs_per_worker=100, chunks=CHUNKS, prefork=True
+        )
+    _assert_exactly_once_in_order(report, 100)
+    assert report.gearmands == 2 and report.prefork, report.text()
+    assert set(report.jobs_per_server) == set(servers), report.text()
+    assert sum(report.jobs_per_server.values()) == WORKERS * 100, report.text()
+
+
 # ------------------------------------------------------------------ the checker itself
 
 
