@@ -86,6 +86,8 @@ class Layout:
         self._prefix = prefix.encode()
         # the worker writes one job several times in a row: keep its names at hand
         self.keys = lru_cache(maxsize=1024)(self._keys)
+        # a reader asks for the same jobs again and again (a page polled, a batch followed)
+        self.job = lru_cache(maxsize=4096)(self._job)
 
     def _keys(self, key: JobKey) -> JobKeys:
         member = encode_key(key)
@@ -104,9 +106,10 @@ class Layout:
             self.channel(key.handle),
         )
 
-    def job(self, key: JobKey) -> bytes:
-        """``PREFIX:{J}:job`` alone, what a read names: one digest, where :attr:`keys` makes
-        four for a key it has not cached (a reader seldom has: the worker wrote the job)."""
+    def _job(self, key: JobKey) -> bytes:
+        """``PREFIX:{J}:job`` alone (:attr:`job`, cached), what a read names: one digest, where
+        :attr:`keys` makes four for a key it has not cached (a reader seldom has: the worker
+        wrote the job)."""
         return b"%b:{%b}:job" % (self._prefix, digest(encode_key(key)).encode())
 
     def index(self, handle: bytes) -> bytes:
