@@ -12,7 +12,13 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from gearstash.testing.servers import PrivateServer, memcached_spec, redis_spec
+from gearstash.testing.servers import (
+    PrivateServer,
+    mariadb_spec,
+    memcached_spec,
+    postgres_spec,
+    redis_spec,
+)
 
 POSTGRES_BASES = (
     "postgresql+psycopg://postgres@127.0.0.1:5432/test",
@@ -32,13 +38,30 @@ def memcached(megabytes: int = 256) -> PrivateServer:
 
 
 @contextlib.contextmanager
-def postgres_schema() -> Iterator[str]:
-    """A SQLAlchemy URL of a fresh schema in PostgreSQL's db ``test`` (dropped afterwards)."""
+def private_postgres() -> Iterator[str]:
+    """A schema of its own on a PostgreSQL of the run's own (the test suite's: a free loopback
+    port, fsync, full_page_writes and synchronous_commit off), removed afterwards."""
+    with PrivateServer(postgres_spec()) as server, postgres_schema((server.url,)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def private_mariadb() -> Iterator[str]:
+    """A database of its own on a MariaDB of the run's own (the test suite's: a free loopback
+    port, innodb_flush_log_at_trx_commit=0, no binary log), removed afterwards."""
+    with PrivateServer(mariadb_spec()) as server, mariadb_database(server.url) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def postgres_schema(bases: tuple[str, ...] = POSTGRES_BASES) -> Iterator[str]:
+    """A SQLAlchemy URL of a fresh schema in PostgreSQL's db ``test`` (dropped afterwards), on
+    the first of ``bases`` that answers."""
     import sqlalchemy as sa
 
     name = f"gsbench_{os.getpid()}"
     problems = []
-    for base in POSTGRES_BASES:
+    for base in bases:
         engine = sa.create_engine(base)
         try:
             with engine.begin() as conn:
@@ -58,16 +81,16 @@ def postgres_schema() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def mariadb_database() -> Iterator[str]:
-    """A SQLAlchemy URL of a fresh database on MariaDB (dropped afterwards)."""
+def mariadb_database(base: str = MARIADB_BASE) -> Iterator[str]:
+    """A SQLAlchemy URL of a fresh database on the MariaDB at ``base`` (dropped afterwards)."""
     import sqlalchemy as sa
 
     name = f"gsbench_{os.getpid()}"
-    engine = sa.create_engine(MARIADB_BASE)
+    engine = sa.create_engine(base)
     try:
         with engine.begin() as conn:
             conn.execute(sa.text(f"CREATE DATABASE IF NOT EXISTS {name}"))
-        yield sa.make_url(MARIADB_BASE).set(database=name).render_as_string(hide_password=False)
+        yield sa.make_url(base).set(database=name).render_as_string(hide_password=False)
     finally:
         with contextlib.suppress(Exception), engine.begin() as conn:
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
