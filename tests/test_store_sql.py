@@ -644,3 +644,34 @@ def test_sqlite_watch_wakes_on_commits_from_another_process(tmp_sqlite_url: str)
             watcher.close()
     finally:
         store.close()
+
+
+def test_records_are_built_with_jobrecords_fields_in_order() -> None:
+    """build_record passes JobRecord's fields by position: a field added or moved in JobRecord
+    must be added or moved there too (mypy cannot tell two fields of one type apart)."""
+    import dataclasses
+
+    from gearstash_sql.rows import RECORD_COLUMNS, build_record
+
+    row = [None] * len(RECORD_COLUMNS)
+    values = {
+        "id": 1, "server": "s:1", "handle": b"H:x:1", "unique_key": b"u", "function": b"f",
+        "state": "complete", "attempt": 2, "result": b"r", "error_kind": None,
+        "error_message": None, "traceback": None, "worker": "w", "started_at": 1.0,
+        "finished_at": 2.0, "updated_at": 3.0, "expires_at": 4.0, "next_seq": 0,
+        "lease_until": 5.0, "workload": b"in",
+    }  # fmt: skip
+    for i, name in enumerate(RECORD_COLUMNS):
+        row[i] = values[name]
+    record = build_record(row, [(1, "data", b"d", None, None, 1.5)])
+    want = JobRecord(
+        key=JobKey("s:1", b"H:x:1", b"u"), function=b"f", state=State.COMPLETE, attempt=2,
+        data=[b"d"], result=b"r", worker="w", started_at=1.0, finished_at=2.0, updated_at=3.0,
+        expires_at=4.0, lease_until=5.0, workload=b"in",
+    )  # fmt: skip
+    assert record == want
+    assert [f.name for f in dataclasses.fields(JobRecord)][-3:] == [
+        "data_offset",
+        "lease_until",
+        "workload",
+    ]
