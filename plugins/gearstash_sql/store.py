@@ -372,8 +372,9 @@ class SqlStore(WritePath, ReadPath, Removal, Listing):
             # Forked since the last use: the pooled connections belong to the parent. Keep them
             # alive and unused (closing would end the parent's sessions, or SQLite's locks).
             if not self._memory:
-                orphan(self._engine.pool)
-                self._engine.dispose(close=False)
+                for engine in {self._engine, self._read_engine}:  # the replica's pool too
+                    orphan(engine.pool)
+                    engine.dispose(close=False)
             self._forks = forks()
 
     def _reading(self, body: Callable[[Any], _T], primary: bool = False) -> _T:
