@@ -42,7 +42,13 @@ def _started(server: PrivateServer) -> PrivateServer:
     return server
 
 
-@pytest.fixture(scope="module", params=["postgresql", "mysql"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ],
+)
 def replication(request: pytest.FixtureRequest) -> Iterator[Replica]:
     """A running primary and a replica that follows it, of each SQL family in turn."""
     made: list[PrivateServer] = []
