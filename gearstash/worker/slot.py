@@ -79,10 +79,10 @@ class SlotSettings:
     fail: bool
     """``on_store_down="fail"``: fail jobs whose events could not be stored."""
     pipeline: int = 1
-    prefetch: bool = False
-    """Ask for the next job while one runs (:meth:`WorkerSide.grab_ahead`)."""
     """Jobs a slot may have finished and not yet told its server about (group commit, see
     :mod:`gearstash.worker.commit`); 1 writes and tells each job before the next is grabbed."""
+    prefetch: bool = False
+    """Ask for the next job while one runs (:meth:`WorkerSide.grab_ahead`)."""
     workload_max: int | None = None
     """The largest workload the ``started`` event carries (None: workloads are not captured)."""
 
