@@ -1,7 +1,7 @@
 """The JSON API routes (documented in ``/api/openapi.json``, :mod:`gearstash.web.openapi`).
 
 Every error is ``{"error": "<one line>"}`` with a 4xx status (5xx only when the store or a job
-server fails: 503).
+server fails: 503 when it cannot be reached, 502 when a job server refuses the request).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gearstash import config
 from gearstash.client.client import Client
 from gearstash.client.tokens import TokenSigner
-from gearstash.errors import GearstashError, StoreError
+from gearstash.errors import GearstashError, ServerError, ServerUnavailable, StoreError
 from gearstash.spine.manager import open_store
 from gearstash.store.contract import Store
 from gearstash.transport.connection import servers_from
@@ -100,7 +100,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _gearstash_error(request: Request, exc: Exception) -> Response:
-    status = 503 if isinstance(exc, StoreError) else 400
+    """503 when the store or a job server cannot be reached, 502 when a job server refused the
+    request (an ERROR packet), else 400 (bad input)."""
+    if isinstance(exc, StoreError | ServerUnavailable):
+        status = 503
+    elif isinstance(exc, ServerError):
+        status = 502
+    else:
+        status = 400
     return problem(status, str(exc))
 
 

@@ -110,7 +110,8 @@ SCHEMA: dict[str, Any] = {
                                 "(admin); answers the new job's ref and page path",
                      "parameters": [_REF_PARAM, _FORM_CSRF],
                      "responses": {"201": _json("reference", {"type": "object"}),
-                                   "403": _ERROR, "404": _ERROR, "409": _ERROR}}
+                                   "403": _ERROR, "404": _ERROR, "409": _ERROR,
+                                   "502": _ERROR, "503": _ERROR}}
         },
         "/api/jobs/{ref}/share": {
             "post": {"summary": "Mint a token link to the job's public page",
@@ -126,7 +127,8 @@ SCHEMA: dict[str, Any] = {
             "post": {"summary": "Submit a background job (admin; off unless enabled)",
                      "parameters": [_FORM_CSRF],
                      "responses": {"201": _json("reference", {"type": "object"}),
-                                   "403": _ERROR}}
+                                   "400": _ERROR, "403": _ERROR, "413": _ERROR, "502": _ERROR,
+                                   "503": _ERROR}}
         },
         "/api/servers": {
             "get": {"summary": "Configured job servers: functions, workers, reachable",

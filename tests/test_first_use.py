@@ -1,0 +1,83 @@
+"""What trying the product as a new user, README in hand, turned up in the web face, the proxy
+and the CLI: one test per defect, each failing before its fix, against real servers (a job server
+that is down is a loopback port nothing listens on).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from gearstash.model.records import Event, EventKind, JobKey, JobRef
+from gearstash.spine.manager import open_store
+from gearstash.store.contract import Store
+from gearstash.testing.gearmand import free_port
+from gearstash.web.app import create_app
+
+ADMIN = "an-admin-secret-of-some-length"
+TOKENS = "token-secret-for-the-first-use-tests"
+LOCAL = ("127.0.0.1", 41000)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = open_store(f"sqlite:///{tmp_path}/first.db")
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def _csrf(client: TestClient) -> str:
+    page = client.get("/login").text
+    start = page.index('data-csrf="') + len('data-csrf="')
+    return page[start : page.index('"', start)]
+
+
+def _login(client: TestClient) -> str:
+    """Log in as admin; the new session's CSRF token."""
+    response = client.post(
+        "/admin/login", data={"password": ADMIN, "csrf": _csrf(client)}, follow_redirects=False
+    )
+    assert response.status_code == 303, response.text
+    return _csrf(client)
+
+
+def _one_line(response: Any, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and "\n" not in body["error"]
+    return str(body["error"])
+
+
+# ------------------------------------------------ web: a job server that is down is no bad input
+
+
+def test_web_submit_and_resubmit_to_a_job_server_that_is_down_answer_503(store: Store) -> None:
+    down = f"127.0.0.1:{free_port()}"  # nothing listens there
+    failed = JobKey(down, b"H:first:1", b"u-first")
+    store.write(
+        [
+            Event(EventKind.STARTED, failed, time.time(), function=b"f", workload=b"load"),
+            Event(EventKind.EXCEPTION, failed, time.time(), b"boom"),
+        ]
+    )
+    app = create_app(
+        store=store, servers=[down], admin=ADMIN, token_secret=TOKENS, allow_submit=True
+    )
+    with TestClient(app, client=LOCAL, raise_server_exceptions=False) as client:
+        csrf = _login(client)
+        submitted = client.post("/api/submit", data={"csrf": csrf, "function": "f"})
+        assert "no job server accepted the job" in _one_line(submitted, 503)
+        ref = str(JobRef(failed.handle, failed.server, failed.unique))
+        again = client.post(f"/api/jobs/{ref}/resubmit".replace("#", "%23"), data={"csrf": csrf})
+        assert "cannot connect" in _one_line(again, 503)
+        assert client.get("/api/jobs/H:first:1").json()["state"] == "failed"
+        # bad input stays a 400
+        bad = client.post("/api/submit", data={"csrf": csrf, "function": "f", "unique": "u" * 64})
+        assert "longer than 63" in _one_line(bad, 400)
