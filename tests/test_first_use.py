@@ -81,3 +81,30 @@ def test_web_submit_and_resubmit_to_a_job_server_that_is_down_answer_503(store: 
         # bad input stays a 400
         bad = client.post("/api/submit", data={"csrf": csrf, "function": "f", "unique": "u" * 64})
         assert "longer than 63" in _one_line(bad, 400)
+
+
+# ------------------------------------- web: a logged-out browser is sent to the login page
+
+
+def test_pages_send_a_logged_out_browser_to_the_login_page(store: Store) -> None:
+    key = JobKey("127.0.0.1:9", b"H:page:1", b"u-page")
+    store.write([Event(EventKind.STARTED, key, time.time(), function=b"f")])
+    page = "/jobs/" + str(JobRef(key.handle, key.server, key.unique)).replace("#", "%23")
+    app = create_app(store=store, servers=["127.0.0.1:9"], admin=ADMIN, token_secret=TOKENS)
+    with TestClient(app, client=LOCAL, raise_server_exceptions=False) as client:
+        for path in ("/", "/jobs", page):
+            sent = client.get(path, follow_redirects=False)
+            assert sent.status_code == 303, (path, sent.text)
+            assert sent.headers["location"] == "/login"
+        # the API says what helps: with a credential configured, asking from this host does not
+        message = _one_line(client.get("/api/jobs"), 403)
+        assert "log in" in message and "this host" not in message
+        _login(client)
+        assert client.get("/").status_code == 200
+        assert client.get(page).status_code == 200
+    # without a credential there is no login page to send anyone to: a remote client gets 403
+    open_app = create_app(store=store, servers=["127.0.0.1:9"], token_secret=TOKENS)
+    with TestClient(open_app, client=("203.0.113.9", 1), raise_server_exceptions=False) as remote:
+        for path in ("/", "/api/jobs"):
+            message = _one_line(remote.get(path, follow_redirects=False), 403)
+            assert "log in" not in message and "--public" in message

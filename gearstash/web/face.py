@@ -99,9 +99,17 @@ class Face:
         return self.admin is None and is_loopback(client.host if client else None)
 
     def require_read(self, request: Request) -> None:
-        """HTTPProblem 403 unless :meth:`may_read`."""
-        if not self.may_read(request):
-            raise HTTPProblem(403, "forbidden: log in, or ask from this host")
+        """HTTPProblem 403 unless :meth:`may_read`; the message says what would help (log in
+        when a credential is configured, else ask from this host or start with --public)."""
+        if self.may_read(request):
+            return
+        if self.admin is not None:
+            raise HTTPProblem(403, "forbidden: log in as admin first (at /login)")
+        raise HTTPProblem(
+            403,
+            "forbidden: only this host may read jobs (no admin credential is configured; "
+            "`gearstash web --public` lets every client read)",
+        )
 
     def require_admin(self, request: Request) -> None:
         """HTTPProblem 403 unless the session is an admin's (and a credential is configured)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gearstash.web.api import face_of
 from gearstash.web.face import parse_ref
@@ -42,21 +42,38 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> Re
     return HTMLResponse(page, status_code=status)
 
 
+def _login_first(request: Request) -> Response | None:
+    """For a page this client may not read: a 303 to the login page when an admin credential is
+    configured (a browser that is not logged in), else :meth:`Face.require_read`'s 403; None
+    when the client may read."""
+    face = face_of(request)
+    if face.may_read(request):
+        return None
+    if face.admin is not None:
+        base = str(request.scope.get("root_path", "")).rstrip("/")
+        return RedirectResponse(base + "/login", status_code=303)
+    face.require_read(request)
+    return None  # pragma: no cover - require_read raised
+
+
 async def overview(request: Request) -> Response:
     """``GET /``: counts by state, throughput, job servers."""
-    face_of(request).require_read(request)
+    if (sent := _login_first(request)) is not None:
+        return sent
     return render(request, "overview.html", page="overview")
 
 
 async def jobs(request: Request) -> Response:
     """``GET /jobs``: the filterable, live job list (or lookup by handle)."""
-    face_of(request).require_read(request)
+    if (sent := _login_first(request)) is not None:
+        return sent
     return render(request, "jobs.html", page="jobs")
 
 
 async def job(request: Request) -> Response:
     """``GET /jobs/{ref}``: one job, live."""
-    face_of(request).require_read(request)
+    if (sent := _login_first(request)) is not None:
+        return sent
     ref = parse_ref(request.path_params["ref"])
     return render(request, "job.html", page="job", ref=str(ref), token=None)
 
