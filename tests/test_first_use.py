@@ -5,8 +5,13 @@ that is down is a loopback port nothing listens on).
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +113,59 @@ def test_pages_send_a_logged_out_browser_to_the_login_page(store: Store) -> None
         for path in ("/", "/api/jobs"):
             message = _one_line(remote.get(path, follow_redirects=False), 403)
             assert "log in" not in message and "--public" in message
+
+
+# ------------------------------------------ `gearstash web` / `gearstash proxy` on a busy port
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["GEARSTASH_STORE"] = f"sqlite:///{tmp_path}/first.db"
+    env["GEARSTASH_HOME"] = str(tmp_path / "home")
+    env["GEARSTASH_SERVERS"] = f"127.0.0.1:{free_port()}"
+    for name in ("GEARSTASH_WEB_ADMIN", "GEARSTASH_WEB_ADMIN_FILE", "GEARSTASH_CONFIG"):
+        env.pop(name, None)
+    return env
+
+
+def _gearstash(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gearstash", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@contextmanager
+def _busy_port() -> Iterator[str]:
+    """A loopback address something else already listens on."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        yield f"127.0.0.1:{taken.getsockname()[1]}"
+
+
+def test_web_on_a_busy_port_is_one_error_line_and_exit_1(tmp_path: Path) -> None:
+    with _busy_port() as address:
+        done = _gearstash("web", "--listen", address, env=_env(tmp_path))
+    assert done.returncode == 1, done.stderr  # not uvicorn's 3 ("the job failed" here)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [f"gearstash: error: cannot listen on {address}: address already in use"]
+
+
+def test_proxy_on_a_busy_port_is_one_error_line_and_exit_1(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    for processes in ("1", "2"):
+        with _busy_port() as address:
+            done = _gearstash(
+                "proxy", "--listen", address, "--upstream", env["GEARSTASH_SERVERS"],
+                "--processes", processes, env=env,
+            )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        errors = [line for line in done.stderr.splitlines() if "error" in line]
+        assert errors, done.stderr
+        assert all(
+            line == f"gearstash: error: cannot listen on {address}: address already in use"
+            for line in errors
+        ), done.stderr

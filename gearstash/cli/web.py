@@ -13,6 +13,7 @@ import click
 
 from gearstash.cli.common import server_option, settings_for, store_option
 from gearstash.errors import ConfigError
+from gearstash.transport.connection import listening_socket
 
 DEFAULT_LISTEN = "127.0.0.1:8470"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -78,8 +79,27 @@ def web(
             f"listening on {host}: other hosts get 403 (read-only, no admin credential, no --public)",
             err=True,
         )
+    # bound here, not by uvicorn: a taken port is one `gearstash: error:` line and exit 1
+    sock = listening_socket(host, port)
+    face = app.state.face
+    click.echo(
+        f"gearstash web: {_url(host, port)}; store {face.store.url}; job servers "
+        + ", ".join(face.servers)
+        + ("" if face.admin is not None else "; read-only (no admin credential)"),
+        err=True,
+    )
     sys.setswitchinterval(0.0005)  # store calls on worker threads get the GIL back sooner
-    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", proxy_headers=False)
+    )
+    with sock:
+        server.run(sockets=[sock])
+    if not server.started:
+        raise ConfigError(f"the web server on {_url(host, port)} did not start (see above)")
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 @web.command("hash-password")

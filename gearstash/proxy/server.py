@@ -21,6 +21,7 @@ import signal
 import time
 from dataclasses import dataclass
 
+from gearstash.errors import GearstashError
 from gearstash.protocol.packets import DEFAULT_MAX_PACKET
 from gearstash.proxy.capture import CaptureWriter
 from gearstash.proxy.relay import Pair
@@ -28,7 +29,7 @@ from gearstash.proxy.routes import Route
 from gearstash.spine.manager import EventHooks, open_store
 from gearstash.store.contract import Store
 from gearstash.store.spool import DEFAULT_MAX_BYTES, spool_if_needed
-from gearstash.transport.connection import split_address
+from gearstash.transport.connection import cannot_listen, split_address
 
 log = logging.getLogger("gearstash.proxy")
 
@@ -91,14 +92,18 @@ class Proxy:
         """Listen on every route until :meth:`stop`; then drain, flush and close."""
         for route in self.settings.routes:
             host, port = split_address(route.listen)
-            server = await self.loop.create_server(
-                lambda route=route: Pair(self, route).worker_protocol(),
-                host,
-                port,
-                reuse_address=True,
-                reuse_port=reuse_port or None,
-                backlog=self.settings.backlog,
-            )
+            try:
+                server = await self.loop.create_server(
+                    lambda route=route: Pair(self, route).worker_protocol(),
+                    host,
+                    port,
+                    reuse_address=True,
+                    reuse_port=reuse_port or None,
+                    backlog=self.settings.backlog,
+                )
+            except OSError as exc:  # taken, not a local address: nothing was relayed yet
+                await self._shut_down()
+                raise cannot_listen(route.listen, exc) from None
             self.servers.append(server)
             log.info(
                 "proxy listening on %s for %s (records under %s), store %s",
@@ -220,6 +225,9 @@ def run(settings: Settings) -> int:
             code = 0
             try:
                 run_one(settings, reuse_port=True, parent=parent)
+            except GearstashError as exc:  # one line, as the CLI says it
+                log.error("%s", exc)
+                code = 1
             except BaseException:
                 log.exception("proxy process %d failed", os.getpid())
                 code = 1

@@ -8,6 +8,7 @@ this module only moves its bytes.
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import struct
@@ -49,6 +50,24 @@ def split_address(server: str) -> tuple[str, int]:
     """``host:port`` (as made by ``normalize_server``) → ``(host, port)``."""
     host, _, port = server.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def cannot_listen(address: str, exc: OSError) -> ConfigError:
+    """The one-line error for a listening address that cannot be bound (taken, not local, no
+    permission): ``cannot listen on HOST:PORT: address already in use``."""
+    reason = os.strerror(exc.errno).lower() if exc.errno else _reason(exc)
+    return ConfigError(f"cannot listen on {address}: {reason}")
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` and listening (with SO_REUSEADDR, as servers set it),
+    for a server to serve on; :func:`cannot_listen`'s ConfigError when it cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        raise cannot_listen(shown, exc) from None
 
 
 class Connection:
