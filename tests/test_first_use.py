@@ -15,9 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from starlette.testclient import TestClient
 
+from gearstash.cli.main import main
 from gearstash.model.records import Event, EventKind, JobKey, JobRef
 from gearstash.spine.manager import open_store
 from gearstash.store.contract import Store
@@ -169,3 +171,29 @@ def test_proxy_on_a_busy_port_is_one_error_line_and_exit_1(tmp_path: Path) -> No
             line == f"gearstash: error: cannot listen on {address}: address already in use"
             for line in errors
         ), done.stderr
+
+
+# ------------------------------------------------------- every CLI option is in the README
+
+
+def _commands(group: click.Group, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
+    for name, command in sorted(group.commands.items()):
+        path = f"{prefix} {name}".strip()
+        yield path, command
+        if isinstance(command, click.Group):
+            yield from _commands(command, path)
+
+
+def test_readme_names_every_command_and_option() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = []
+    for path, command in [("", main), *_commands(main)]:
+        if path and f"gearstash {path}" not in readme:
+            missing.append(f"gearstash {path}")
+        for param in command.params:
+            if not isinstance(param, click.Option):
+                continue
+            names = [o for o in param.opts + param.secondary_opts if o.startswith("--")]
+            if names and names != ["--help"] and not any(o in readme for o in names):
+                missing.append(f"gearstash {path} {names[0]}".replace("  ", " "))
+    assert not missing, "not in README.md: " + ", ".join(missing)
