@@ -6,6 +6,7 @@ that is down is a loopback port nothing listens on).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -196,4 +197,21 @@ def test_readme_names_every_command_and_option() -> None:
             names = [o for o in param.opts + param.secondary_opts if o.startswith("--")]
             if names and names != ["--help"] and not any(o in readme for o in names):
                 missing.append(f"gearstash {path} {names[0]}".replace("  ", " "))
+    assert not missing, "not in README.md: " + ", ".join(missing)
+
+
+def test_readme_names_every_http_route() -> None:
+    from starlette.routing import Route
+
+    from gearstash.web.app import routes
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    paths = [r.path.replace(":path", "") for r in routes() if isinstance(r, Route)]
+    assert "/api/jobs/{ref}/resubmit" in paths
+    pages = {"/": "(`/`)", "/jobs": "(`/jobs`)", "/jobs/{ref}": "(`/jobs/REF`)"}
+    missing = [
+        p
+        for p in paths
+        if pages.get(p, "\0") not in readme and not re.search(f"[` ]{re.escape(p)}[`?,]", readme)
+    ]
     assert not missing, "not in README.md: " + ", ".join(missing)
