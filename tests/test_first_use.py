@@ -215,3 +215,22 @@ def test_readme_names_every_http_route() -> None:
         if pages.get(p, "\0") not in readme and not re.search(f"[` ]{re.escape(p)}[`?,]", readme)
     ]
     assert not missing, "not in README.md: " + ", ".join(missing)
+
+
+# ------------------------------------------- CLI: a negative timeout or chunk number is refused
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["wait", "H:x:1", "--timeout", "-1"],
+        ["follow", "H:x:1", "--timeout", "-1"],
+        ["follow", "H:x:1", "--after", "-5"],
+        ["spool", "replay", "--timeout", "-1"],
+    ],
+)
+def test_cli_refuses_negative_timeouts_and_chunk_numbers(args: list[str], tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    done = _gearstash(*args, env=env)
+    assert done.returncode == 2, done.stderr  # usage, before any server or store is asked
+    assert "Invalid value for" in done.stderr and "still running" not in done.stderr

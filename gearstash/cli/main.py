@@ -97,6 +97,17 @@ def raw_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def timeout_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--timeout/-t SECONDS`` (more than 0; default none) with ``help``."""
+    return click.option(
+        "--timeout",
+        "-t",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help=help,
+    )
+
+
 def chunk_writer(raw: bool) -> Callable[[bytes], None]:
     """Writes one chunk of job output to standard output on a line of its own: raw bytes to a
     pipe or with ``raw``, else (a terminal) with control characters escaped."""
@@ -351,12 +362,8 @@ def worker(
 @click.option(
     "--priority", type=click.Choice(["normal", "high", "low"]), default="normal", show_default=True
 )
-@click.option(
-    "--timeout",
-    "-t",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Foreground: give up after this many seconds (exit 4), e.g. when no worker serves it.",
+@timeout_option(
+    "Foreground: give up after this many seconds (exit 4), e.g. when no worker serves it."
 )
 @raw_option
 @click.argument("function")
@@ -487,7 +494,7 @@ def fetch(
 @main.command()
 @server_option
 @store_option
-@click.option("--timeout", "-t", type=float, default=None, help="Give up after this many seconds.")
+@timeout_option("Give up after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final record as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.argument("handle")
@@ -520,8 +527,14 @@ def wait(
 @main.command()
 @server_option
 @store_option
-@click.option("--timeout", "-t", type=float, default=None, help="Give up after this many seconds.")
-@click.option("--after", type=int, default=0, show_default=True, help="Start at this chunk number.")
+@timeout_option("Give up after this many seconds.")
+@click.option(
+    "--after",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Start at this chunk number.",
+)
 @raw_option
 @click.argument("handle")
 def follow(

@@ -91,7 +91,11 @@ def spool_status(store: str | None, spool: str | None, as_json: bool) -> None:
 @store_option
 @_spool_option
 @click.option(
-    "--timeout", type=float, default=60.0, show_default=True, help="Seconds to keep trying."
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to keep trying.",
 )
 def spool_replay(store: str | None, spool: str | None, timeout: float) -> None:
     """Write the batches of spool files no running worker holds into the store, in order.
