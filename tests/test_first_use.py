@@ -234,3 +234,29 @@ def test_cli_refuses_negative_timeouts_and_chunk_numbers(args: list[str], tmp_pa
     done = _gearstash(*args, env=env)
     assert done.returncode == 2, done.stderr  # usage, before any server or store is asked
     assert "Invalid value for" in done.stderr and "still running" not in done.stderr
+
+
+# ------------------------------------- web: a refused login form comes back as the login page
+
+BROWSER = {"accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def test_a_refused_login_form_shows_the_login_page_again(store: Store) -> None:
+    app = create_app(
+        store=store, servers=["127.0.0.1:9"], admin=ADMIN, token_secret=TOKENS, login_limit=2
+    )
+    with TestClient(app, client=LOCAL, raise_server_exceptions=False) as client:
+        for status, reason in ((403, "wrong password"), (403, "wrong password"), (429, "too many")):
+            form = {"password": "<b>not it</b>", "csrf": _csrf(client)}
+            page = client.post("/admin/login", data=form, headers=BROWSER)
+            assert page.status_code == status, page.text
+            assert page.headers["content-type"].startswith("text/html")
+            assert reason in page.text and 'name="password"' in page.text
+            assert "<b>not it</b>" not in page.text  # nothing offered is echoed
+        assert "retry-after" in page.headers
+        stale = client.post("/admin/login", data={"password": ADMIN, "csrf": "x"}, headers=BROWSER)
+        assert stale.status_code == 403 and "CSRF" in stale.text and 'name="csrf"' in stale.text
+        # an API client still gets the one-line JSON error
+        assert "too many" in _one_line(
+            client.post("/admin/login", data={"password": ADMIN, "csrf": _csrf(client)}), 429
+        )

@@ -175,6 +175,10 @@ def test_token_page_shows_its_one_job_and_forged_tokens_are_refused(store: Store
             assert response.status_code == 403 and response.json() == {"error": "forbidden"}
 
 
+def _body_text(driver: Any) -> str:
+    return str(driver.execute_script("return document.body.textContent"))
+
+
 def _log_in(driver: Any, base: str) -> None:
     """Log in as admin through the login page; back on the overview."""
     driver.get(base + "/login")
@@ -192,8 +196,13 @@ def test_admin_actions_need_login_and_csrf_in_the_browser(store: Store) -> None:
         store=store, servers=["127.0.0.1:9"], token_secret=SECRET, admin=hash_password(PASSWORD)
     )
     with serving(app) as base, chrome() as driver:
-        driver.get(_page(base, key))  # a credential is configured: log in first
-        assert "forbidden" in driver.execute_script("return document.body.textContent")
+        driver.get(_page(base, key))  # a credential is configured: sent to log in first
+        wait_for(lambda: driver.current_url == base + "/login", 20)
+        field = driver.find_element("css selector", "input[name=password]")
+        field.send_keys("not the password")
+        field.submit()  # refused: the login page again, with the reason
+        wait_for(lambda: "wrong password" in _body_text(driver), 20)
+        assert driver.find_element("css selector", "input[name=password]").is_displayed()
         _log_in(driver, base)
         driver.get(_page(base, key))
         wait_for(lambda: _text(driver, "result") == "done", 20)

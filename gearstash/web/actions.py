@@ -21,6 +21,7 @@ from gearstash.model.records import JobRef, State
 from gearstash.store.contract import delete, purge
 from gearstash.web.api import face_of, fetch
 from gearstash.web.face import Face, HTTPProblem, parse_ref
+from gearstash.web.pages import render, wants_html
 from gearstash.web.security import new_csrf
 
 MAX_WORKLOAD = 1 << 20
@@ -31,7 +32,20 @@ def _base(request: Request) -> str:
 
 
 async def login(request: Request) -> Response:
-    """``POST /admin/login`` (form: ``password``, ``csrf``): an admin session, then to ``/``."""
+    """``POST /admin/login`` (form: ``password``, ``csrf``): an admin session, then to ``/``.
+
+    A refusal (wrong password, too many attempts, a stale form) is the API's one-line JSON
+    error, or for a browser (:func:`~gearstash.web.pages.wants_html`) the login page again with
+    the same status and the reason (nothing the client sent is shown)."""
+    try:
+        return await _login(request)
+    except HTTPProblem as exc:
+        if not wants_html(request):
+            raise
+        return render(request, "login.html", exc.status, exc.headers, error=exc.message)
+
+
+async def _login(request: Request) -> Response:
     face = face_of(request)
     fields = await face.require_csrf(request)
     if face.admin is None:

@@ -24,7 +24,13 @@ _env = Environment(
 )
 
 
-def render(request: Request, name: str, status: int = 200, **context: Any) -> Response:
+def render(
+    request: Request,
+    name: str,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    **context: Any,
+) -> Response:
     """Render template ``name`` with what every page needs (base path, CSRF token, session)."""
     face = face_of(request)
     base = str(request.scope.get("root_path", "")).rstrip("/")
@@ -39,7 +45,13 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> Re
         allow_submit=face.allow_submit,
         **context,
     )
-    return HTMLResponse(page, status_code=status)
+    return HTMLResponse(page, status_code=status, headers=headers)
+
+
+def wants_html(request: Request) -> bool:
+    """True for a browser's request (``Accept`` names ``text/html``): a form it posted gets a
+    page back, not the API's JSON."""
+    return "text/html" in request.headers.get("accept", "")
 
 
 def _login_first(request: Request) -> Response | None:
