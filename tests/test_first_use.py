@@ -227,6 +227,7 @@ def test_readme_names_every_http_route() -> None:
         ["follow", "H:x:1", "--timeout", "-1"],
         ["follow", "H:x:1", "--after", "-5"],
         ["spool", "replay", "--timeout", "-1"],
+        ["worker", "--max-jobs", "0", "--store", "memory://", "nomodule:f"],  # it ran one job
     ],
 )
 def test_cli_refuses_negative_timeouts_and_chunk_numbers(args: list[str], tmp_path: Path) -> None:

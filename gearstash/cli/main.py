@@ -221,7 +221,9 @@ def _import_failed(name: str, exc: Exception) -> ConfigError:
     metavar="FUNCTION=NAME",
     help="Serve the Python function FUNCTION under the Gearman name NAME (repeatable).",
 )
-@click.option("--max-jobs", type=int, default=None, help="Stop after this many jobs.")
+@click.option(
+    "--max-jobs", type=click.IntRange(min=1), default=None, help="Stop after this many jobs."
+)
 @capture_options
 @click.option(
     "--on-store-down",
