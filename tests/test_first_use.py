@@ -261,3 +261,33 @@ def test_a_refused_login_form_shows_the_login_page_again(store: Store) -> None:
         assert "too many" in _one_line(
             client.post("/admin/login", data={"password": ADMIN, "csrf": _csrf(client)}), 429
         )
+
+
+# ------------------------------- web: Forget on a page reached by bare handle forgets that job
+
+
+def test_forget_by_bare_handle_forgets_the_job_shown_and_no_other(store: Store) -> None:
+    mine = f"127.0.0.1:{free_port()}"  # the app's job server (down: the store alone answers)
+    now = time.time()
+    older = JobKey(mine, b"H:same:1", b"before-a-restart")
+    shown = JobKey(mine, b"H:same:1", b"the-newest")
+    elsewhere = JobKey("gearman-other:4730", b"H:same:1", b"another-servers-job")
+    for i, key in enumerate((older, elsewhere, shown)):
+        store.write(
+            [
+                Event(EventKind.STARTED, key, now + i, function=b"f"),
+                Event(EventKind.COMPLETED, key, now + i, b"done"),
+            ]
+        )
+    app = create_app(store=store, servers=[mine], admin=ADMIN, token_secret=TOKENS)
+    with TestClient(app, client=LOCAL, raise_server_exceptions=False) as client:
+        csrf = _login(client)
+        assert client.get("/api/jobs/H:same:1").json()["unique"] == "the-newest"
+        done = client.post("/api/jobs/H:same:1/forget", headers={"x-csrf-token": csrf})
+        assert done.json() == {"forgotten": 1}
+        left = store.get_many([JobRef(k.handle, k.server, k.unique) for k in (older, elsewhere)])
+        assert [r.key.unique if r else None for r in left] == [older.unique, elsewhere.unique]
+        assert store.get_many([JobRef(shown.handle, shown.server, shown.unique)]) == [None]
+        # a job nobody knows: nothing to forget
+        none = client.post("/api/jobs/H:none:1/forget", headers={"x-csrf-token": csrf})
+        assert none.json() == {"forgotten": 0}

@@ -77,11 +77,21 @@ async def logout(request: Request) -> Response:
 
 
 async def forget(request: Request) -> Response:
-    """``POST /api/jobs/{ref}/forget``: delete the job's stored records (admin)."""
+    """``POST /api/jobs/{ref}/forget``: delete the job's stored record (admin).
+
+    A reference short of its server or unique (a bare handle, ``#UNIQUE``) forgets the one job
+    ``GET /api/jobs/{ref}`` shows — never the other records it would match in a shared store
+    (other job servers' jobs, older jobs under a reused handle). ``{"forgotten": N}``.
+    """
     face = face_of(request)
     face.require_admin(request)
     await face.require_csrf(request)
     ref = parse_ref(request.path_params["ref"])
+    if not (ref.handle and ref.server and ref.unique is not None):
+        record = (await face.blocking(fetch, face, ref)).record
+        if record is None:
+            return JSONResponse({"forgotten": 0})
+        ref = JobRef(record.key.handle, record.key.server, record.key.unique)
     count = await face.blocking(delete, face.store, [ref])
     return JSONResponse({"forgotten": count})
 
