@@ -291,3 +291,20 @@ def test_forget_by_bare_handle_forgets_the_job_shown_and_no_other(store: Store) 
         # a job nobody knows: nothing to forget
         none = client.post("/api/jobs/H:none:1/forget", headers={"x-csrf-token": csrf})
         assert none.json() == {"forgotten": 0}
+
+
+def test_share_link_of_a_bare_handle_names_the_job_shown(store: Store) -> None:
+    from gearstash.client.tokens import TokenSigner
+
+    mine = f"127.0.0.1:{free_port()}"
+    shown = JobKey(mine, b"H:share:1", b"the-job-shown")
+    store.write([Event(EventKind.STARTED, shown, time.time(), function=b"f")])
+    app = create_app(store=store, servers=[mine], token_secret=TOKENS)
+    with TestClient(app, client=LOCAL, raise_server_exceptions=False) as client:
+        made = client.post("/api/jobs/H:share:1/share", headers={"x-csrf-token": _csrf(client)})
+        assert made.status_code == 200, made.text
+        # the token names this job, not whatever later gets the handle (a gearmand restart)
+        named = TokenSigner(TOKENS).verify(made.json()["token"])
+        assert named == JobRef(shown.handle, shown.server, shown.unique)
+        unknown = client.post("/api/jobs/H:none:1/share", headers={"x-csrf-token": _csrf(client)})
+        assert "no stored record" in _one_line(unknown, 404)

@@ -86,14 +86,22 @@ async def forget(request: Request) -> Response:
     face = face_of(request)
     face.require_admin(request)
     await face.require_csrf(request)
-    ref = parse_ref(request.path_params["ref"])
-    if not (ref.handle and ref.server and ref.unique is not None):
-        record = (await face.blocking(fetch, face, ref)).record
-        if record is None:
-            return JSONResponse({"forgotten": 0})
-        ref = JobRef(record.key.handle, record.key.server, record.key.unique)
+    ref = await _the_job(face, parse_ref(request.path_params["ref"]))
+    if ref is None:
+        return JSONResponse({"forgotten": 0})
     count = await face.blocking(delete, face.store, [ref])
     return JSONResponse({"forgotten": count})
+
+
+async def _the_job(face: Face, ref: JobRef) -> JobRef | None:
+    """``ref`` when it is a full reference; else (a bare handle, ``#UNIQUE``) the full reference
+    of the job ``GET /api/jobs/{ref}`` shows for it, or None when nobody knows one."""
+    if ref.handle and ref.server and ref.unique is not None:
+        return ref
+    record = (await face.blocking(fetch, face, ref)).record
+    if record is None:
+        return None
+    return JobRef(record.key.handle, record.key.server, record.key.unique)
 
 
 async def purge_now(request: Request) -> Response:
@@ -180,13 +188,17 @@ async def resubmit(request: Request) -> Response:
 
 async def share(request: Request) -> Response:
     """``POST /api/jobs/{ref}/share``: a token link to the job's public page (anyone who may
-    read the job; tokens must be configured)."""
+    read the job; tokens must be configured). The token names the job's full reference (for a
+    bare handle: the job shown for it), so a later job under the same handle is never shown
+    through it; 404 for a job nobody knows."""
     face = face_of(request)
     face.require_read(request)
     await face.require_csrf(request)
-    ref = parse_ref(request.path_params["ref"])
     if face.signer is None:
         raise HTTPProblem(404, "job tokens are not configured on this server")
+    ref = await _the_job(face, parse_ref(request.path_params["ref"]))
+    if ref is None:
+        raise HTTPProblem(404, "no stored record of this job (yet): no job to name in a token")
     token = face.signer.sign(ref, ttl=DEFAULT_TTL)
     return JSONResponse(
         {"token": token, "path": f"{_base(request)}/t/{token}/view", "ttl": DEFAULT_TTL}
