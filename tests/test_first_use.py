@@ -308,3 +308,18 @@ def test_share_link_of_a_bare_handle_names_the_job_shown(store: Store) -> None:
         assert named == JobRef(shown.handle, shown.server, shown.unique)
         unknown = client.post("/api/jobs/H:none:1/share", headers={"x-csrf-token": _csrf(client)})
         assert "no stored record" in _one_line(unknown, 404)
+
+
+@pytest.mark.parametrize("ref", ["H:vm:1", "H:vm:1@127.0.0.1:4730", "#u1", "127.0.0.1:4730//H:x:1"])
+def test_cli_token_sign_refuses_a_reference_that_could_name_another_job(
+    ref: str, tmp_path: Path
+) -> None:
+    env = {**_env(tmp_path), "GEARSTASH_TOKEN_SECRET": TOKENS}
+    done = _gearstash("token", "sign", ref, env=env)
+    assert done.returncode == 1 and not done.stdout, done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gearstash: error: "), done.stderr
+    assert "full job reference" in lines[0]
+    # a full one (an empty unique too: a job from a server without GRAB_JOB_UNIQ) is signed
+    for full in ("H:vm:1@127.0.0.1:4730#u1", "H:vm:1@127.0.0.1:4730#"):
+        assert _gearstash("token", "sign", full, env=env).stdout.startswith("gs1.")

@@ -13,6 +13,7 @@ from gearstash.cli.common import (
     store_option,
 )
 from gearstash.client.tokens import TokenSigner
+from gearstash.errors import ConfigError
 from gearstash.model.records import JobRef
 
 
@@ -35,8 +36,19 @@ def _signer() -> TokenSigner:
 )  # fmt: skip
 @click.argument("ref")
 def token_sign(ttl: float, ref: str) -> None:
-    """Print a token for the job REF (a job reference, as `submit --background` prints it)."""
-    click.echo(_signer().sign(JobRef.parse(ref), ttl=ttl))
+    """Print a token for the job REF (a job reference, as `submit --background` prints it).
+
+    REF must be full (HANDLE@SERVER#UNIQUE): a bare handle, or one without its unique, would
+    name whatever job gets that handle next (gearmand reuses handles after a restart).
+    """
+    job = JobRef.parse(ref)
+    if not (job.handle and job.server and job.unique is not None):
+        raise ConfigError(
+            f"token sign needs a full job reference, HANDLE@SERVER#UNIQUE as `submit "
+            f"--background` prints it (`fetch --json` shows the ref), not {ref!r}: it could "
+            "name another job later"
+        )
+    click.echo(_signer().sign(job, ttl=ttl))
 
 
 @token.command("fetch")
