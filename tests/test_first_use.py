@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -323,3 +324,36 @@ def test_cli_token_sign_refuses_a_reference_that_could_name_another_job(
     # a full one (an empty unique too: a job from a server without GRAB_JOB_UNIQ) is signed
     for full in ("H:vm:1@127.0.0.1:4730#u1", "H:vm:1@127.0.0.1:4730#"):
         assert _gearstash("token", "sign", full, env=env).stdout.startswith("gs1.")
+
+
+def test_web_says_where_it_serves_and_that_allow_submit_needs_a_credential(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gearstash", "web", "--listen", f"127.0.0.1:{port}",
+         "--allow-submit"],
+        env=_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    said = b""
+    try:
+        assert proc.stderr is not None
+        fd = proc.stderr.fileno()
+        deadline = time.monotonic() + 60
+        while b"gearstash web:" not in said or not said.endswith(b"\n"):
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(fd, 4096) if ready else b""
+            if not chunk:
+                break  # EOF, or no banner within the deadline
+            said += chunk
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)  # and close the pipe
+    lines = said.decode().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("gearstash: warning: --allow-submit does nothing without"), lines
+    assert lines[1].startswith(f"gearstash web: http://127.0.0.1:{port}/; store sqlite:"), lines
+    assert "read-only (no admin credential)" in lines[1]

@@ -74,6 +74,13 @@ def web(
         allow_submit=allow_submit,
         config_file=root.get("config"),
     )
+    if allow_submit and app.state.face.admin is None:
+        click.echo(
+            "gearstash: warning: --allow-submit does nothing without an admin credential "
+            "($GEARSTASH_WEB_ADMIN, $GEARSTASH_WEB_ADMIN_FILE or web_admin in the config file): "
+            "only a logged-in admin may submit",
+            err=True,
+        )
     if host not in LOOPBACK_HOSTS and not public and app.state.face.admin is None:
         click.echo(
             f"listening on {host}: other hosts get 403 (read-only, no admin credential, no --public)",
