@@ -56,7 +56,8 @@ from gearstash.store.urls import redact_url
     metavar="FILE",
     default=None,
     help="TOML config file (default $GEARSTASH_CONFIG or "
-    "$XDG_CONFIG_HOME/gearstash/config.toml): store, servers, token_secret, spool.",
+    "$XDG_CONFIG_HOME/gearstash/config.toml): store, servers, token_secret, spool, web_admin "
+    "(and their *_file forms).",
 )
 @click.pass_context
 def main(ctx: click.Context, verbose: int, config_file: str | None) -> None:
