@@ -357,3 +357,21 @@ def test_web_says_where_it_serves_and_that_allow_submit_needs_a_credential(
     assert lines[0].startswith("gearstash: warning: --allow-submit does nothing without"), lines
     assert lines[1].startswith(f"gearstash web: http://127.0.0.1:{port}/; store sqlite:"), lines
     assert "read-only (no admin credential)" in lines[1]
+
+
+# ---------------------------------------------- wait: no state is shown before one is known
+
+
+def test_wait_progress_claims_no_state_before_the_first_answer() -> None:
+    import io
+
+    from rich.console import Console
+
+    from gearstash.cli.progress import ProgressDisplay
+
+    out = io.StringIO()
+    with ProgressDisplay(console=Console(file=out, force_terminal=True, width=120)) as display:
+        display.add("H:vm:7")  # a job that is complete, or unknown: nothing asked yet
+    shown = out.getvalue()
+    assert "H:vm:7" in shown
+    assert "queued" not in shown  # said of every job, even a complete one, until the first fetch

@@ -52,7 +52,7 @@ class ProgressDisplay:
         are shown escaped."""
         label = visible(label)
         if self._progress is not None:
-            task = int(self._progress.add_task(label, total=None, info="queued"))
+            task = int(self._progress.add_task(label, total=None, info="asking…"))
         else:
             task = len(self._labels)
         self._labels[task] = label
