@@ -670,7 +670,8 @@ def demo(payloads: tuple[str, ...], steps: int, delay: float) -> None:
 
     Starts gearmand on a free port and a gearstash worker for ``reverse``, submits ABC123 and
     DEF456 in the background, shows their progress, fetches each job's data and result by handle
-    from the default SQLite store, and shuts everything down.
+    from a private SQLite store in a temporary folder (never your own store), and shuts everything
+    down.
     """
     from gearstash.cli.demo import run_demo
 
