@@ -5,9 +5,11 @@ that is down is a loopback port nothing listens on).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from typing import Any
 import click
 import pytest
 from starlette.testclient import TestClient
+from support.waiting import wait_until
 
 from gearstash.cli.main import main
 from gearstash.model.records import Event, EventKind, JobKey, JobRef
@@ -375,3 +378,77 @@ def test_wait_progress_claims_no_state_before_the_first_answer() -> None:
     shown = out.getvalue()
     assert "H:vm:7" in shown
     assert "queued" not in shown  # said of every job, even a complete one, until the first fetch
+
+
+# ----------------------------- worker --processes N --max-jobs M: each child stops after M jobs
+
+
+@contextmanager
+def _supervisor(args: list[str], env: dict[str, str], cwd: Path) -> Iterator[subprocess.Popen[str]]:
+    """`gearstash worker ARGS` in a session of its own; whatever is left of the session is
+    killed at the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gearstash", "worker", *args],
+        env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except FileNotFoundError:
+        return False
+
+
+JOBS = "def echo(job):\n    return job.workload\n"
+
+
+@pytest.mark.gearmand
+def test_processes_with_max_jobs_stop_after_their_jobs(gearmand: Any, tmp_path: Path) -> None:
+    from gearstash import Client
+    from gearstash.model.records import State
+
+    (tmp_path / "firstjobs.py").write_text(JOBS)
+    env = _env(tmp_path)
+    args = ["-s", gearmand.address, "-p", "2", "--max-jobs", "1", "firstjobs:echo"]
+    with Client([gearmand.address], store=env["GEARSTASH_STORE"]) as client:
+        refs = [client.submit_background("echo", b"%d" % i) for i in range(3)]
+        with _supervisor(args, env, tmp_path) as proc:
+            try:
+                code = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                code = None  # it went on: the children were replaced
+            views = client.fetch_many(refs)
+        assert proc.stderr is not None
+    assert code == 0
+    states = [v.state for v in views]
+    assert states.count(State.COMPLETE) == 2 and states.count(State.QUEUED) == 1, states
+
+
+@pytest.mark.gearmand
+def test_processes_stop_when_their_supervisor_is_killed(gearmand: Any, tmp_path: Path) -> None:
+    (tmp_path / "firstjobs.py").write_text(JOBS)
+    args = ["-s", gearmand.address, "-p", "2", "firstjobs:echo"]
+    with _supervisor(args, _env(tmp_path), tmp_path) as proc:
+        kids = wait_until(lambda: len(c := _children(proc.pid)) == 2 and c, what="2 children")
+        os.kill(proc.pid, signal.SIGKILL)  # the OOM killer, say: SIGTERM cannot be passed on
+        proc.wait(timeout=30)
+        wait_until(
+            lambda: not any(_alive(pid) for pid in kids),
+            timeout=30,
+            what="the orphaned worker processes stopped",
+        )

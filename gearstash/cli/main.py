@@ -198,7 +198,8 @@ def _import_failed(name: str, exc: Exception) -> ConfigError:
     default=1,
     show_default=True,
     help="Worker processes under one supervisor (prefork): a child that dies is replaced; "
-    "SIGTERM drains them all. --max-jobs then counts per process.",
+    "SIGTERM drains them all. --max-jobs then counts per process (a child that did its jobs "
+    "is not replaced).",
 )
 @click.option(
     "--pipeline",

@@ -3,10 +3,12 @@
 The supervisor forks ``processes`` children; each builds its own worker *after* the fork (no
 socket, store connection or thread crosses a fork) and serves until told to stop. A child that
 dies is replaced (after a short pause that grows while children keep dying at once, so a broken
-setup does not spin). SIGTERM or SIGINT to the supervisor drains them all: each child gets
-SIGTERM, finishes and stores the job in hand, and exits; the supervisor returns when the last one
-did. A second signal is passed on too (a child then exits at once, see
-:meth:`gearstash.worker.worker.Worker.work`).
+setup does not spin); a child that exits 0 by itself (it did its ``--max-jobs``) is done and is
+not replaced, and the supervisor returns 0 once every child is done. SIGTERM or SIGINT to the
+supervisor drains them all: each child gets SIGTERM, finishes and stores the job in hand, and
+exits; the supervisor returns when the last one did. A second signal is passed on too (a child
+then exits at once, see :meth:`gearstash.worker.worker.Worker.work`). A child whose supervisor
+is gone (killed: it could pass nothing on) stops by itself as on SIGTERM within a second or two.
 
 POSIX only (``os.fork``).
 """
@@ -84,6 +86,9 @@ class Supervisor:
                         log.warning("worker process %d %s while stopping", pid, _describe(status))
                         worst = 1
                     continue
+                if status == 0:  # it stopped by itself: its --max-jobs are done
+                    log.info("worker process %d is done (exit 0): not replaced", pid)
+                    continue
                 young = time.monotonic() - started < _QUICK_DEATH
                 pause = min(pause * 2, _MAX_PAUSE) if young else _MIN_PAUSE
                 log.warning(
@@ -111,9 +116,10 @@ class Supervisor:
                 os.kill(pid, signum)
 
     def _fork(self) -> None:
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: never returns
-            self._child()
+            self._child(supervisor)
         self.children[pid] = time.monotonic()
         log.info("worker process %d started", pid)
         if self.on_start is not None:
@@ -141,11 +147,14 @@ class Supervisor:
 
     # ------------------------------------------------------------ in the child
 
-    def _child(self) -> None:
+    def _child(self, supervisor: int) -> None:
         code = 1
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)  # the worker installs its own
+            threading.Thread(
+                target=_stop_when_orphaned, args=(supervisor,), name="orphan-watch", daemon=True
+            ).start()
             code = self.serve()
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
@@ -154,3 +163,12 @@ class Supervisor:
         finally:
             logging.shutdown()
             os._exit(code)
+
+
+def _stop_when_orphaned(supervisor: int, every: float = 1.0) -> None:
+    """In a child: once the supervisor is gone (killed, so it passed no signal on), SIGTERM
+    this process, which then stops as a drained child does (the job in hand finishes)."""
+    while os.getppid() == supervisor:
+        time.sleep(every)
+    log.warning("worker process %d: its supervisor %d is gone; stopping", os.getpid(), supervisor)
+    os.kill(os.getpid(), signal.SIGTERM)
