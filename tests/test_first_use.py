@@ -160,6 +160,21 @@ def test_web_on_a_busy_port_is_one_error_line_and_exit_1(tmp_path: Path) -> None
     assert lines == [f"gearstash: error: cannot listen on {address}: address already in use"]
 
 
+def test_worker_metrics_on_a_busy_port_is_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "firstjobs.py").write_text("def echo(job):\n    return job.workload\n")
+    with _busy_port() as address:
+        port = address.rpartition(":")[2]
+        done = _gearstash(
+            "worker", "--store", "memory://", "--app-dir", str(tmp_path), "--metrics-port", port,
+            "firstjobs:echo", env=_env(tmp_path),
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert errors == [
+        f"gearstash: error: cannot serve metrics on {address}: address already in use"
+    ]
+
+
 def test_proxy_on_a_busy_port_is_one_error_line_and_exit_1(tmp_path: Path) -> None:
     env = _env(tmp_path)
     for processes in ("1", "2"):

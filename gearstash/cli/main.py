@@ -45,6 +45,7 @@ from gearstash.protocol.packets import handle_problem
 from gearstash.store.contract import delete
 from gearstash.store.contract import purge as purge_store
 from gearstash.store.urls import redact_url
+from gearstash.transport.connection import cannot_listen
 
 
 @click.group(cls=ExitCodeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -338,7 +339,7 @@ def worker(
         try:
             worker_metrics.serve(worker_metrics.instrument(w), metrics_port)
         except OSError as exc:
-            raise ConfigError(f"cannot serve metrics on 127.0.0.1:{metrics_port}: {exc}") from None
+            raise cannot_listen(f"127.0.0.1:{metrics_port}", exc, "serve metrics") from None
         click.echo(
             f"gearstash worker: metrics on http://127.0.0.1:{metrics_port}/metrics", err=True
         )

@@ -52,11 +52,12 @@ def split_address(server: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def cannot_listen(address: str, exc: OSError) -> ConfigError:
+def cannot_listen(address: str, exc: OSError, doing: str = "listen") -> ConfigError:
     """The one-line error for a listening address that cannot be bound (taken, not local, no
-    permission): ``cannot listen on HOST:PORT: address already in use``."""
+    permission): ``cannot listen on HOST:PORT: address already in use`` (``doing``: what was
+    to be done there, such as ``serve metrics``)."""
     reason = os.strerror(exc.errno).lower() if exc.errno else _reason(exc)
-    return ConfigError(f"cannot listen on {address}: {reason}")
+    return ConfigError(f"cannot {doing} on {address}: {reason}")
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
