@@ -153,8 +153,10 @@ def _busy_port() -> Iterator[str]:
 
 
 def test_web_on_a_busy_port_is_one_error_line_and_exit_1(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    open_store(env["GEARSTASH_STORE"]).close()  # the web face never creates its store
     with _busy_port() as address:
-        done = _gearstash("web", "--listen", address, env=_env(tmp_path))
+        done = _gearstash("web", "--listen", address, env=env)
     assert done.returncode == 1, done.stderr  # not uvicorn's 3 ("the job failed" here)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == [f"gearstash: error: cannot listen on {address}: address already in use"]
@@ -347,6 +349,7 @@ def test_cli_token_sign_refuses_a_reference_that_could_name_another_job(
 def test_web_says_where_it_serves_and_that_allow_submit_needs_a_credential(
     tmp_path: Path,
 ) -> None:
+    open_store(_env(tmp_path)["GEARSTASH_STORE"]).close()  # the web face never creates its store
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gearstash", "web", "--listen", f"127.0.0.1:{port}",
@@ -467,3 +470,18 @@ def test_processes_stop_when_their_supervisor_is_killed(gearmand: Any, tmp_path:
             timeout=30,
             what="the orphaned worker processes stopped",
         )
+
+
+def test_web_never_creates_a_store_at_a_mistyped_path(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "jobs.db"
+    url = f"sqlite:///{missing}"
+    listen = f"127.0.0.1:{free_port()}"
+    done = _gearstash("web", "--listen", listen, "--store", url, env=_env(tmp_path))
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert errors == [
+        f"gearstash: error: no store at {url} (a command that only reads never creates one;"
+        " check the URL, or start a worker or submit a job first)"
+    ], done.stderr
+    assert not missing.parent.exists()

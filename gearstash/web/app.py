@@ -166,7 +166,9 @@ def create_app(
     without one) and the admin credential ``admin`` (a password hash or a secret; without one
     the app is read-only). Never pass secrets on a command line: ``gearstash web`` reads them
     from the configuration only. ``public``: let non-loopback clients list and read jobs without
-    logging in. A store given as an object is not closed with the app; one given as a URL is.
+    logging in. A store given as an object is not closed with the app; one given as a URL is,
+    and is never created by the app: a store that is not there is a StoreError (a mistyped SQLite
+    path does not leave an empty database behind).
     ``login_limit`` / ``login_window``: admin login attempts a client address may make that do
     not succeed within that many seconds; more get 429 with ``Retry-After``
     (:class:`~gearstash.web.security.LoginThrottle`). Raises ConfigError for a malformed
@@ -181,7 +183,9 @@ def create_app(
     server_list = servers_from(chosen)
     owns_store = not isinstance(store, Store)
     opened: Store = (
-        open_store(store if isinstance(store, str) else settings.store_url) if owns_store else store  # type: ignore[assignment]
+        open_store(store if isinstance(store, str) else settings.store_url, create=False)
+        if owns_store
+        else store  # type: ignore[assignment]
     )
     client = Client(server_list, store=opened, connect_timeout=1.0, timeout=5.0)
     face = Face(
