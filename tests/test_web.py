@@ -631,6 +631,14 @@ def _login(client: TestClient, password: str) -> str:
     return _csrf(client)
 
 
+def _lost_job(store: Store, key: JobKey, function: bytes, workload: bytes) -> None:
+    """Store a job that started a minute ago under a 1 s lease and never ended: ``lost``."""
+    started = Event(
+        EventKind.STARTED, key, time.time() - 60, function=function, lease=1.0, workload=workload
+    )
+    store.write([started])
+
+
 def test_admin_resubmits_a_failed_job_with_its_captured_workload(
     gearmand: Gearmand, store: Store
 ) -> None:
@@ -686,22 +694,22 @@ def test_admin_resubmits_a_failed_job_with_its_captured_workload(
         _one_line_error(unknown, 404)
         # a lost job (its worker died: the lease ran out, the job server forgot it) is resubmitted
         lost = JobKey(failed.server or "", b"H:lost:1", b"u-lost")
-        store.write(
-            [
-                Event(
-                    EventKind.STARTED,
-                    lost,
-                    time.time() - 60,
-                    function=b"flaky",
-                    lease=1.0,
-                    workload=b"lost load",
-                )
-            ]
-        )
+        _lost_job(store, lost, b"flaky", b"lost load")
         assert client.get("/api/jobs/" + _q(lost)).json()["state"] == "lost"
         revived = client.post("/api/jobs/" + _q(lost) + "/resubmit", headers={"x-csrf-token": csrf})
         assert revived.status_code == 201, revived.text
         assert JobRef.parse(revived.json()["ref"]).server == failed.server
+        # a repeated resubmit while the first is still queued answers that same job
+        queued = JobKey(failed.server or "", b"H:lost:2", b"u-lost-2")
+        _lost_job(store, queued, b"nobody-serves-this", b"wait")
+        twice = [
+            client.post("/api/jobs/" + _q(queued) + "/resubmit", headers={"x-csrf-token": csrf})
+            for _ in range(2)
+        ]
+        assert [r.status_code for r in twice] == [201, 201], twice[1].text
+        first, second = (JobRef.parse(r.json()["ref"]) for r in twice)
+        assert first == second and first.unique is not None
+        assert first.unique.startswith(b"resubmit-")
 
 
 def test_worker_stores_no_workload_over_its_cap(gearmand: Gearmand, store: Store) -> None:

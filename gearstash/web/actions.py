@@ -10,6 +10,7 @@ client address (:class:`~gearstash.web.security.LoginThrottle`).
 
 from __future__ import annotations
 
+import hashlib
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -137,17 +138,27 @@ RESUBMITTABLE = frozenset({State.FAILED, State.LOST})
 """The states of a job an admin may resubmit (``failed`` covers WORK_FAIL and exceptions)."""
 
 
-def _submit_to(face: Face, server: str, function: bytes, workload: bytes) -> JobRef:
+def _submit_to(
+    face: Face, server: str, function: bytes, workload: bytes, unique: bytes
+) -> JobRef:
     """Submit a background job to ``server`` alone (a client of its own, closed after)."""
     with Client([server], store=face.store, connect_timeout=1.0, timeout=5.0) as client:
-        return client.submit_background(function, workload)
+        return client.submit_background(function, workload, unique=unique)
+
+
+def resubmit_unique(old: JobRef) -> bytes:
+    """The unique a resubmit of ``old`` (a full reference) is sent with: the same for every
+    resubmit of one job, so a repeated POST (a double click, a retried request) while the first
+    resubmit is still queued or running is coalesced by the job server into that same job."""
+    return b"resubmit-" + hashlib.sha256(str(old).encode()).hexdigest()[:40].encode()
 
 
 async def resubmit(request: Request) -> Response:
     """``POST /api/jobs/{ref}/resubmit``: submit a failed or lost job again (admin).
 
-    The same function and the captured workload, as a new background job (a new handle and
-    unique) on the job server that ran the job; the old record stays as it was. 201 with
+    The same function and the captured workload, as a new background job (a new handle; the
+    unique :func:`resubmit_unique`, so a repeated request while that job is queued or running
+    answers the same job) on the job server that ran the job; the old record stays as it was. 201 with
     ``{"ref", "path", "resubmitted"}`` (``path``: the new job's page). 404 for an unknown job,
     409 when the job is not failed or lost, when no workload was captured, or when its job
     server is not one this app is configured with.
@@ -175,12 +186,15 @@ async def resubmit(request: Request) -> Response:
     server = record.key.server
     if server not in face.servers:
         raise HTTPProblem(409, f"the job's server {server} is not one this app submits to")
-    new = await face.blocking(_submit_to, face, server, record.function, record.workload)
+    old = JobRef(record.key.handle, server, record.key.unique)
+    new = await face.blocking(
+        _submit_to, face, server, record.function, record.workload, resubmit_unique(old)
+    )
     return JSONResponse(
         {
             "ref": str(new),
             "path": f"{_base(request)}/jobs/{quote(str(new), safe='')}",
-            "resubmitted": str(JobRef(record.key.handle, server, record.key.unique)),
+            "resubmitted": str(old),
         },
         status_code=201,
     )
