@@ -627,6 +627,7 @@ def test_sigterm_lets_the_job_in_hand_finish_then_exits(
     rec = record(tmp_sqlite_url, ref)
     assert rec is not None and rec.state == State.COMPLETE and len(rec.data) == 10, rec
     assert "proxy stopping" in proxy.output() and "proxy stopped" in proxy.output()
+    assert "gearstash proxy: stopped (exit 0)" in proxy.output().splitlines()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", proxy.port), timeout=2).close()
 

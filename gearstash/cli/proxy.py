@@ -132,4 +132,6 @@ def proxy(
         + f"; {processes} process(es)",
         err=True,
     )
-    raise SystemExit(run(proxy_settings))
+    code = run(proxy_settings)
+    click.echo(f"gearstash proxy: stopped (exit {code})", err=True)  # one line, as the worker's
+    raise SystemExit(code)
