@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -40,7 +40,9 @@ class Store(Protocol):
       ``delete``, ``list`` (can list and count its jobs; memcached cannot).
 
     Optional methods (see the functions below for their contracts and fallbacks):
-    ``get_after(ref, after) -> JobRecord | None`` (cursor read), ``watch(refs) -> Watch`` (push),
+    ``get_after(ref, after) -> JobRecord | None`` (cursor read), ``get_many_after(refs, afters)``
+    (cursor reads of several jobs at once), ``stamps(refs)`` (cheap change stamps),
+    ``watch(refs) -> Watch`` (push; the watch may also tell which jobs changed: ``changes()``),
     ``delete(refs) -> int``, ``purge() -> int``, and — for a store that claims the ``list``
     capability — ``list_jobs(filter, limit, cursor) -> JobPage`` and ``count_by_state(filter) ->
     dict[State, int]`` (see :func:`list_jobs`). Every store should honour ``Event.ttl`` and its
@@ -75,7 +77,11 @@ def get_one(store: Store, ref: JobRef) -> JobRecord | None:
 
 
 class Watch(Protocol):
-    """A subscription to changes of some jobs (see :func:`watch`)."""
+    """A subscription to changes of some jobs (see :func:`watch`).
+
+    A watch may also have ``changes() -> set[JobRef] | None``: which of its references may have
+    changed (see :func:`changes`).
+    """
 
     def wait(self, timeout: float) -> bool:
         """Block until a watched job may have changed, or ``timeout`` seconds passed.
@@ -121,6 +127,82 @@ def get_after(store: Store, ref: JobRef, after: int) -> JobRecord | None:
         record.data = record.data[after:]
         record.data_offset = after
     return record
+
+
+def get_many_after(
+    store: Store, refs: Sequence[JobRef], afters: Sequence[int]
+) -> list[JobRecord | None]:
+    """:func:`get_after` of each ``refs[i]`` from chunk ``afters[i]`` on, in order.
+
+    Uses ``store.get_many_after(refs, afters)`` when the store has it (a bounded number of round
+    trips). Else a reference is read with :func:`get_after` when there are at most
+    :data:`FEW_AFTER` of them or when its ``after`` is over :data:`WHOLE_UP_TO` (only its new
+    chunks travel), and the others in one ``get_many``, sliced (one round trip for many jobs
+    that hold few chunks).
+    """
+    if len(refs) != len(afters):
+        raise ValueError("get_many_after needs one 'after' per reference")
+    method = getattr(store, "get_many_after", None)
+    if method is not None:
+        result: list[JobRecord | None] = method(refs, afters)
+        return result
+    few = len(refs) <= FEW_AFTER
+    out: list[JobRecord | None] = [None] * len(refs)
+    whole: list[int] = []
+    for i, (ref, after) in enumerate(zip(refs, afters, strict=True)):
+        if few or after > WHOLE_UP_TO:
+            out[i] = get_after(store, ref, after)
+        else:
+            whole.append(i)
+    if whole:
+        for i, record in zip(whole, store.get_many([refs[i] for i in whole]), strict=True):
+            after = afters[i]
+            if record is not None and after:
+                record.data = record.data[after:]
+                record.data_offset = after
+            out[i] = record
+    return out
+
+
+FEW_AFTER = 16
+"""Up to this many references, :func:`get_many_after` on a store without it reads each with
+:func:`get_after`."""
+
+WHOLE_UP_TO = 64
+"""Past this many chunks already read, :func:`get_many_after` on a store without it reads a job
+with :func:`get_after` rather than whole."""
+
+
+def stamps(store: Store, refs: Sequence[JobRef]) -> list[Hashable] | None:
+    """A change stamp per reference, or None when the store has no cheap way to tell.
+
+    Uses ``store.stamps(refs)``: for each reference a hashable value that is the same for two
+    reads of the same unchanged record and differs once the record was written to (None while
+    there is none). It reads far less than ``get_many`` (SQL: a few columns of the job rows, no
+    chunks), so a reader following many jobs learns which changed without reading them whole.
+    Raises StoreError.
+    """
+    method = getattr(store, "stamps", None)
+    if method is None:
+        return None
+    result: list[Hashable] = method(refs)
+    return result
+
+
+def changes(subscription: Watch) -> set[JobRef] | None:
+    """The references of a watch whose jobs may have changed since it was made or since the
+    last call (each call forgets what it returned), or None when the watch cannot tell.
+
+    Uses ``subscription.changes()`` when the watch has it: a push store's watch names the jobs
+    whose writes it heard announced (always including the references it cannot hear about, e.g.
+    by unique alone), and answers None once after it lost its subscription (anything may have
+    changed meanwhile). A watch without it (a :class:`PollWatch`, SQLite's) answers None.
+    """
+    method = getattr(subscription, "changes", None)
+    if method is None:
+        return None
+    result: set[JobRef] | None = method()
+    return result
 
 
 def watch(store: Store, refs: Sequence[JobRef]) -> Watch:

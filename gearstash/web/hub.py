@@ -1,17 +1,30 @@
 """The subscription hub: every SSE follower of one store shares one reader.
 
 A follower subscribes to a job reference and awaits new versions of its record; the hub keeps one
-asyncio task that, while anyone follows anything, reads the records of every followed reference in
-ONE ``get_many`` call on a worker thread (the event loop's default executor), compares each with
-what it had, and wakes the followers of the records that changed. Between two reads the same thread
-blocks on one store watch of all followed references: on a store that can wake it (Redis pub/sub,
-PostgreSQL LISTEN, memory, a SQLite file's ``data_version``) a write wakes it at once and nothing is
-read while nothing is written; on the others it sleeps ``interval`` seconds. So a thousand followers
-cost one thread at a time and one store query per round, never a thread each.
+asyncio task that, while anyone follows anything, runs rounds on a worker thread (the event
+loop's default executor). A round waits on ONE store watch of all followed references, learns
+which jobs changed, reads only those, and wakes their followers:
 
-A change of the followed set closes the current watch (which ends its wait), so a new follower is
-served within one round. Pure asyncio (no Starlette): :class:`gearstash.aio.AsyncClient` uses it
-too.
+* **Which jobs changed.** A push store's watch names them (:func:`~gearstash.store.contract.changes`:
+  the Redis channel and job digest that fired, the PostgreSQL channel of the handle, the keys a
+  memory store wrote). A store that cannot name them (SQLite, whose watch only sees that the file
+  changed; MariaDB, polled every ``interval``) answers one small query for the change stamps of
+  every followed job (:func:`~gearstash.store.contract.stamps`: a few columns of the job rows, no
+  chunks), and the jobs whose stamp moved are the changed ones. A store with neither is read
+  whole every round, as before. Besides, a job is read when its expiry or its lease passes (its
+  state as read changes with no write: ``expired``, ``lost``), and every followed job is checked
+  again (stamps, or a read) after a new watch was made, after a failed round and every
+  :data:`RESYNC` seconds — so a notification lost in transit delays an event, never loses it.
+* **Reading incrementally.** A changed job is read from the chunk after the last one the hub has
+  (:func:`~gearstash.store.contract.get_many_after`), and the new chunks are appended to the
+  record it holds; a job not read yet, or one that began a new attempt, is read whole.
+
+So a write costs a round one job's read, not a read of every followed job, and a thousand
+followers cost one thread at a time and a few store queries per round, never a thread each.
+
+A new follower of a reference nobody followed closes the current watch (which ends its wait), so
+it is served within one round; a follower leaving changes nothing until the watch is made again.
+Pure asyncio (no Starlette): :class:`gearstash.aio.AsyncClient` uses it too.
 """
 
 from __future__ import annotations
@@ -20,19 +33,31 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Hashable
 from dataclasses import dataclass, field
+from typing import cast
 
-from gearstash.model.records import JobRecord, JobRef
-from gearstash.store.contract import PollWatch, Store, Watch, watch
+from gearstash.model.records import JobRecord, JobRef, State
+from gearstash.store.contract import (
+    PollWatch,
+    Store,
+    Watch,
+    changes,
+    get_many_after,
+    stamps,
+    watch,
+)
 
 log = logging.getLogger("gearstash.web.hub")
 
-PUSH_WAIT = 1.0  # seconds one round waits on a push store's watch at most
+PUSH_WAIT = 1.0  # seconds one round waits on a waking store's watch at most
 CLOSE_WAIT = 10.0  # seconds close() waits for a read in progress
+RESYNC = 10.0  # seconds between checks of every followed job (stamps or a read)
+_UNKNOWN = object()  # the change stamp of a job whose stamp was not read with its record
 
 
-def _signature(record: JobRecord | None) -> tuple[object, ...] | None:
+def _signature(record: JobRecord | None, now: float) -> tuple[object, ...] | None:
     if record is None:
         return None
     return (
@@ -44,7 +69,44 @@ def _signature(record: JobRecord | None) -> tuple[object, ...] | None:
         len(record.warnings),
         len(record.status),
         record.expires_at,
+        record.lost(now),
+        record.expires_at is not None and record.expires_at <= now,
     )
+
+
+def _deadline(record: JobRecord | None, now: float) -> float | None:
+    """When the state of ``record`` as read changes with no write: its expiry, or the end of a
+    running job's lease (whichever comes first after ``now``)."""
+    if record is None or record.state is State.EXPIRED:
+        return None
+    times = [record.expires_at]
+    if record.state is State.RUNNING:
+        times.append(record.lease_until)
+    later = [at for at in times if at is not None and at > now]
+    return min(later) if later else None
+
+
+def _same_attempt(old: JobRecord, new: JobRecord) -> bool:
+    """True when ``new`` continues the attempt of ``old`` (its chunks follow old's)."""
+    return (
+        new.key == old.key
+        and new.attempt == old.attempt
+        and new.started_at == old.started_at
+        and new.state is not State.EXPIRED
+    )
+
+
+class Idle:
+    """The type of :data:`IDLE`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "IDLE"
+
+
+IDLE = Idle()
+"""What :meth:`Hub.follow_idle` yields after a quiet spell."""
 
 
 @dataclass(eq=False)
@@ -55,14 +117,24 @@ class _Entry:
     version: int = 0  # 0: not read yet
     record: JobRecord | None = None
     signature: tuple[object, ...] | None = None
+    stamp: Hashable = _UNKNOWN
+    deadline: float | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class _Round:
+    """What one round read: new records, and change stamps (of jobs read or only probed)."""
+
+    records: dict[JobRef, JobRecord | None] = field(default_factory=dict)
+    stamps: dict[JobRef, Hashable] = field(default_factory=dict)
 
 
 class Hub:
     """One reader for every follower of ``store`` (see the module doc).
 
     Use from one event loop. :meth:`follow` yields the current record of a reference (None while
-    the store has none) and then each new version as it is read.
+    the store has none) and then each new version as it is read, with every chunk from the first.
     """
 
     def __init__(self, store: Store, *, interval: float = 0.1) -> None:
@@ -71,43 +143,69 @@ class Hub:
         self._entries: dict[JobRef, _Entry] = {}
         self._task: asyncio.Task[None] | None = None
         self._watch: Watch | None = None
+        self._watched: frozenset[JobRef] = frozenset()
         self._watch_lock = threading.Lock()
-        self._set_changed = True
+        self._check_all = True  # the next round checks every followed job
+        self._checked_at = 0.0
         self._stopping = False
-        self.rounds = 0  # reads done (tests and benchmarks look)
+        self.rounds = 0  # rounds done (tests and benchmarks look)
+        self.jobs_read = 0  # records read over all rounds (tests and benchmarks look)
 
     @property
     def followed(self) -> int:
         """How many references are followed now."""
         return len(self._entries)
 
-    async def follow(self, ref: JobRef) -> AsyncGenerator[JobRecord | None, None]:
+    def follow(self, ref: JobRef) -> AsyncGenerator[JobRecord | None, None]:
         """The record of ``ref`` now (after the hub's next read) and at every change after."""
+        return cast(AsyncGenerator[JobRecord | None, None], self._follow(ref, None))
+
+    def follow_idle(
+        self, ref: JobRef, idle: float
+    ) -> AsyncGenerator[JobRecord | Idle | None, None]:
+        """Like :meth:`follow`, and :data:`IDLE` after each ``idle`` seconds without a change
+        (an event stream's keepalive). Waiting on it with no timeout of one's own keeps the
+        subscription whole (a timeout that cancels a wait inside the generator ends it)."""
+        return self._follow(ref, idle)
+
+    async def _follow(
+        self, ref: JobRef, idle: float | None
+    ) -> AsyncGenerator[JobRecord | Idle | None, None]:
         entry = self._entries.get(ref)
         if entry is None:
             entry = self._entries[ref] = _Entry()
-            self._membership_changed()
+            if ref not in self._watched:
+                self._end_watch()
         entry.followers += 1
         self._ensure_task()
         seen = 0
         try:
             while True:
                 while entry.version == seen:
-                    await entry.changed.wait()
+                    if idle is None:
+                        await entry.changed.wait()
+                        continue
+                    try:
+                        async with asyncio.timeout(idle):
+                            await entry.changed.wait()
+                    except TimeoutError:
+                        if entry.version == seen:
+                            yield IDLE
                 seen = entry.version
                 yield entry.record
         finally:
             entry.followers -= 1
             if entry.followers == 0 and self._entries.get(ref) is entry:
                 del self._entries[ref]
-                self._membership_changed()
 
-    def _membership_changed(self) -> None:
-        self._set_changed = True
+    def _end_watch(self) -> None:
+        """Close the current watch: a wait in progress ends, and the next round makes a watch of
+        the references followed then."""
         with self._watch_lock:
             current, self._watch = self._watch, None
+            self._watched = frozenset()
         if current is not None:
-            current.close()  # ends a wait in progress: the next round reads the new set
+            current.close()
 
     def _ensure_task(self) -> None:
         if self._stopping:
@@ -123,7 +221,7 @@ class Hub:
         """
         self._stopping = True
         task, self._task = self._task, None
-        self._membership_changed()
+        self._end_watch()
         if task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(task), CLOSE_WAIT)
@@ -133,51 +231,151 @@ class Hub:
                     await task
 
     async def _run(self) -> None:
-        while self._entries and not self._stopping:
-            refs = list(self._entries)
-            fresh, self._set_changed = self._set_changed, False
-            try:
-                records = await asyncio.to_thread(self._read, refs, not fresh)
-            except Exception as exc:  # a store outage: tell no one, try again
-                log.warning("reading %d followed jobs failed: %s", len(refs), exc)
-                await asyncio.sleep(max(self.interval, 0.5))
+        try:
+            while self._entries and not self._stopping:
+                now = time.time()
+                known = {
+                    ref: (entry.record, entry.stamp) if entry.version else None
+                    for ref, entry in self._entries.items()
+                }
+                deadlines = [e.deadline for e in self._entries.values() if e.deadline is not None]
+                due = {
+                    ref
+                    for ref, entry in self._entries.items()
+                    if entry.deadline is not None and entry.deadline <= now
+                }
+                wake_by = min(deadlines, default=now + PUSH_WAIT)
+                try:
+                    found = await asyncio.to_thread(self._round, known, due, wake_by)
+                except Exception as exc:  # a store outage: tell no one, try again
+                    log.warning("reading %d followed jobs failed: %s", len(known), exc)
+                    self._check_all = True
+                    await asyncio.sleep(max(self.interval, 0.5))
+                    continue
+                if self._stopping:
+                    break
+                self.rounds += 1
+                self.jobs_read += len(found.records)
+                self._apply(found, due)
+        finally:
+            with self._watch_lock:
+                current, self._watch = self._watch, None
+                self._watched = frozenset()
+            if current is not None:
+                current.close()
+
+    def _apply(self, found: _Round, due: set[JobRef]) -> None:
+        """Hand the records of a round to the followers whose record changed."""
+        now = time.time()
+        for ref, stamp in found.stamps.items():
+            entry = self._entries.get(ref)
+            if entry is not None:
+                entry.stamp = stamp
+        for ref in due | set(found.records):
+            entry = self._entries.get(ref)
+            if entry is None:
                 continue
-            if self._stopping:
-                break
-            self.rounds += 1
-            for ref, record in zip(refs, records, strict=True):
-                entry = self._entries.get(ref)
-                if entry is None:
-                    continue
-                signature = _signature(record)
-                if entry.version and signature == entry.signature:
-                    continue
-                entry.record, entry.signature = record, signature
-                entry.version += 1
-                entry.changed.set()
-                entry.changed = asyncio.Event()
+            record = found.records.get(ref, entry.record)
+            signature = _signature(record, now)
+            entry.deadline = _deadline(record, now)
+            if entry.version and signature == entry.signature:
+                continue
+            entry.record, entry.signature = record, signature
+            entry.version += 1
+            entry.changed.set()
+            entry.changed = asyncio.Event()
 
-    def _read(self, refs: list[JobRef], wait_first: bool) -> list[JobRecord | None]:
-        """On the worker thread: wait for a change, then read every followed job.
+    # ------------------------------------------------------------------ on the worker thread
 
-        The watch of ``refs`` is made before the read it follows, so a write landing between a
-        read and the next wait still wakes that wait. A store whose watch can wake (push, or a
-        SQLite file's ``data_version``) is read when woken, and at least every
-        :data:`PUSH_WAIT` seconds; one that cannot (a :class:`~gearstash.store.contract.PollWatch`) is read
-        every ``interval`` seconds.
+    def _round(
+        self,
+        known: dict[JobRef, tuple[JobRecord | None, Hashable] | None],
+        due: set[JobRef],
+        wake_by: float,
+    ) -> _Round:
+        """Wait for a change, then read the followed jobs that changed (see the module doc).
+
+        ``known``: per followed reference the record and stamp the hub has (None: not read yet).
+        The watch of the references is made before the reads it is followed by, so a write
+        landing between a read and the next wait still wakes that wait.
         """
+        unread = [ref for ref, have in known.items() if have is None]
         with self._watch_lock:
             current = self._watch
-        if wait_first and current is not None:
+        if current is not None and not unread and not due:
             if isinstance(current, PollWatch):
                 current.wait(self.interval)
             else:
-                current.wait(PUSH_WAIT)
-        elif wait_first:
+                current.wait(max(0.0, min(PUSH_WAIT, wake_by - time.time())))
+        elif current is None and not unread and not due:
             threading.Event().wait(self.interval)
+        found = _Round()
         if self._stopping:  # close() is waiting: read nothing more
-            return [None] * len(refs)
+            return found
+        refs = list(known)
+        check_all = self._check_all or time.monotonic() - self._checked_at >= RESYNC
         with self._watch_lock:
-            if self._watch is None and not self._set_changed:
-                self._watch = watch(self.store, refs)
-        return self.store.get_many(refs)
+            current = self._watch
+            stale = current is not None and len(self._watched) > 2 * len(refs) + 64
+            if (current is None or stale) and not self._stopping:
+                if current is not None:
+                    current.close()
+                current = self._watch = watch(self.store, refs)
+                self._watched = frozenset(refs)
+                check_all = True  # a write between two watches was heard by neither
+        self._check_all = False
+        heard = None if current is None else changes(current)
+        if check_all or heard is None:
+            self._checked_at = time.monotonic()
+            probed = stamps(self.store, refs)
+            if probed is not None:
+                found.stamps = dict(zip(refs, probed, strict=True))
+                changed = [
+                    ref
+                    for ref in refs
+                    if (have := known[ref]) is not None and have[1] != found.stamps[ref]
+                ]
+            else:
+                changed = [ref for ref in refs if known[ref] is not None]
+        else:
+            changed = [ref for ref in refs if ref in heard and known[ref] is not None]
+        changed += [ref for ref in due if known.get(ref) is not None and ref not in changed]
+        whole = unread + self._read_after(changed, known, found)
+        if whole:
+            found.records.update(zip(whole, self.store.get_many(whole), strict=True))
+        return found
+
+    def _read_after(
+        self,
+        refs: list[JobRef],
+        known: dict[JobRef, tuple[JobRecord | None, Hashable] | None],
+        found: _Round,
+    ) -> list[JobRef]:
+        """Read ``refs`` from the chunk after the last the hub has, into ``found``; the
+        references to read whole instead (a new attempt began) are returned."""
+        if not refs:
+            return []
+        held = [have[0] if (have := known[ref]) is not None else None for ref in refs]
+        afters = [
+            len(old.data) if old is not None and old.state is not State.EXPIRED else 0
+            for old in held
+        ]
+        again: list[JobRef] = []
+        for ref, old, after, new in zip(
+            refs, held, afters, get_many_after(self.store, refs, afters), strict=True
+        ):
+            if new is not None and after:
+                if new.state is State.EXPIRED:
+                    new.data_offset = 0
+                elif old is not None and _same_attempt(old, new) and new.data_offset == after:
+                    new.data = old.data + new.data
+                    new.data_offset = 0
+                else:
+                    again.append(ref)
+                    continue
+            found.records[ref] = new
+            if ref not in found.stamps:
+                found.stamps[ref] = _UNKNOWN
+        for ref in again:
+            found.stamps.setdefault(ref, _UNKNOWN)
+        return again

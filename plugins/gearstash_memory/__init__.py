@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 
 from gearstash import hookimpl
@@ -36,12 +37,30 @@ PURGE_EVERY = 1000
 
 
 class MemoryWatch:
-    """Woken by every write to its store (waiters re-read; cheap in one process)."""
+    """Woken by every write to its store; :meth:`changes` names the watched references whose jobs
+    were written (the store tells each open watch the keys it writes)."""
 
-    def __init__(self, store: MemoryStore) -> None:
+    def __init__(self, store: MemoryStore, refs: Sequence[JobRef] = ()) -> None:
         self._store = store
         self._seen = store._version
         self._closed = False
+        self.heard: set[JobKey] = set()  # keys written since the last changes(), under the cond
+        self._by_handle: dict[bytes, list[JobRef]] = {}
+        self._by_unique: dict[bytes, list[JobRef]] = {}
+        for ref in refs:
+            index = self._by_unique if ref.by_unique else self._by_handle
+            index.setdefault((ref.unique or b"") if ref.by_unique else ref.handle, []).append(ref)
+
+    def changes(self) -> set[JobRef]:
+        """The watched references matching a job written since the last call."""
+        with self._store._cond:
+            heard, self.heard = self.heard, set()
+        found: set[JobRef] = set()
+        for key in heard:
+            for ref in (*self._by_handle.get(key.handle, ()), *self._by_unique.get(key.unique, ())):
+                if ref.matches(key):
+                    found.add(ref)
+        return found
 
     def wait(self, timeout: float) -> bool:
         """Block until the store is written to (True) or ``timeout`` passes (False)."""
@@ -57,6 +76,7 @@ class MemoryWatch:
         """Stop watching (wakes a waiting thread)."""
         with self._store._cond:
             self._closed = True
+            self._store._watches.discard(self)
             self._store._cond.notify_all()
 
 
@@ -77,6 +97,8 @@ class MemoryStore:
         self._by_unique: dict[bytes, list[JobKey]] = {}
         self._serial: dict[JobKey, int] = {}  # listing order: 1, 2, ... as records are made
         self._made = 0
+        # open watches (weakly: one never closed does not stay): told the keys each write touches
+        self._watches: weakref.WeakSet[MemoryWatch] = weakref.WeakSet()
 
     def write(self, events: Sequence[Event]) -> None:
         """Apply ``events`` in order under one lock (atomic for readers); wake watchers."""
@@ -97,6 +119,8 @@ class MemoryStore:
                 record.apply(event)
                 ttl = self.ttl if event.ttl is None else event.ttl
                 record.expires_at = event.at + ttl if ttl > 0 else None
+            for subscription in self._watches:
+                subscription.heard.update(event.key for event in events)
             self._version += 1
             self._writes += 1
             if self._writes % PURGE_EVERY == 0:
@@ -148,9 +172,19 @@ class MemoryStore:
 
     def get_after(self, ref: JobRef, after: int) -> JobRecord | None:
         """Like ``get_many([ref])[0]`` with only the data chunks from index ``after`` on."""
+        return self.get_many_after([ref], [after])[0]
+
+    def get_many_after(
+        self, refs: Sequence[JobRef], afters: Sequence[int]
+    ) -> list[JobRecord | None]:
+        """:meth:`get_after` of each reference (with its own ``after``), under one lock."""
+        now = time.time()
         with self._cond:
-            record = self._find(ref)
-            return None if record is None else self._view(record, time.time(), after)
+            found = [self._find(ref) for ref in refs]
+            return [
+                None if record is None else self._view(record, now, max(0, after))
+                for record, after in zip(found, afters, strict=True)
+            ]
 
     def list_jobs(self, filter: JobFilter, limit: int, cursor: str | None) -> JobPage:
         """Jobs matching ``filter``, newest first, ``limit`` at most (see
@@ -182,8 +216,11 @@ class MemoryStore:
         return counts
 
     def watch(self, refs: Sequence[JobRef]) -> MemoryWatch:
-        """A watch woken by any write to this store."""
-        return MemoryWatch(self)
+        """A watch woken by any write to this store, telling which of ``refs`` were written."""
+        with self._cond:  # made and registered at one version: no write falls in between
+            made = MemoryWatch(self, refs)
+            self._watches.add(made)
+        return made
 
     def delete(self, refs: Sequence[JobRef]) -> int:
         """Forget every record each reference matches; returns how many were removed."""
@@ -193,6 +230,8 @@ class MemoryStore:
                 for key in [k for k in self._keys(ref) if ref.matches(k)]:
                     self._forget(key)
                     removed += 1
+                    for subscription in self._watches:
+                        subscription.heard.add(key)
             self._version += 1
             self._cond.notify_all()
         return removed

@@ -49,7 +49,7 @@ from .listing import (
 from .read import ReadBatch
 from .scripts import LIST_SHA, SOURCES, WRITE_GT_SHA, WRITE_SHA
 from .url import DEFAULT_GRACE, OWN_OPTIONS, redact, seconds, secrets_of, split_url
-from .watch import RedisWatch, watched_channels
+from .watch import RedisWatch, watched_channels, watched_refs
 from .write import script_args
 
 __all__ = [  # the store, and what was defined here before the store was split into modules
@@ -118,10 +118,28 @@ class RedisStore:
         """Like ``get_many([ref])[0]`` with only the data chunks from index ``after`` on."""
         return self._read([ref], max(0, after))[0]
 
+    def get_many_after(
+        self, refs: Sequence[JobRef], afters: Sequence[int]
+    ) -> list[JobRecord | None]:
+        """:meth:`get_after` of each reference with its own ``after``: one pipeline per
+        distinct ``after``."""
+        groups: dict[int, list[int]] = {}
+        for i, after in enumerate(afters):
+            groups.setdefault(max(0, after), []).append(i)
+        out: list[JobRecord | None] = [None] * len(refs)
+        for after, places in groups.items():
+            for i, record in zip(places, self._read([refs[i] for i in places], after), strict=True):
+                out[i] = record
+        return out
+
     def watch(self, refs: Sequence[JobRef]) -> RedisWatch:
         """A subscription to the jobs of ``refs``, made before this returns (nothing is lost)."""
         return RedisWatch(
-            self.url, self._connections.pubsub, self._error, watched_channels(self.layout, refs)
+            self.url,
+            self._connections.pubsub,
+            self._error,
+            watched_channels(self.layout, refs),
+            watched_refs(self.layout, refs),
         )
 
     def delete(self, refs: Sequence[JobRef]) -> int:

@@ -1,7 +1,8 @@
 """``watch()`` on Redis: pub/sub on the channels of the watched handles (``PREFIX:ev:{H}``).
 
 Every write publishes the job digest J on the channel of its handle; a watch wakes for the Js it
-was asked about (or for any J of a handle watched without server or unique).
+was asked about (or for any J of a handle watched without server or unique), and
+:meth:`RedisWatch.changes` names the references those announcements concern.
 """
 
 from __future__ import annotations
@@ -42,6 +43,25 @@ def watched_channels(layout: Layout, refs: Sequence[JobRef]) -> dict[bytes, set[
     return channels
 
 
+WatchedRefs = tuple[dict[tuple[bytes, bytes | None], list[JobRef]], frozenset[JobRef]]
+
+
+def watched_refs(layout: Layout, refs: Sequence[JobRef]) -> WatchedRefs:
+    """(channel, job digest) -> the references an announcement concerns (digest None: any job on
+    the channel), and the references no channel announces (by unique alone)."""
+    lookup: dict[tuple[bytes, bytes | None], list[JobRef]] = {}
+    unheard: set[JobRef] = set()
+    for ref in refs:
+        if not ref.handle:
+            unheard.add(ref)
+            continue
+        digest = None
+        if ref.server is not None and ref.unique is not None:
+            digest = layout.keys(JobKey(ref.server, ref.handle, ref.unique)).job_digest
+        lookup.setdefault((layout.channel(ref.handle), digest), []).append(ref)
+    return lookup, frozenset(unheard)
+
+
 class RedisWatch:
     """A pub/sub subscription to the channels of some handles (see :meth:`RedisStore.watch`).
 
@@ -59,10 +79,15 @@ class RedisWatch:
         pubsub: Callable[[], Any],
         error: Callable[[BaseException, str], Exception],
         channels: dict[bytes, set[bytes] | None],
+        refs: WatchedRefs | None = None,
     ) -> None:
         """``url``: the store's (redacted) URL for messages; ``pubsub()`` makes a redis-py PubSub
         on a connection of its own; ``error(exc, doing)`` turns a driver failure into the
-        store's StoreError (secrets scrubbed)."""
+        store's StoreError (secrets scrubbed); ``refs``: :func:`watched_refs` of the watched
+        references, for :meth:`changes`."""
+        self._refs, self._unheard = refs or ({}, frozenset())
+        self._heard: set[tuple[bytes, bytes]] = set()  # (channel, digest) announced
+        self._lost = False  # the subscription broke since the last changes()
         self._url = url
         self._new_pubsub = pubsub
         self._error = error
@@ -103,7 +128,24 @@ class RedisWatch:
         if message["type"] != "message":
             return False
         wanted = self._channels.get(message["channel"], _NOT_WATCHED)
-        return wanted is None or (isinstance(wanted, set) and message["data"] in wanted)
+        if wanted is None or (isinstance(wanted, set) and message["data"] in wanted):
+            self._heard.add((message["channel"], message["data"]))
+            return True
+        return False
+
+    def changes(self) -> set[JobRef] | None:
+        """The watched references whose jobs were announced written since the last call (and
+        those by unique alone, never announced); None once after the subscription broke."""
+        heard, self._heard = self._heard, set()
+        if self._lost:
+            self._lost = False
+            return None
+        found = set(self._unheard)
+        lookup = self._refs
+        for channel, digest in heard:
+            found.update(lookup.get((channel, digest), ()))
+            found.update(lookup.get((channel, None), ()))
+        return found
 
     def wait(self, timeout: float) -> bool:
         """True when a watched job was written to since the last call; False after ``timeout`` s.
@@ -120,6 +162,7 @@ class RedisWatch:
                     self._closed.wait(timeout)
                     return False
                 if self._pubsub is None:
+                    self._lost = True
                     self._subscribe()
                     return True
                 if self._pending:
@@ -140,6 +183,7 @@ class RedisWatch:
                 if message is not None and (self._relevant(message) | self._drain()):
                     return True
             except (RedisError, OSError):
+                self._lost = True
                 self._disconnect()
                 return True
             if left <= 0 or self._closed.is_set():

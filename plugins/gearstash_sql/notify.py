@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gearstash.model.records import JobRef
+
 from .writers import orphan
 
 CHANNEL_PREFIX = "gearstash_"
@@ -133,11 +135,27 @@ def _healthy(conn: Any) -> bool:
 
 
 class PgWatch:
-    """A LISTEN on the channels of some handles, on a connection of its own (see module doc)."""
+    """A LISTEN on the channels of some handles, on a connection of its own (see module doc).
 
-    def __init__(self, listeners: Listeners, handles: Iterable[bytes]) -> None:
+    ``refs``: the watched references, for :meth:`changes` (the handles come from them, or from
+    ``handles``).
+    """
+
+    def __init__(
+        self, listeners: Listeners, handles: Iterable[bytes] = (), refs: Iterable[JobRef] = ()
+    ) -> None:
         self._listeners = listeners
-        self._channels = frozenset(channel(handle) for handle in handles)
+        self._by_channel: dict[str, list[JobRef]] = {}
+        unheard: set[JobRef] = set()
+        for ref in refs:
+            if ref.by_unique:  # no handle to listen for
+                unheard.add(ref)
+            else:
+                self._by_channel.setdefault(channel(ref.handle), []).append(ref)
+        self._unheard = frozenset(unheard)
+        self._channels = frozenset(channel(handle) for handle in handles) | set(self._by_channel)
+        self._heard: set[str] = set()  # channels notified since the last changes()
+        self._broke = False  # the connection was remade since the last changes()
         self._lock = threading.Lock()
         self._closed = False
         self._waiting = False
@@ -165,7 +183,20 @@ class PgWatch:
 
     def _on_notify(self, notify: Any) -> None:
         if notify.channel in self._channels:
+            self._heard.add(notify.channel)
             self._pending = True
+
+    def changes(self) -> set[JobRef] | None:
+        """The watched references whose handles were notified since the last call (and those by
+        unique alone); None once after the connection had to be remade."""
+        heard, self._heard = self._heard, set()
+        if self._broke:
+            self._broke = False
+            return None
+        found = set(self._unheard)
+        for name in heard:
+            found.update(self._by_channel.get(name, ()))
+        return found
 
     def wait(self, timeout: float) -> bool:
         """True when a watched job was written (or the connection had to be remade), False after
@@ -186,6 +217,7 @@ class PgWatch:
     def _wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + max(timeout, 0.0)
         if self._conn is None:  # lost earlier and not yet remade
+            self._broke = True
             try:
                 self._listen()
             except Exception:
@@ -211,7 +243,9 @@ class PgWatch:
                 try:
                     pgconn.consume_input()
                     while (got := pgconn.notifies()) is not None:
-                        if got.relname.decode() in channels:
+                        name = got.relname.decode()
+                        if name in channels:
+                            self._heard.add(name)
                             self._pending = True
                     if pgconn.status != 0:
                         raise ConnectionError("listener connection lost")
@@ -224,6 +258,7 @@ class PgWatch:
 
     def _lost(self) -> None:
         """The connection died: drop it and LISTEN again on a new one (next wait, if this fails)."""
+        self._broke = True
         conn, self._conn = self._conn, None
         with contextlib.suppress(Exception):
             conn.close()

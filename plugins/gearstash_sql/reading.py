@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -126,6 +126,23 @@ class ReadPath:
         if self._replica and (record is None or not record.state.final):
             record = self._get_one(ref, after, now, True)
         return record
+
+    def stamps(self, refs: Sequence[JobRef]) -> list[Hashable]:
+        """Per reference a change stamp of the newest job it matches (None: no job): its row id
+        and :data:`~gearstash_sql.reads.STAMP_COLUMNS`, read from the job rows alone (no chunks;
+        one statement per 500 handles, on the replica when there is one: its stamps move in
+        commit order too). Raises StoreError."""
+        if not refs:
+            return []
+        if self._closed:
+            raise self._closed_error()
+        handles = list({ref.handle for ref in refs if not ref.by_unique})
+        uniques = list({unique_of(ref) for ref in refs if ref.by_unique})
+        with self._guard:
+            newest = self._reading(
+                lambda cursor: _stamped(cursor, self._reads, refs, handles, uniques)
+            )
+        return [None if row is None else (row[0], *row[4:]) for row in newest]
 
     def _get_one(self, ref: JobRef, after: int, now: float, primary: bool) -> JobRecord | None:
         """One reference's record in one statement (``after``: a cursor read)."""
@@ -262,6 +279,39 @@ class ReadPath:
         for job_chunks in chunk_rows.values():
             job_chunks.sort(key=_SEQ)
         return chosen, rows, chunk_rows
+
+
+def _stamped(
+    cursor: Any, reads: Reads, refs: Sequence[JobRef], handles: list[bytes], uniques: list[bytes]
+) -> list[Any]:
+    """Per reference the row (id, server, handle, unique, *STAMP_COLUMNS) of the newest job it
+    matches, or None: per 500 handles one query, per 500 uniques one (the references by unique
+    alone). A whole reference names one row (the key is unique): found by its key."""
+    found: dict[bytes, list[Any]] = {}
+    by_unique: dict[bytes, list[Any]] = {}
+    exact: dict[tuple[bytes, str, bytes], Any] = {}
+    for column, values, index in (("handle", handles, found), ("unique_key", uniques, by_unique)):
+        for part in _slices([value for value in values if len(value) <= MAX_KEY_BYTES]):
+            cursor.execute(reads.stamp_find(column, len(part)), part)
+            for row in cursor.fetchall():
+                row_handle, row_unique = bytes(row[2]), bytes(row[3])
+                exact[(row_handle, row[1], row_unique)] = row
+                part_of = row_unique if index is by_unique else row_handle
+                index.setdefault(part_of, []).append(row)
+    chosen: list[Any] = []
+    for ref in refs:
+        if _whole(ref):
+            chosen.append(exact.get((ref.handle, ref.server, ref.unique)))  # type: ignore[arg-type]
+            continue
+        best: Any = None
+        candidates = by_unique.get(unique_of(ref), ()) if ref.by_unique else found.get(ref.handle, ())
+        for row in candidates:
+            if (best is None or row[0] > best[0]) and ref.matches(
+                JobKey(row[1], bytes(row[2]), bytes(row[3]))
+            ):
+                best = row
+        chosen.append(best)
+    return chosen
 
 
 def _whole(ref: JobRef) -> bool:

@@ -44,6 +44,9 @@ from .rows import RECORD_COLUMNS
 from .schema import chunks, jobs
 
 JOB_WIDTH = len(RECORD_COLUMNS)
+STAMP_COLUMNS = ("state", "attempt", "next_seq", "updated_at", "lease_until", "expires_at")
+"""The job-row columns that together change on every write that changes a record (a chunk moves
+``next_seq``, a heartbeat ``lease_until``, an end ``state``, a restart ``attempt``...)."""
 _CHUNK_TAIL = ("seq", "kind", "payload", "numerator", "denominator", "at")
 ROW_WIDTH = JOB_WIDTH + len(_CHUNK_TAIL)
 
@@ -101,6 +104,7 @@ class Reads:
         self._one: dict[tuple[bool, bool, bool, bool], str] = {}
         self._mysql_one: dict[tuple[bool, bool, bool, bool], tuple[str, str]] = {}
         self._find: dict[tuple[str, int], str] = {}
+        self._stamp_find: dict[tuple[str, int], str] = {}
         self._load: dict[int, str] = {}
         self._exact: dict[int, str] = {}
 
@@ -187,6 +191,17 @@ class Reads:
     def find_unique(self, count: int) -> str:
         """The keys of the jobs with any of ``count`` uniques: rows (id, server, handle, unique)."""
         return self._find_by("unique_key", count)
+
+    def stamp_find(self, column: str, count: int) -> str:
+        """Like :meth:`find` (``column`` ``handle``) or :meth:`find_unique` (``unique_key``),
+        with :data:`STAMP_COLUMNS` after the key: rows (id, server, handle, unique, *stamp)."""
+        sql = self._stamp_find.get((column, count))
+        if sql is None:
+            sql = self._stamp_find[(column, count)] = (
+                f"SELECT {', '.join(('id', 'server', 'handle', 'unique_key', *STAMP_COLUMNS))} "
+                f"FROM {self._jobs} WHERE {column} IN ({self.marks(count)})"
+            )
+        return sql
 
     def _find_by(self, column: str, count: int) -> str:
         sql = self._find.get((column, count))

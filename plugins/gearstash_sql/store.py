@@ -217,7 +217,7 @@ class SqlStore(WritePath, ReadPath, Removal, Listing):
                 raise self._error(exc, "watch") from exc
         try:
             # a reference by unique alone has no handle to listen for: its waiter polls
-            return PgWatch(self._listeners, {ref.handle for ref in refs if not ref.by_unique})
+            return PgWatch(self._listeners, refs=refs)
         except Exception as exc:
             raise self._error(exc, "watch") from exc
 
