@@ -9,7 +9,8 @@
 #      tools, memcached, redis-server, postgresql and mariadb-server (the tests start servers
 #      of their own from these binaries: nothing needs to run as a service), openssl,
 #      ca-certificates, php-cli + the gearman, redis, memcached, pgsql, sqlite3 and mysql
-#      extensions, chromium + chromium-driver (the web pages' tests), Perl's Gearman::Worker (a worker
+#      extensions, chromium + chromium-driver (the web pages' tests), wrk (bench/web.py's request
+#      rate), Perl's Gearman::Worker (a worker
 #      behind the proxy in the tests). No service manager is
 #      needed: where none runs, the packages' service starts are declined (policy-rc.d).
 #   2. .venv with python3 (>= 3.11), created when missing or broken;
@@ -27,7 +28,7 @@ say() { printf 'setup: %s\n' "$*"; }
 APT_PACKAGES=(python3 python3-venv ca-certificates openssl
               gearman-job-server gearman-tools memcached redis-server postgresql mariadb-server
               php-cli php-gearman php-redis php-memcached php-pgsql php-sqlite3 php-mysql
-              chromium chromium-driver
+              chromium chromium-driver wrk
               libgearman-client-perl gearman-server)
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
@@ -36,7 +37,7 @@ system_missing() {
     # prints the first thing missing; nothing (and status 0) when all is there
     local tool
     for tool in python3 gearmand gearman gearadmin memcached redis-server openssl php \
-        mariadb-install-db mariadbd chromium chromedriver; do
+        mariadb-install-db mariadbd chromium chromedriver wrk; do
         have "$tool" || { echo "$tool"; return; }
     done
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || { echo "python3-venv"; return; }

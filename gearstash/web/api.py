@@ -6,13 +6,12 @@ server fails: 503 when it cannot be reached, 502 when a job server refuses the r
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from gearstash.errors import BadCursor, ConfigError
 from gearstash.model.codec import bytes_to_json
@@ -29,7 +28,8 @@ from gearstash.store.contract import (
 )
 from gearstash.transport.connection import Connection
 from gearstash.web.events import KEEPALIVE, Cursor, Follower
-from gearstash.web.face import Face, HTTPProblem, parse_ref
+from gearstash.web.face import Face, HTTPProblem, JSONBody, parse_ref
+from gearstash.web.hub import Idle
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -157,7 +157,7 @@ async def api_jobs(request: Request) -> Response:
             out["counts"] = {k.value: v for k, v in count_by_state(face.store, filter).items()}
         return out
 
-    return JSONResponse(await face.blocking(read))
+    return JSONBody(await face.blocking(read))
 
 
 async def api_counts(request: Request) -> Response:
@@ -167,7 +167,7 @@ async def api_counts(request: Request) -> Response:
     filter, _limit, _cursor, _counts = job_filter(request)
     _require_listing(face)
     counts = await face.blocking(count_by_state, face.store, filter)
-    return JSONResponse({k.value: v for k, v in counts.items()})
+    return JSONBody({k.value: v for k, v in counts.items()})
 
 
 THROUGHPUT_WINDOW = 3600
@@ -203,7 +203,7 @@ async def api_throughput(request: Request) -> Response:
                 break
         return {"start": start, "step": 60, "complete": complete, "failed": failed}
 
-    return JSONResponse(await face.blocking(read))
+    return JSONBody(await face.blocking(read))
 
 
 # ---------------------------------------------------------------------------------- one job
@@ -233,7 +233,7 @@ async def api_job(request: Request) -> Response:
     face = face_of(request)
     face.require_read(request)
     ref = parse_ref(request.path_params["ref"])
-    return JSONResponse(await _view_json(face, ref))
+    return JSONBody(await _view_json(face, ref))
 
 
 async def api_token(request: Request) -> Response:
@@ -241,7 +241,7 @@ async def api_token(request: Request) -> Response:
     without its ``workload``."""
     face = face_of(request)
     ref = face.verify_token(request.path_params["token"])
-    return JSONResponse(await _view_json(face, ref, workload=False))
+    return JSONBody(await _view_json(face, ref, workload=False))
 
 
 def _cursor(request: Request) -> Cursor:
@@ -253,17 +253,18 @@ def _cursor(request: Request) -> Cursor:
 
 
 async def _stream(face: Face, ref: JobRef, follower: Follower) -> AsyncIterator[str]:
+    """The messages of one job's stream: each version's messages sent as one write, and a
+    keepalive comment after :data:`KEEPALIVE` quiet seconds (the stream stays open)."""
     yield "retry: 2000\n\n"
-    updates = face.hub.follow(ref)
+    updates = face.hub.follow_idle(ref, KEEPALIVE)
     try:
-        while True:
-            try:
-                record = await asyncio.wait_for(anext(updates), KEEPALIVE)
-            except TimeoutError:
+        async for record in updates:
+            if isinstance(record, Idle):
                 yield ": keepalive\n\n"
                 continue
-            for message in follower.step(record, time.time()):
-                yield message
+            messages = "".join(follower.step(record, time.time()))
+            if messages:
+                yield messages
             if follower.done:
                 return
     finally:
@@ -335,14 +336,14 @@ async def api_servers(request: Request) -> Response:
     def read() -> list[dict[str, Any]]:
         return [server_json(server) for server in face.servers]
 
-    return JSONResponse({"servers": await face.blocking(read)})
+    return JSONBody({"servers": await face.blocking(read)})
 
 
 async def api_store(request: Request) -> Response:
     """``GET /api/store``: the store's (redacted) URL and capabilities."""
     face = face_of(request)
     face.require_read(request)
-    return JSONResponse(
+    return JSONBody(
         {"url": face.store.url, "capabilities": sorted(face.store.capabilities),
          "can_list": face.can_list}
     )  # fmt: skip

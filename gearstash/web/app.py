@@ -40,7 +40,7 @@ from gearstash.spine.manager import open_store
 from gearstash.store.contract import Store
 from gearstash.transport.connection import servers_from
 from gearstash.web import actions, api, metrics, openapi, pages
-from gearstash.web.face import MAX_QUERY, THREADS, Face, HTTPProblem, problem
+from gearstash.web.face import ANYIO_THREADS, MAX_QUERY, Face, HTTPProblem, problem
 from gearstash.web.hub import Hub
 from gearstash.web.security import (
     SECURITY_HEADERS,
@@ -119,13 +119,13 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def routes() -> list[Route | Mount]:
     """Every route of the app (the order matters: ``/events`` before the catch-all ref)."""
     return [
-        Route("/", pages.overview, name="overview"),
-        Route("/jobs", pages.jobs, name="jobs"),
-        Route("/jobs/{ref:path}", pages.job, name="job"),
-        Route("/login", pages.login_page, name="login"),
-        Route("/admin/login", actions.login, methods=["POST"]),
-        Route("/admin/logout", actions.logout, methods=["POST"]),
-        Route("/api/openapi.json", openapi.schema_route),
+        # the routes asked most first (Starlette tries them in order); no earlier route matches
+        # a path a later one is meant for
+        Route("/api/jobs/{ref:path}/events", api.api_job_events),
+        Route("/api/jobs/{ref:path}/forget", actions.forget, methods=["POST"]),
+        Route("/api/jobs/{ref:path}/resubmit", actions.resubmit, methods=["POST"]),
+        Route("/api/jobs/{ref:path}/share", actions.share, methods=["POST"]),
+        Route("/api/jobs/{ref:path}", api.api_job),
         Route("/api/jobs", api.api_jobs),
         Route("/api/counts", api.api_counts),
         Route("/api/throughput", api.api_throughput),
@@ -133,11 +133,13 @@ def routes() -> list[Route | Mount]:
         Route("/api/store", api.api_store),
         Route("/api/purge", actions.purge_now, methods=["POST"]),
         Route("/api/submit", actions.submit, methods=["POST"]),
-        Route("/api/jobs/{ref:path}/events", api.api_job_events),
-        Route("/api/jobs/{ref:path}/forget", actions.forget, methods=["POST"]),
-        Route("/api/jobs/{ref:path}/resubmit", actions.resubmit, methods=["POST"]),
-        Route("/api/jobs/{ref:path}/share", actions.share, methods=["POST"]),
-        Route("/api/jobs/{ref:path}", api.api_job),
+        Route("/api/openapi.json", openapi.schema_route),
+        Route("/", pages.overview, name="overview"),
+        Route("/jobs", pages.jobs, name="jobs"),
+        Route("/jobs/{ref:path}", pages.job, name="job"),
+        Route("/login", pages.login_page, name="login"),
+        Route("/admin/login", actions.login, methods=["POST"]),
+        Route("/admin/logout", actions.logout, methods=["POST"]),
         Route("/t/{token}/events", api.api_token_events),
         Route("/t/{token}/view", pages.token_view),
         Route("/t/{token}", api.api_token),
@@ -202,11 +204,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
+        anyio.to_thread.current_default_thread_limiter().total_tokens = ANYIO_THREADS
         try:
             yield
         finally:
             await face.hub.close()
+            face.close()
             client.close()
             if owns_store:
                 opened.close()

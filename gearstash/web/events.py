@@ -23,7 +23,6 @@ were sent for that attempt). A browser reconnecting sends it back as ``Last-Even
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 from gearstash.errors import ConfigError
 from gearstash.model.codec import bytes_to_json
 from gearstash.model.records import JobRecord, State
+from gearstash.web.codec import json_text
 
 KEEPALIVE = 15.0  # seconds between comment lines on an idle stream
 
@@ -64,7 +64,7 @@ class Cursor:
 def frame(event: str, data: Any, cursor: Cursor | None) -> str:
     """One SSE message (``id`` when ``cursor`` is given)."""
     head = f"id: {cursor}\n" if cursor is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return f"{head}event: {event}\ndata: {json_text(data)}\n\n"
 
 
 def read_state(record: JobRecord | None, now: float) -> State:

@@ -1,19 +1,21 @@
 """The state one web app shares between its routes (:class:`Face`) and the checks every route makes.
 
 Routes reach it as ``request.app.state.face``. Blocking work (the store, the job servers) runs on
-worker threads through :meth:`Face.blocking`; the number of such threads is capped
-(:data:`THREADS`).
+the face's own pool of worker threads through :meth:`Face.blocking` (a plain
+``concurrent.futures`` pool: a third of the cost of a hop through anyio's limiter per request);
+the number of such threads is capped (:data:`THREADS`).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import functools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -22,6 +24,7 @@ from gearstash.client.tokens import TokenSigner
 from gearstash.errors import BadToken, ConfigError
 from gearstash.model.records import JobRef
 from gearstash.store.contract import Store, can_list
+from gearstash.web.codec import json_bytes
 from gearstash.web.hub import Hub
 from gearstash.web.security import (
     AdminCredential,
@@ -32,7 +35,10 @@ from gearstash.web.security import (
 )
 
 THREADS = 16
-"""Worker threads the app uses at most for store and job-server calls (anyio's limiter)."""
+"""Worker threads the app uses at most for store and job-server calls (:meth:`Face.blocking`)."""
+
+ANYIO_THREADS = 4
+"""Worker threads Starlette itself may use (anyio's limiter: static files)."""
 
 MAX_FORM = 2 << 20
 """The largest urlencoded form body accepted (bytes)."""
@@ -56,7 +62,7 @@ class HTTPProblem(Exception):
 
 def problem(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """``{"error": message}`` with ``status`` (the message on one line)."""
-    return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers)
+    return JSONBody({"error": " ".join(message.split())}, status_code=status, headers=headers)
 
 
 @dataclass
@@ -74,6 +80,9 @@ class Face:
     owns: list[Callable[[], None]] = field(default_factory=list)
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     """Admin login attempts per client address (429 beyond its limit)."""
+    pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(THREADS, thread_name_prefix="gearstash-web")
+    )
 
     @property
     def can_list(self) -> bool:
@@ -81,8 +90,12 @@ class Face:
         return can_list(self.store)
 
     async def blocking(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run ``fn(*args)`` on a worker thread."""
-        return await anyio.to_thread.run_sync(fn, *args)
+        """Run ``fn(*args)`` on one of the face's worker threads (:data:`THREADS` at most)."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def close(self) -> None:
+        """Let the worker threads end (calls in progress finish on their own)."""
+        self.pool.shutdown(wait=False)
 
     # ------------------------------------------------------------------ who may do what
 
@@ -162,11 +175,21 @@ def parse_ref(text: str) -> JobRef:
     if len(text) > 2048:
         raise HTTPProblem(400, "job reference too long")
     try:
-        return JobRef.parse(text)
+        return _parsed(text)
     except (ConfigError, ValueError) as exc:
         raise HTTPProblem(400, f"bad job reference: {exc}") from None
 
 
-def dumps(data: Any) -> str:
-    """Compact JSON."""
-    return json.dumps(data, separators=(",", ":"))
+@functools.lru_cache(maxsize=1024)
+def _parsed(text: str) -> JobRef:
+    """``JobRef.parse`` of the references asked for lately (a page polls the same ones; a
+    JobRef is immutable, so one object may answer many requests)."""
+    return JobRef.parse(text)
+
+
+class JSONBody(JSONResponse):
+    """A JSON response encoded by :func:`gearstash.web.codec.json_bytes` (orjson when there)."""
+
+    def render(self, content: Any) -> bytes:
+        """The body: compact UTF-8 JSON."""
+        return json_bytes(content)

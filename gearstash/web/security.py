@@ -17,6 +17,7 @@ beyond hashing.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -134,6 +135,7 @@ def csrf_matches(expected: object, offered: object) -> bool:
     return hmac.compare_digest(expected.encode(), offered.encode())
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback(host: str | None) -> bool:
     """True for a loopback client address (127.0.0.0/8, ::1, ::ffff:127.x)."""
     if not host:
