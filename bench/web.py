@@ -5,9 +5,10 @@
 0. The hub alone (``hub``): N followers of N jobs in this process, one chunk written to each;
    write-to-formatted-event latency without HTTP (and ``memory://`` works only here).
 1. SSE followers: N jobs running in the store, N concurrent ``/api/jobs/{ref}/events`` streams
-   (one per job, raw asyncio sockets); then every job gets a data chunk whose payload is the
-   writer's clock; the latency is the receiver's clock when the ``chunk`` event arrives minus
-   that. Also the web process's threads and RSS (``/proc``) idle before and with N followers.
+   (one per job, raw asyncio sockets on uvloop); then a writer process gives every job a data
+   chunk (one write each, back to back) whose payload is the writer's clock; the latency is the
+   receiver's clock when the ``chunk`` event arrives minus that. Also the web process's threads
+   and RSS (``/proc``) idle before and with N followers, and its CPU time per event.
 2. ``GET /api/jobs`` (first page, 50 jobs) over ``--jobs`` stored jobs: p50 of 50 requests.
 3. ``GET /api/jobs/{ref}`` with keep-alive: requests per second over 5 s from 8 connections.
 
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -30,12 +32,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+import uvloop  # noqa: E402
 from servers import postgres_schema, redis_server  # noqa: E402
 
 from gearstash.model.records import Event, EventKind, JobKey, JobRef  # noqa: E402
@@ -110,6 +114,12 @@ def proc_status(pid: int) -> tuple[int, int]:
     return threads, rss
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
@@ -144,6 +154,17 @@ async def follow(port: int, ref: str, ready: asyncio.Event, got: asyncio.Queue[f
         writer.close()
 
 
+def write_chunks(url: str, keys: list[tuple[str, bytes, bytes]]) -> None:
+    """In the writer process: one chunk (the clock) to each job, one write each."""
+    store = open_store(url)
+    try:
+        for server, handle, unique in keys:
+            key = JobKey(server, handle, unique)
+            store.write([Event(EventKind.DATA, key, time.time(), b"%r" % time.time())])
+    finally:
+        store.close()
+
+
 async def sse_bench(
     port: int, pid: int, url: str, followers: int, rounds: int
 ) -> dict[str, object]:
@@ -168,16 +189,18 @@ async def sse_bench(
     idle_threads, idle_rss = proc_status(pid)
     latencies: list[float] = []
     loop = asyncio.get_running_loop()
-
-    def write_round() -> None:
-        for key in keys:
-            store.write([Event(EventKind.DATA, key, time.time(), b"%r" % time.time())])
-
-    for _round in range(rounds):
-        await loop.run_in_executor(None, write_round)
-        for _ in keys:
-            latencies.append(await asyncio.wait_for(got.get(), 60))
-        await asyncio.sleep(0.5)
+    # the writer is a process of its own, as a worker is: its writes do not hold this
+    # process's interpreter while the streams are read
+    spec = [(k.server, k.handle, k.unique) for k in keys]
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as writer:
+        await loop.run_in_executor(writer, write_chunks, url, [])  # started before the clock
+        cpu_before = cpu_seconds(pid)
+        for _round in range(rounds):
+            await loop.run_in_executor(writer, write_chunks, url, spec)
+            for _ in keys:
+                latencies.append(await asyncio.wait_for(got.get(), 60))
+            await asyncio.sleep(0.5)
+        cpu_used = cpu_seconds(pid) - cpu_before
     busy_threads, _busy_rss = proc_status(pid)
     for task in tasks:
         task.cancel()
@@ -193,6 +216,7 @@ async def sse_bench(
         "rss_before_kib": base_rss,
         "rss_with_idle_followers_kib": idle_rss,
         "kib_per_idle_follower": round((idle_rss - base_rss) / followers, 1),
+        "server_cpu_us_per_event": round(1e6 * cpu_used / len(latencies)),
     }
 
 
@@ -367,7 +391,7 @@ def main() -> None:
                     continue
                 with web_process(url, tmp) as (port, pid):
                     if "sse" in parts:
-                        out["sse"] = asyncio.run(
+                        out["sse"] = uvloop.run(  # the client's loop as fast as the server's
                             sse_bench(port, pid, url, args.followers, args.rounds)
                         )
                         print(kind, "sse", out["sse"], flush=True)

@@ -14,15 +14,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from starlette.testclient import TestClient
 from support.allstores import ALL_STORES, open_kind
 
 from gearstash.model.records import Event, EventKind, JobKey, JobRef
 from gearstash.spine.manager import open_store
 from gearstash.store.contract import Store
 from gearstash.testing.contract import new_key
+from gearstash.web import api
 from gearstash.web import hub as hub_module
+from gearstash.web.app import create_app
 from gearstash.web.events import Cursor, Follower
 from gearstash.web.hub import Hub
 
@@ -230,3 +234,39 @@ def test_followers_get_every_event_in_order_when_many_jobs_change_at_once(
             assert attempts == written[key], key
         ids = [i for e, _d, i in events if e in ("chunk", "warning", "status")]
         assert len(ids) == len(set(ids)), key  # nothing sent twice
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_an_idle_stream_gets_keepalives_and_stays_open(
+    kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job quiet for several keepalive periods: the stream sends keepalive comments and stays
+    open, and the chunk written after them arrives on it, then the final state."""
+    monkeypatch.setattr(api, "KEEPALIVE", 0.2)
+    url, cleanup = open_kind(request, kind)
+    opened = open_store(url)
+    key = new_key()
+    opened.write(_started([key]))
+
+    def later() -> None:
+        time.sleep(1.0)  # five keepalive periods
+        opened.write([Event(EventKind.DATA, key, time.time(), b"late")])
+        opened.write([Event(EventKind.COMPLETED, key, time.time(), b"r")])
+
+    app = create_app(store=opened, servers=["127.0.0.1:9"], hub_interval=0.02)
+    writer = threading.Thread(target=later)
+    try:
+        with TestClient(app, client=("127.0.0.1", 41000)) as client:
+            writer.start()
+            path = "/api/jobs/" + quote(str(_ref(key)), safe="") + "/events"
+            with client.stream("GET", path) as response:
+                text = "".join(response.iter_text())
+            writer.join()
+    finally:
+        opened.close()
+        cleanup()
+    before_chunk = text.partition("event: chunk")[0]
+    assert before_chunk.count(": keepalive") >= 2
+    events = _chunks([m for m in text.split("\n\n") if m.startswith("id:")])
+    assert [d["data"] for e, d, _i in events if e == "chunk"] == ["late"]
+    assert events[-1][0] == "final" and events[-1][1]["state"] == "complete"

@@ -120,6 +120,8 @@ class _Entry:
     stamp: Hashable = _UNKNOWN
     deadline: float | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    changed_at: float = 0.0  # the event loop's time of the last new version or pulse
+    pulse: int = 0  # keepalive pulses (see Hub.follow_idle)
 
 
 @dataclass
@@ -142,6 +144,8 @@ class Hub:
         self.interval = interval
         self._entries: dict[JobRef, _Entry] = {}
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._idle_followers = 0
         self._watch: Watch | None = None
         self._watched: frozenset[JobRef] = frozenset()
         self._watch_lock = threading.Lock()
@@ -163,9 +167,10 @@ class Hub:
     def follow_idle(
         self, ref: JobRef, idle: float
     ) -> AsyncGenerator[JobRecord | Idle | None, None]:
-        """Like :meth:`follow`, and :data:`IDLE` after each ``idle`` seconds without a change
-        (an event stream's keepalive). Waiting on it with no timeout of one's own keeps the
-        subscription whole (a timeout that cancels a wait inside the generator ends it)."""
+        """Like :meth:`follow`, and :data:`IDLE` when the job did not change for ``idle`` to
+        1.5 x ``idle`` seconds (an event stream's keepalive). One timer of the hub serves every
+        such follower (no timer per wait); wait on it with no timeout of one's own: a timeout
+        that cancels a wait inside the generator ends the subscription."""
         return self._follow(ref, idle)
 
     async def _follow(
@@ -177,26 +182,48 @@ class Hub:
             if ref not in self._watched:
                 self._end_watch()
         entry.followers += 1
+        if idle is not None:
+            self._idle_followers += 1
+            self._ensure_ticker(idle)
         self._ensure_task()
         seen = 0
+        pulse = entry.pulse
         try:
             while True:
                 while entry.version == seen:
-                    if idle is None:
-                        await entry.changed.wait()
-                        continue
-                    try:
-                        async with asyncio.timeout(idle):
-                            await entry.changed.wait()
-                    except TimeoutError:
-                        if entry.version == seen:
-                            yield IDLE
+                    await entry.changed.wait()
+                    if entry.version == seen and entry.pulse != pulse and idle is not None:
+                        pulse = entry.pulse
+                        yield IDLE
                 seen = entry.version
+                pulse = entry.pulse
                 yield entry.record
         finally:
             entry.followers -= 1
+            if idle is not None:
+                self._idle_followers -= 1
             if entry.followers == 0 and self._entries.get(ref) is entry:
                 del self._entries[ref]
+
+    def _ensure_ticker(self, idle: float) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(
+                self._tick(idle), name="gearstash-hub-keepalive"
+            )
+
+    async def _tick(self, idle: float) -> None:
+        """While anyone follows with ``idle``: every ``idle / 2`` seconds, wake the followers of
+        the jobs that did not change for ``idle`` seconds (a pulse, no new version)."""
+        loop = asyncio.get_running_loop()
+        while self._idle_followers > 0 and not self._stopping:
+            await asyncio.sleep(idle / 2)
+            now = loop.time()
+            for entry in list(self._entries.values()):
+                if now - entry.changed_at >= idle:
+                    entry.changed_at = now
+                    entry.pulse += 1
+                    entry.changed.set()
+                    entry.changed = asyncio.Event()
 
     def _end_watch(self) -> None:
         """Close the current watch: a wait in progress ends, and the next round makes a watch of
@@ -221,6 +248,9 @@ class Hub:
         """
         self._stopping = True
         task, self._task = self._task, None
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
         self._end_watch()
         if task is not None:
             try:
@@ -267,6 +297,7 @@ class Hub:
     def _apply(self, found: _Round, due: set[JobRef]) -> None:
         """Hand the records of a round to the followers whose record changed."""
         now = time.time()
+        loop_time = asyncio.get_running_loop().time()
         for ref, stamp in found.stamps.items():
             entry = self._entries.get(ref)
             if entry is not None:
@@ -282,6 +313,7 @@ class Hub:
                 continue
             entry.record, entry.signature = record, signature
             entry.version += 1
+            entry.changed_at = loop_time
             entry.changed.set()
             entry.changed = asyncio.Event()
 
