@@ -270,3 +270,35 @@ def test_an_idle_stream_gets_keepalives_and_stays_open(
     events = _chunks([m for m in text.split("\n\n") if m.startswith("id:")])
     assert [d["data"] for e, d, _i in events if e == "chunk"] == ["late"]
     assert events[-1][0] == "final" and events[-1][1]["state"] == "complete"
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+def test_a_follower_learns_a_lease_ran_out_without_a_write(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """A running job whose worker stops renewing its lease: with no write at all, its follower
+    gets the state ``lost`` once the lease is over (the hub re-reads at the deadline)."""
+    url, cleanup = open_kind(request, kind)
+    opened = open_store(url)
+    key = new_key()
+    opened.write([Event(EventKind.STARTED, key, time.time(), function=b"f", lease=0.5)])
+
+    async def scenario() -> list[str]:
+        hub = Hub(opened, interval=0.02)
+        follower = Follower(Cursor())
+        states: list[str] = []
+        async for record in hub.follow(_ref(key)):
+            for event, data, _id in _chunks(list(follower.step(record, time.time()))):
+                if event == "state":
+                    states.append(data["state"])
+            if states and states[-1] == "lost":
+                break
+        await hub.close()
+        return states
+
+    try:
+        states = asyncio.run(asyncio.wait_for(scenario(), 30))
+    finally:
+        opened.close()
+        cleanup()
+    assert states == ["running", "lost"]

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -146,6 +148,10 @@ class Hub:
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._idle_followers = 0
+        self._refs: tuple[JobRef, ...] | None = None  # the followed references (None: remake)
+        self._unread: set[JobRef] = set()  # followed, not read yet
+        self._deadlines: list[tuple[float, int, JobRef]] = []  # heap of (deadline, tie, ref)
+        self._ties = itertools.count()
         self._watch: Watch | None = None
         self._watched: frozenset[JobRef] = frozenset()
         self._watch_lock = threading.Lock()
@@ -179,6 +185,8 @@ class Hub:
         entry = self._entries.get(ref)
         if entry is None:
             entry = self._entries[ref] = _Entry()
+            self._refs = None
+            self._unread.add(ref)
             if ref not in self._watched:
                 self._end_watch()
         entry.followers += 1
@@ -204,6 +212,8 @@ class Hub:
                 self._idle_followers -= 1
             if entry.followers == 0 and self._entries.get(ref) is entry:
                 del self._entries[ref]
+                self._refs = None
+                self._unread.discard(ref)
 
     def _ensure_ticker(self, idle: float) -> None:
         if self._ticker is None or self._ticker.done():
@@ -263,22 +273,16 @@ class Hub:
     async def _run(self) -> None:
         try:
             while self._entries and not self._stopping:
-                now = time.time()
-                known = {
-                    ref: (entry.record, entry.stamp) if entry.version else None
-                    for ref, entry in self._entries.items()
-                }
-                deadlines = [e.deadline for e in self._entries.values() if e.deadline is not None]
-                due = {
-                    ref
-                    for ref, entry in self._entries.items()
-                    if entry.deadline is not None and entry.deadline <= now
-                }
-                wake_by = min(deadlines, default=now + PUSH_WAIT)
+                refs = self._refs
+                if refs is None:
+                    refs = self._refs = tuple(self._entries)
+                due, wake_by = self._due(time.time())
                 try:
-                    found = await asyncio.to_thread(self._round, known, due, wake_by)
+                    found = await asyncio.to_thread(
+                        self._round, refs, list(self._unread), due, wake_by
+                    )
                 except Exception as exc:  # a store outage: tell no one, try again
-                    log.warning("reading %d followed jobs failed: %s", len(known), exc)
+                    log.warning("reading %d followed jobs failed: %s", len(refs), exc)
                     self._check_all = True
                     await asyncio.sleep(max(self.interval, 0.5))
                     continue
@@ -294,6 +298,24 @@ class Hub:
             if current is not None:
                 current.close()
 
+    def _due(self, now: float) -> tuple[set[JobRef], float]:
+        """The references whose deadline passed, and when the next one comes."""
+        due: set[JobRef] = set()
+        if len(self._deadlines) > 4 * len(self._entries) + 64:  # mostly moved deadlines
+            self._deadlines = [
+                (e.deadline, next(self._ties), ref)
+                for ref, e in self._entries.items()
+                if e.deadline is not None
+            ]
+            heapq.heapify(self._deadlines)
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            at, _tie, ref = heapq.heappop(heap)
+            entry = self._entries.get(ref)
+            if entry is not None and entry.deadline == at:
+                due.add(ref)
+        return due, heap[0][0] if heap else now + PUSH_WAIT
+
     def _apply(self, found: _Round, due: set[JobRef]) -> None:
         """Hand the records of a round to the followers whose record changed."""
         now = time.time()
@@ -302,36 +324,46 @@ class Hub:
             entry = self._entries.get(ref)
             if entry is not None:
                 entry.stamp = stamp
-        for ref in due | set(found.records):
+        for ref in due | found.records.keys():
             entry = self._entries.get(ref)
             if entry is None:
                 continue
             record = found.records.get(ref, entry.record)
             signature = _signature(record, now)
-            entry.deadline = _deadline(record, now)
+            deadline = _deadline(record, now)
+            if deadline is not None and deadline != entry.deadline:
+                heapq.heappush(self._deadlines, (deadline, next(self._ties), ref))
+            entry.deadline = deadline
             if entry.version and signature == entry.signature:
                 continue
             entry.record, entry.signature = record, signature
             entry.version += 1
+            self._unread.discard(ref)
             entry.changed_at = loop_time
             entry.changed.set()
             entry.changed = asyncio.Event()
 
     # ------------------------------------------------------------------ on the worker thread
 
+    def _have(self, ref: JobRef) -> tuple[JobRecord | None, Hashable] | None:
+        """The record and stamp the hub holds for ``ref`` (None: not read yet). Read from the
+        worker thread while the event loop waits for the round: only :meth:`_apply` changes
+        them, after the round."""
+        entry = self._entries.get(ref)
+        if entry is None or not entry.version:
+            return None
+        return entry.record, entry.stamp
+
     def _round(
-        self,
-        known: dict[JobRef, tuple[JobRecord | None, Hashable] | None],
-        due: set[JobRef],
-        wake_by: float,
+        self, refs: tuple[JobRef, ...], unread: list[JobRef], due: set[JobRef], wake_by: float
     ) -> _Round:
         """Wait for a change, then read the followed jobs that changed (see the module doc).
 
-        ``known``: per followed reference the record and stamp the hub has (None: not read yet).
-        The watch of the references is made before the reads it is followed by, so a write
-        landing between a read and the next wait still wakes that wait.
+        ``refs``: every followed reference; ``unread``: those not read yet (read whole). The
+        watch of the references is made before the reads it is followed by, so a write landing
+        between a read and the next wait still wakes that wait. Costs O(changed jobs) but for
+        the stamps of a store that needs them (one query over ``refs``).
         """
-        unread = [ref for ref, have in known.items() if have is None]
         with self._watch_lock:
             current = self._watch
         if current is not None and not unread and not due:
@@ -344,7 +376,6 @@ class Hub:
         found = _Round()
         if self._stopping:  # close() is waiting: read nothing more
             return found
-        refs = list(known)
         check_all = self._check_all or time.monotonic() - self._checked_at >= RESYNC
         with self._watch_lock:
             current = self._watch
@@ -357,37 +388,36 @@ class Hub:
                 check_all = True  # a write between two watches was heard by neither
         self._check_all = False
         heard = None if current is None else changes(current)
+        have = self._have
+        changed: list[JobRef] = []
         if check_all or heard is None:
             self._checked_at = time.monotonic()
             probed = stamps(self.store, refs)
-            if probed is not None:
-                found.stamps = dict(zip(refs, probed, strict=True))
-                changed = [
-                    ref
-                    for ref in refs
-                    if (have := known[ref]) is not None and have[1] != found.stamps[ref]
-                ]
+            if probed is None:
+                changed = [ref for ref in refs if have(ref) is not None]
             else:
-                changed = [ref for ref in refs if known[ref] is not None]
+                for ref, stamp in zip(refs, probed, strict=True):
+                    held = have(ref)
+                    if held is None:
+                        found.stamps[ref] = stamp  # read whole below, after this stamp
+                    elif held[1] != stamp:
+                        changed.append(ref)
+                        found.stamps[ref] = stamp
         else:
-            changed = [ref for ref in refs if ref in heard and known[ref] is not None]
-        changed += [ref for ref in due if known.get(ref) is not None and ref not in changed]
-        whole = unread + self._read_after(changed, known, found)
+            changed = [ref for ref in heard if have(ref) is not None]
+        changed += [ref for ref in due if have(ref) is not None]
+        whole = unread + self._read_after(changed, found)
         if whole:
             found.records.update(zip(whole, self.store.get_many(whole), strict=True))
         return found
 
-    def _read_after(
-        self,
-        refs: list[JobRef],
-        known: dict[JobRef, tuple[JobRecord | None, Hashable] | None],
-        found: _Round,
-    ) -> list[JobRef]:
+    def _read_after(self, refs: list[JobRef], found: _Round) -> list[JobRef]:
         """Read ``refs`` from the chunk after the last the hub has, into ``found``; the
         references to read whole instead (a new attempt began) are returned."""
+        refs = list(dict.fromkeys(refs))
         if not refs:
             return []
-        held = [have[0] if (have := known[ref]) is not None else None for ref in refs]
+        held = [have[0] if (have := self._have(ref)) is not None else None for ref in refs]
         afters = [
             len(old.data) if old is not None and old.state is not State.EXPIRED else 0
             for old in held
@@ -406,8 +436,7 @@ class Hub:
                     again.append(ref)
                     continue
             found.records[ref] = new
-            if ref not in found.stamps:
-                found.stamps[ref] = _UNKNOWN
+            found.stamps.setdefault(ref, _UNKNOWN)
         for ref in again:
             found.stamps.setdefault(ref, _UNKNOWN)
         return again
