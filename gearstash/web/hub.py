@@ -10,7 +10,8 @@ which jobs changed, reads only those, and wakes their followers:
   memory store wrote). A store that cannot name them (SQLite, whose watch only sees that the file
   changed; MariaDB, polled every ``interval``) answers one small query for the change stamps of
   every followed job (:func:`~gearstash.store.contract.stamps`: a few columns of the job rows, no
-  chunks), and the jobs whose stamp moved are the changed ones. A store with neither is read
+  chunks), and the jobs whose stamp moved are the changed ones (such rounds are spaced to take
+  at most a quarter of the time: :data:`PROBE_SPACING`). A store with neither is read
   whole every round, as before. Besides, a job is read when its expiry or its lease passes (its
   state as read changes with no write: ``expired``, ``lost``), and every followed job is checked
   again (stamps, or a read) after a new watch was made, after a failed round and every
@@ -56,6 +57,7 @@ log = logging.getLogger("gearstash.web.hub")
 PUSH_WAIT = 1.0  # seconds one round waits on a waking store's watch at most
 CLOSE_WAIT = 10.0  # seconds close() waits for a read in progress
 RESYNC = 10.0  # seconds between checks of every followed job (stamps or a read)
+PROBE_SPACING = 4  # a round with stamps() starts at least this many times its cost after the last
 _UNKNOWN = object()  # the change stamp of a job whose stamp was not read with its record
 
 
@@ -157,6 +159,7 @@ class Hub:
         self._watch_lock = threading.Lock()
         self._check_all = True  # the next round checks every followed job
         self._checked_at = 0.0
+        self._probe_cost = 0.0  # seconds the last stamps() took
         self._stopping = False
         self.rounds = 0  # rounds done (tests and benchmarks look)
         self.jobs_read = 0  # records read over all rounds (tests and benchmarks look)
@@ -391,8 +394,15 @@ class Hub:
         have = self._have
         changed: list[JobRef] = []
         if check_all or heard is None:
-            self._checked_at = time.monotonic()
+            # stamps cost O(followed): their rounds are spaced so they take at most a quarter
+            # of the time (a burst of writes waits a little longer, and leaves the CPU to the
+            # followers' events)
+            rest = PROBE_SPACING * self._probe_cost - (time.monotonic() - self._checked_at)
+            if rest > 0 and not self._stopping:
+                time.sleep(min(rest, PUSH_WAIT))
+            self._checked_at = started = time.monotonic()
             probed = stamps(self.store, refs)
+            self._probe_cost = time.monotonic() - started
             if probed is None:
                 changed = [ref for ref in refs if have(ref) is not None]
             else:
