@@ -11,8 +11,8 @@ which jobs changed, reads only those, and wakes their followers:
   changed; MariaDB, polled every ``interval``) answers one small query for the change stamps of
   every followed job (:func:`~gearstash.store.contract.stamps`: a few columns of the job rows, no
   chunks), and the jobs whose stamp moved are the changed ones (such rounds are spaced to take
-  at most a quarter of the time: :data:`PROBE_SPACING`). A store with neither is read
-  whole every round, as before. Besides, a job is read when its expiry or its lease passes (its
+  at most a quarter of the time: :data:`PROBE_SPACING`). On a store with neither (memcached)
+  every followed job is read every round, as before. Besides, a job is read when its expiry or its lease passes (its
   state as read changes with no write: ``expired``, ``lost``), and every followed job is checked
   again (stamps, or a read) after a new watch was made, after a failed round and every
   :data:`RESYNC` seconds — so a notification lost in transit delays an event, never loses it.
