@@ -114,10 +114,11 @@ def proc_status(pid: int) -> tuple[int, int]:
     return threads, rss
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -200,7 +201,7 @@ async def sse_bench(
             for _ in keys:
                 latencies.append(await asyncio.wait_for(got.get(), 60))
             await asyncio.sleep(0.5)
-        cpu_used = cpu_seconds(pid) - cpu_before
+        user, system = (b - a for a, b in zip(cpu_before, cpu_seconds(pid), strict=True))
     busy_threads, _busy_rss = proc_status(pid)
     for task in tasks:
         task.cancel()
@@ -216,7 +217,8 @@ async def sse_bench(
         "rss_before_kib": base_rss,
         "rss_with_idle_followers_kib": idle_rss,
         "kib_per_idle_follower": round((idle_rss - base_rss) / followers, 1),
-        "server_cpu_us_per_event": round(1e6 * cpu_used / len(latencies)),
+        "server_cpu_us_per_event": round(1e6 * (user + system) / len(latencies)),
+        "of_which_system_us": round(1e6 * system / len(latencies)),
     }
 
 
