@@ -12,10 +12,10 @@ which jobs changed, reads only those, and wakes their followers:
   every followed job (:func:`~gearstash.store.contract.stamps`: a few columns of the job rows, no
   chunks), and the jobs whose stamp moved are the changed ones (such rounds are spaced to take
   at most a quarter of the time: :data:`PROBE_SPACING`). On a store with neither (memcached)
-  every followed job is read every round, as before. Besides, a job is read when its expiry or its lease passes (its
-  state as read changes with no write: ``expired``, ``lost``), and every followed job is checked
-  again (stamps, or a read) after a new watch was made, after a failed round and every
-  :data:`RESYNC` seconds — so a notification lost in transit delays an event, never loses it.
+  every followed job is read every round, as before. Besides, a job is read when its expiry or
+  its lease passes (its state as read changes with no write: ``expired``, ``lost``), and every
+  followed job is checked again (stamps, or a read) after a new watch was made, after a failed
+  round and every :data:`RESYNC` seconds — so a notification lost in transit delays an event, never loses it.
 * **Reading incrementally.** A changed job is read from the chunk after the last one the hub has
   (:func:`~gearstash.store.contract.get_many_after`), and the new chunks are appended to the
   record it holds; a job not read yet, or one that began a new attempt, is read whole.
