@@ -52,7 +52,9 @@ SERVER = "bench.invalid:4730"
 @contextlib.contextmanager
 def store_url(kind: str, tmp: str) -> Iterator[str]:
     if kind == "sqlite":
-        yield f"sqlite:///{tmp}/web-{os.getpid()}.db"
+        url = f"sqlite:///{tmp}/web-{os.getpid()}.db"
+        open_store(url).close()  # made here: gearstash web never creates its store
+        yield url
     elif kind == "redis":
         with redis_server() as server:
             yield f"redis://127.0.0.1:{server.port}/0"
