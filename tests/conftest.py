@@ -20,6 +20,7 @@ from support.seeds import SEED_ENV, seed
 
 from gearstash.testing.gearmand import Gearmand, find_gearmand
 from gearstash.testing.servers import (
+    PrivateRedisCluster,
     PrivateServer,
     ServerMissing,
     ServerSpec,
@@ -217,6 +218,19 @@ def mariadb_server() -> Iterator[PrivateServer]:
 def redis_server() -> Iterator[PrivateServer]:
     """The session's Redis (no persistence), db 15."""
     yield from _session_server(lambda: redis_spec(db=15))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[PrivateRedisCluster]:
+    """The session's Redis Cluster: three masters with a replica each (six redis-servers on free
+    loopback ports, ``cluster-node-timeout`` 1000 ms). Tests that stop a node make their own."""
+    try:
+        cluster = PrivateRedisCluster()
+    except ServerMissing as exc:
+        need(False, f"{exc}: {SETUP_HINT}")
+        raise
+    with cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -136,7 +136,7 @@ def worker_process(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
                 w.proc.wait()
 
 
-def _submit(client: Client, names: list[str], delay: float = 0.01) -> dict[str, JobRef]:
+def submit_chunky(client: Client, names: list[str], delay: float = 0.01) -> dict[str, JobRef]:
     return {n: client.submit_background("chunky", f"{n}/{delay}", unique=n) for n in names}
 
 
@@ -149,7 +149,7 @@ def _gone_from_server(client: Client, refs: dict[str, JobRef], timeout: float) -
     wait_until(gone, timeout, "gearmand to forget the jobs (the worker to complete them)")
 
 
-def _assert_complete(client: Client, refs: dict[str, JobRef], timeout: float = 60) -> None:
+def assert_complete(client: Client, refs: dict[str, JobRef], timeout: float = 60) -> None:
     """Every job's stored record is complete: each chunk exactly once and in order, its result."""
 
     def all_final() -> bool:
@@ -182,7 +182,7 @@ def _run_outage(
     during: dict[str, JobRef] = {}
     i = 0
     while time.monotonic() - down_at < OUTAGE - 2:
-        during.update(_submit(client, [f"during{i}"]))
+        during.update(submit_chunky(client, [f"during{i}"]))
         i += 1
         time.sleep(0.4)
     _gone_from_server(client, {**before, **during}, OUTAGE)
@@ -197,9 +197,9 @@ def _jobs_before_across_during_and_after(
     """Jobs stored before the outage, slow jobs whose start is stored before it and whose data
     is not, at least 10 jobs while the store is down, jobs after: every one complete, each
     event once and in order (the store keeps its data across the stop)."""
-    early = _submit(client, [f"early{i}" for i in range(3)])
-    _assert_complete(client, early)
-    crossing = _submit(client, ["crossing0", "crossing1"], delay=0.5)
+    early = submit_chunky(client, [f"early{i}" for i in range(3)])
+    assert_complete(client, early)
+    crossing = submit_chunky(client, ["crossing0", "crossing1"], delay=0.5)
     wait_until(
         lambda: all(
             v.record is not None and v.record.started_at is not None
@@ -209,8 +209,8 @@ def _jobs_before_across_during_and_after(
         "the slow jobs' start to be stored",
     )
     during = _run_outage(client, stop, start, crossing)
-    after = _submit(client, [f"after{i}" for i in range(3)])
-    _assert_complete(client, {**early, **crossing, **during, **after})
+    after = submit_chunky(client, [f"after{i}" for i in range(3)])
+    assert_complete(client, {**early, **crossing, **during, **after})
     assert len(during) >= 10
 
 
@@ -238,13 +238,13 @@ def test_memcached_outage_jobs_go_on_and_every_event_lands_in_order(
     url = f"memcache://{memcached_server.address}"
     worker = worker_process(gearmand.address, url)
     with Client([gearmand.address], store=url) as client:
-        early = _submit(client, ["early0"])
-        _assert_complete(client, early)
+        early = submit_chunky(client, ["early0"])
+        assert_complete(client, early)
         # memcached forgets everything when it stops: only jobs that start during the outage
         # can be checked after it.
         during = _run_outage(client, memcached_server.kill, memcached_server.start, {})
-        after = _submit(client, ["after0", "after1"])
-        _assert_complete(client, {**during, **after})
+        after = submit_chunky(client, ["after0", "after1"])
+        assert_complete(client, {**during, **after})
     assert len(during) >= 10
     assert worker.stop() == 0
     log = worker.text()
@@ -263,7 +263,7 @@ def test_spool_survives_a_worker_restart(
     first = worker_process(gearmand.address, own_redis.url, "--spool", str(folder))
     with Client([gearmand.address], store=own_redis.url) as client:
         own_redis.stop()
-        jobs = _submit(client, [f"restart{i}" for i in range(6)])
+        jobs = submit_chunky(client, [f"restart{i}" for i in range(6)])
         _gone_from_server(client, jobs, 20)
         assert first.stop() == 0  # SIGTERM while the store is still down
         text = first.text()
@@ -273,7 +273,7 @@ def test_spool_survives_a_worker_restart(
         # The store is back but nobody replays yet: the records are not there.
         assert all(v.record is None for v in client.fetch_many(list(jobs.values())))
         second = worker_process(gearmand.address, own_redis.url, "--spool", str(folder))
-        _assert_complete(client, jobs)
+        assert_complete(client, jobs)
     assert second.stop() == 0
     text = second.text()
     assert "adopted" in text and "left by a stopped worker" in text, text

@@ -219,7 +219,33 @@ class ServerSpec:
     url: Callable[[int, Path], str] = field(default=lambda port, folder: f"{HOST}:{port}")
 
 
-class PrivateServer:
+class Started:
+    """A context manager for :meth:`start` (:meth:`close` when it fails) and :meth:`close`."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class PrivateServer(Started):
     """A server process of the suite's own on 127.0.0.1:<free port>. Context manager.
 
     :meth:`start` and :meth:`stop` (clean) or :meth:`kill` (SIGKILL, a crash) any number of
@@ -400,22 +426,6 @@ class PrivateServer:
             os.killpg(pid, sig)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # -- the kinds of server ------------------------------------------------------------------------
@@ -614,3 +624,152 @@ def perl_gearman_spec() -> ServerSpec:
         return tcp_reachable(HOST, port, 0.5)
 
     return ServerSpec("perl-gearmand", argv, ready)
+
+
+def redis_cluster_node_spec(
+    *, node_timeout_ms: int = 1000, extra: Sequence[str] = ()
+) -> ServerSpec:
+    """One node of a private Redis Cluster: :func:`redis_spec` with ``cluster-enabled yes``, its
+    ``nodes.conf`` in its folder (a node killed and started again rejoins as what it was) and a
+    cluster bus port of its own (a free port picked now, not port + 10000, which may be taken or
+    past 65535). ``node_timeout_ms`` is ``cluster-node-timeout``: how long a master may be silent
+    before its replica takes over."""
+    bus = free_port()
+    spec = redis_spec(
+        extra=(
+            *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+            *("--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", str(bus)),
+            *extra,
+        )
+    )
+    spec.name = "redis-cluster-node"
+    spec.url = lambda port, folder: f"redis://{HOST}:{port}/0"
+    return spec
+
+
+def redis_command(host: str, port: int, *args: str, timeout: float = 5.0) -> str:
+    """One command through ``redis-cli`` (the whole answer, as text); raises RuntimeError when
+    redis-cli fails or answers an error."""
+    cli = require_binary("redis-cli", "redis-tools")
+    done = subprocess.run(
+        [cli, "-h", host, "-p", str(port), *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    if done.returncode != 0 or done.stdout.startswith(("ERR", "(error)")):
+        raise RuntimeError(
+            f"redis-cli {' '.join(args)} on {host}:{port}: {done.stdout}{done.stderr}"
+        )
+    return done.stdout
+
+
+class PrivateRedisCluster(Started):
+    """A private Redis Cluster: ``masters`` masters with ``replicas`` replicas each, every node a
+    :class:`PrivateServer` (:func:`redis_cluster_node_spec`) on a free loopback port, joined by
+    ``redis-cli --cluster create``. Context manager; :meth:`close` stops and removes every node.
+
+    :attr:`url` is the store URL (``redis+cluster://`` listing every node). :meth:`roles` reads who
+    is master now; :meth:`wait_ok` waits until every running node sees all 16384 slots served
+    (after a start, or after a failover). Tests stop or kill a node through :attr:`nodes`.
+    """
+
+    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+        self.node_timeout_ms = node_timeout_ms
+        self.replicas = replicas
+        self.nodes = [
+            PrivateServer(redis_cluster_node_spec(node_timeout_ms=node_timeout_ms))
+            for _ in range(masters * (1 + replicas))
+        ]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…`` (every node)."""
+        return "redis+cluster://" + ",".join(node.address for node in self.nodes)
+
+    def node(self, port: int) -> PrivateServer:
+        """The node listening on ``port``."""
+        return next(node for node in self.nodes if node.port == port)
+
+    def start(self) -> None:
+        """Start every node and create the cluster (first start), then :meth:`wait_ok`."""
+        fresh = all(not (node.folder / "nodes.conf").exists() for node in self.nodes)
+        for node in self.nodes:
+            node.start()
+        if fresh:
+            cli = require_binary("redis-cli", "redis-tools")
+            done = subprocess.run(
+                [cli, "--cluster", "create", *(n.address for n in self.nodes),
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}"
+                )
+        self.wait_ok()
+
+    def roles(self) -> dict[int, int | None]:
+        """Every node's port → None for a master serving slots, else the port of its master
+        (as a running node sees it; a node marked failed is left out)."""
+        for node in self.nodes:
+            if node.pid is None:
+                continue
+            try:
+                text = redis_command(node.host, node.port, "CLUSTER", "NODES")
+            except (RuntimeError, OSError, subprocess.SubprocessError):
+                continue
+            ports: dict[str, int] = {}
+            rows = [line.split() for line in text.splitlines() if line.strip()]
+            for row in rows:
+                ports[row[0]] = int(row[1].split("@")[0].rsplit(":", 1)[1])
+            out: dict[int, int | None] = {}
+            for row in rows:
+                flags = row[2].split(",")
+                if "fail" in flags or "fail?" in flags or "handshake" in flags:
+                    continue
+                if "master" in flags and len(row) > 8:
+                    out[ports[row[0]]] = None
+                elif "slave" in flags and row[3] in ports:
+                    out[ports[row[0]]] = ports[row[3]]
+            return out
+        raise RuntimeError("no node of the cluster answers CLUSTER NODES")
+
+    def masters(self) -> list[int]:
+        """The ports of the masters serving slots now."""
+        return sorted(port for port, master in self.roles().items() if master is None)
+
+    def wait_ok(self, timeout: float = 60.0) -> None:
+        """Wait until every running node says ``cluster_state:ok`` with every slot served by a
+        master it can reach, and every running replica is in sync with its master."""
+        deadline = time.monotonic() + timeout
+        while True:
+            problem = self._problem()
+            if problem is None:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster is not ready within {timeout} s: {problem}")
+            time.sleep(0.1)
+
+    def _problem(self) -> str | None:
+        running = [node for node in self.nodes if node.pid is not None]
+        for node in running:
+            try:
+                info = redis_command(node.host, node.port, "CLUSTER", "INFO")
+                replication = redis_command(node.host, node.port, "INFO", "replication")
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                return f"{node.address}: {exc}"
+            if "cluster_state:ok" not in info or "cluster_slots_ok:16384" not in info:
+                return f"{node.address}: {' '.join(info.split())}"
+            if "role:slave" in replication and "master_link_status:up" not in replication:
+                return f"{node.address}: replica not in sync"
+        try:
+            masters = self.masters()
+        except RuntimeError as exc:
+            return str(exc)
+        if any(self.node(port).pid is None for port in masters):
+            return "a master that is down still serves slots"
+        return None
+
+    def close(self) -> None:
+        """Stop every node and remove its folder. Idempotent, never raises."""
+        for node in self.nodes:
+            node.close()

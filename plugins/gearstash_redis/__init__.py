@@ -102,9 +102,17 @@ from gearstash import hookimpl
 from gearstash.spine.hookspecs import RegisterStore
 
 if TYPE_CHECKING:
+    from .cluster import RedisClusterStore
     from .store import RedisStore, RedisWatch
 
-__all__ = ["RedisStore", "RedisWatch", "open_redis", "register_stores"]
+__all__ = [
+    "RedisClusterStore",
+    "RedisStore",
+    "RedisWatch",
+    "open_redis",
+    "open_redis_cluster",
+    "register_stores",
+]
 
 NEEDS = {"driver": "redis", "extra": "redis"}
 """redis-py is imported when a Redis store is opened: without it the plugin loads quietly."""
@@ -115,6 +123,10 @@ def __getattr__(name: str) -> Any:
         from . import store
 
         return getattr(store, name)
+    if name == "RedisClusterStore":
+        from . import cluster
+
+        return cluster.RedisClusterStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -125,9 +137,17 @@ def open_redis(url: str) -> RedisStore:
     return RedisStore(url)
 
 
+def open_redis_cluster(url: str) -> RedisClusterStore:
+    """Open the Redis Cluster store at ``url`` (:mod:`gearstash_redis.cluster`). Raises
+    StoreError (no node reachable, refused), ConfigError."""
+    from .cluster import RedisClusterStore
+
+    return RedisClusterStore(url)
+
+
 @hookimpl
 def register_stores(register: RegisterStore) -> None:
-    """Register ``redis``, ``rediss`` and ``unix``."""
+    """Register ``redis``, ``rediss``, ``unix``, ``redis+cluster`` and ``rediss+cluster``."""
     register(
         "redis",
         open_redis,
@@ -144,5 +164,17 @@ def register_stores(register: RegisterStore) -> None:
         "unix",
         open_redis,
         description="Redis on a unix socket (unix:///path.sock?db=N)",
+        **NEEDS,
+    )
+    register(
+        "redis+cluster",
+        open_redis_cluster,
+        description="Redis Cluster (redis+cluster://host:port[,host:port...]); shared",
+        **NEEDS,
+    )
+    register(
+        "rediss+cluster",
+        open_redis_cluster,
+        description="Redis Cluster over TLS (rediss+cluster://…?ssl_ca_certs=PATH)",
         **NEEDS,
     )

@@ -23,6 +23,8 @@ from typing import Any
 from gearstash.model.records import JobKey, State
 from gearstash.store.contract import JobFilter, JobPage, JobSummary, make_cursor, read_cursor
 
+from .layout import JobKeys
+
 CURSOR_KIND = "r"
 BUDGET = 20_000  # index entries one listing call examines at most
 
@@ -33,6 +35,21 @@ STORED_STATES = (State.QUEUED, State.RUNNING, State.COMPLETE, State.FAILED)
 def state_indexes(prefix: bytes) -> list[bytes]:
     """The names of the state indexes, in :data:`STORED_STATES` order."""
     return [b"%b:st:%b" % (prefix, state.value.encode()) for state in STORED_STATES]
+
+
+def forget_commands(names: JobKeys, prefix: bytes, *more: bytes) -> list[tuple[bytes, ...]]:
+    """What deletes one job (named ``names``, under ``prefix``): its keys (and ``more`` keys) in
+    one DEL — the first command, whose answer says whether it existed — then its entries in the
+    handle, unique, listing and state indexes, and an announcement on its channel."""
+    member = names.member
+    return [
+        (b"DEL", names.job, names.data, names.warnings, names.status, names.gone, *more),
+        (b"ZREM", names.handle_index, member),
+        (b"ZREM", names.unique_index, member),
+        (b"ZREM", prefix + b":all", member),
+        *((b"ZREM", name, member) for name in state_indexes(prefix)),
+        (b"PUBLISH", names.channel, names.job_digest),
+    ]
 
 
 def state_count_commands(prefix: bytes, now: float, grace: float) -> list[tuple[bytes, ...]]:

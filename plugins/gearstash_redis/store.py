@@ -38,13 +38,12 @@ from .connection import DEFAULT_TIMEOUT, Command, Connections
 from .failures import to_store_error
 from .layout import DEFAULT_PREFIX, Layout, decode_key
 from .listing import (
-    STORED_STATES,
     counts,
+    forget_commands,
     list_args,
     page,
     state_count_commands,
     state_counts,
-    state_indexes,
 )
 from .read import ReadBatch
 from .scripts import LIST_SHA, SOURCES, WRITE_GT_SHA, WRITE_SHA
@@ -151,16 +150,8 @@ class RedisStore:
             return 0
         commands: list[Command] = []
         for key in found:
-            names = self.layout.keys(key)
-            commands += [
-                (b"DEL", names.job, names.data, names.warnings, names.status, names.gone),
-                (b"ZREM", names.handle_index, names.member),
-                (b"ZREM", names.unique_index, names.member),
-                (b"ZREM", self._prefix + b":all", names.member),
-                *((b"ZREM", name, names.member) for name in state_indexes(self._prefix)),
-                (b"PUBLISH", names.channel, names.job_digest),
-            ]
-        per_job = 5 + len(STORED_STATES)
+            commands += forget_commands(self.layout.keys(key), self._prefix)
+        per_job = len(commands) // len(found)
         replies = self._checked(self._roundtrip(commands, "delete", retry=True), "delete")
         return sum(1 for reply in replies[::per_job] if reply)
 

@@ -1,0 +1,264 @@
+"""Connections to a Redis Cluster, and one round trip of commands spread over its masters.
+
+redis-py's cluster client (:class:`redis.cluster.RedisCluster`) finds the cluster from the
+nodes it is given, keeps the slot → master map and a connection pool per node, and refreshes the
+map after a failover. Its own pipelines send a command again after a broken connection, which
+could apply a write twice; so :meth:`ClusterConnections.roundtrip` does the sending itself: the
+commands, each for the slot of its keys, are grouped by the master serving that slot, written to
+every master first and then read (the masters work in parallel), and answered in order.
+
+What is sent again, after a refresh of the slot map, and what is not:
+
+* a command the master answered ``MOVED`` (its slot moved: a failover, a resharding) or
+  ``NOSCRIPT`` (a new master lacks the script: it is loaded first) — it did not run;
+* every command of a master that could not be reached — none was sent;
+* with ``retry``, any command whose connection broke after it was sent (reads);
+* without ``retry`` such commands are *in doubt*: :class:`InDoubt` names them (and the ones
+  that were surely applied), so the caller can find out later which happened.
+
+``CLUSTERDOWN``, ``TRYAGAIN`` and other error answers are returned as ResponseError objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
+from redis.retry import Retry
+
+from gearstash.errors import ConfigError
+
+from .connection import DEFAULT_TIMEOUT, Command
+from .failures import to_store_error
+
+SlotCommand = tuple[int, Command]
+"""A command and the hash slot of its keys."""
+
+ROUNDS = 3
+"""Rounds of sending (the first, and after refreshes of the slot map) before giving up."""
+
+
+class InDoubt(Exception):
+    """Some commands of a round trip may or may not have run (their connection broke after they
+    were sent). ``doubtful``: their indexes; ``applied``: the indexes answered without error
+    in the same round trip; ``cause``: the StoreError to raise."""
+
+    def __init__(self, cause: Exception, doubtful: set[int], applied: set[int]) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.doubtful = doubtful
+        self.applied = applied
+
+
+class ClusterConnections:
+    """The cluster of one store (``startup``: some of its nodes; ``kwargs`` for redis-py).
+
+    ``name`` (the redacted URL) and ``secrets`` make error messages. ``scripts`` (sha → source)
+    are loaded on a master that answers NOSCRIPT. Connects when made: raises StoreError when no
+    node answers, ConfigError for options redis-py does not take. Thread-safe; redis-py's pools
+    reconnect after a fork.
+    """
+
+    def __init__(
+        self,
+        startup: Sequence[tuple[str, int]],
+        kwargs: dict[str, Any],
+        name: str,
+        secrets: list[str],
+        scripts: dict[bytes, bytes],
+    ) -> None:
+        self.name = name
+        self._secrets = secrets
+        self._scripts = scripts
+        self._refresh_lock = threading.Lock()
+        options = dict(kwargs)
+        options.setdefault("socket_connect_timeout", DEFAULT_TIMEOUT)
+        options.setdefault("socket_timeout", DEFAULT_TIMEOUT)
+        node_class: Any = ClusterNode  # redis-py's cluster module is untyped
+        try:
+            self.cluster: Any = RedisCluster(
+                startup_nodes=[node_class(host, port) for host, port in startup],
+                retry=Retry(NoBackoff(), 0),
+                client_name="gearstash",
+                **options,
+            )
+        except TypeError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise self._error(exc, "opening the store") from exc
+
+    def _error(self, exc: BaseException, doing: str) -> Exception:
+        return to_store_error(exc, self.name, doing, self._secrets)
+
+    def close(self) -> None:
+        """Close every connection. Idempotent."""
+        self.cluster.close()
+
+    def refresh(self) -> None:
+        """Read the slot map again (after a failover); errors are left for the next send."""
+        with self._refresh_lock, contextlib.suppress(RedisError, RedisClusterException, OSError):
+            self.cluster.nodes_manager.initialize()
+
+    def primaries(self) -> list[ClusterNode]:
+        """The masters serving slots now."""
+        return list(self.cluster.get_primaries())
+
+    def replicas_of(self, node: ClusterNode) -> int:
+        """How many replicas the slot map gives ``node``."""
+        manager = self.cluster.nodes_manager
+        for nodes in manager.slots_cache.values():
+            if nodes and nodes[0].name == node.name:
+                return len(nodes) - 1
+        return 0
+
+    def pubsub(self, slot: int) -> redis.client.PubSub:
+        """A redis-py PubSub on a connection of its own to the master of ``slot``."""
+        try:
+            node = self.cluster.nodes_manager.get_node_from_slot(slot)
+        except (RedisError, RedisClusterException) as exc:
+            self.refresh()
+            raise self._error(exc, "watch") from exc
+        pool = self.cluster.get_redis_connection(node).connection_pool
+        return redis.client.PubSub(pool)
+
+    def roundtrip(
+        self,
+        commands: Sequence[SlotCommand],
+        doing: str,
+        retry: bool,
+        after: Callable[[ClusterNode], list[Command]] | None = None,
+    ) -> list[Any]:
+        """Send ``commands`` (each to the master of its slot) in one round trip per round; their
+        replies in order (a ResponseError object for an error answer).
+
+        ``after(node)``: commands sent after the ones for ``node`` on the same connection (their
+        answers are read and dropped; a broken connection there puts the node's commands in
+        doubt). Raises StoreError, or :class:`InDoubt` (only without ``retry``).
+        """
+        replies: list[Any] = [None] * len(commands)
+        pending = list(range(len(commands)))
+        applied: set[int] = set()
+        doubtful: set[int] = set()
+        failure: BaseException | None = None
+        for round_ in range(ROUNDS):
+            if round_:
+                self.refresh()
+            again, broken = self._round(commands, pending, replies, retry, after, doubtful)
+            for i in pending:
+                if (
+                    i not in again
+                    and i not in doubtful
+                    and not isinstance(replies[i], ResponseError)
+                ):
+                    applied.add(i)
+            if broken is not None:
+                failure = broken
+            pending = again
+            if not pending:
+                break
+        if doubtful:
+            cause = self._error(failure or RedisError("connection lost"), doing)
+            raise InDoubt(cause, doubtful, {i for i in applied if i not in doubtful})
+        if pending:
+            cause = self._error(failure or RedisError("the cluster did not settle"), doing)
+            if applied:
+                raise InDoubt(cause, set(), applied)
+            raise cause
+        return replies
+
+    def _round(
+        self,
+        commands: Sequence[SlotCommand],
+        pending: list[int],
+        replies: list[Any],
+        retry: bool,
+        after: Callable[[ClusterNode], list[Command]] | None,
+        doubtful: set[int],
+    ) -> tuple[list[int], BaseException | None]:
+        """One round: send the pending commands, read every answer. Returns the indexes to send
+        again and the last connection failure (None if none)."""
+        manager = self.cluster.nodes_manager
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        again: list[int] = []
+        failure: BaseException | None = None
+        for i in pending:
+            try:
+                node = manager.get_node_from_slot(commands[i][0])
+            except (RedisError, RedisClusterException) as exc:
+                failure = exc
+                again.append(i)
+                continue
+            groups.setdefault(node.name, (node, []))[1].append(i)
+        sent: list[tuple[Any, Any, list[int], int, int]] = []
+        for node, indexes in groups.values():
+            client = self.cluster.get_redis_connection(node)
+            pool = client.connection_pool
+            loads = self._loads(indexes, commands, replies)
+            trailer = after(node) if after is not None else []
+            batch = [*loads, *(commands[i][1] for i in indexes), *trailer]
+            try:
+                conn: Any = pool.get_connection()
+            except (RedisError, OSError) as exc:
+                failure = exc
+                again += indexes
+                continue
+            try:
+                conn.send_packed_command(conn.pack_commands(batch), check_health=False)
+            except (RedisError, OSError) as exc:  # nothing reached the master
+                conn.disconnect()
+                pool.release(conn)
+                failure = exc
+                again += indexes
+                continue
+            sent.append((pool, conn, indexes, len(loads), len(trailer)))
+        for pool, conn, indexes, loaded, trailing in sent:
+            try:
+                for _ in range(loaded):
+                    conn.read_response()
+                for i in indexes:
+                    try:
+                        replies[i] = conn.read_response()
+                    except ResponseError as exc:
+                        replies[i] = exc
+                for _ in range(trailing):
+                    conn.read_response()
+            except (RedisError, OSError) as exc:
+                # The master may have run them, and (WAIT not answered) maybe not its replica.
+                conn.disconnect()
+                failure = exc
+                if retry:
+                    again += indexes
+                else:
+                    doubtful.update(indexes)
+            finally:
+                pool.release(conn)
+        for i in list(pending):
+            reply = replies[i]
+            if isinstance(reply, (MovedError, AskError, NoScriptError)) and i not in again:
+                again.append(i)
+        again.sort()
+        return again, failure
+
+    def _loads(
+        self, indexes: list[int], commands: Sequence[SlotCommand], replies: list[Any]
+    ) -> list[Command]:
+        """SCRIPT LOADs for the scripts a master answered NOSCRIPT to in the previous round."""
+        shas = {
+            commands[i][1][1]
+            for i in indexes
+            if isinstance(replies[i], NoScriptError) and commands[i][1][0] == b"EVALSHA"
+        }
+        return [(b"SCRIPT", b"LOAD", self._scripts[sha]) for sha in shas if sha in self._scripts]

@@ -1,0 +1,193 @@
+"""The Redis Cluster store (``redis+cluster://``): the store contract on the session's private
+three-master cluster, what only the cluster store promises (its key layout, the split of a
+batch over the masters, the listing merged from every shard), and a failover during captured
+jobs: a master killed while a gearstash worker writes, its replica promoted, nothing lost and
+nothing written twice.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from gearstash_redis.shards import DEFAULT_SHARDS, ShardedLayout
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+from support.stores import exact, full_job, new_key
+from test_outage import WorkerProcess, assert_complete, submit_chunky, worker_process  # noqa: F401
+
+from gearstash import Client
+from gearstash.errors import ConfigError, StoreError
+from gearstash.model.records import JobRef
+from gearstash.spine.manager import open_store
+from gearstash.store.contract import Store
+from gearstash.testing.contract import StoreContract
+from gearstash.testing.gearmand import Gearmand
+from gearstash.testing.servers import PrivateRedisCluster, redis_command
+
+
+def _prefix() -> str:
+    return f"gsc{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def store_url(redis_cluster: PrivateRedisCluster) -> str:
+    return f"{redis_cluster.url}?prefix={_prefix()}"
+
+
+LAYOUT = ShardedLayout("gs", DEFAULT_SHARDS)  # the default layout (prefix gs)
+
+
+def _client(cluster: PrivateRedisCluster) -> Iterator[RedisCluster]:
+    """redis-py's own cluster client on ``cluster``, closed afterwards."""
+    node = cluster.nodes[0]
+    client = RedisCluster(startup_nodes=[ClusterNode(node.host, node.port)])
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def raw(redis_cluster: PrivateRedisCluster) -> Iterator[RedisCluster]:
+    yield from _client(redis_cluster)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    opened = open_store(store_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+class TestRedisClusterContract(StoreContract):
+    """The shipped store contract (gearstash.testing.contract) on the session's cluster."""
+
+
+# ---------------------------------------------------------------------------------- layout
+
+
+def test_keys_of_a_handle_share_one_slot_and_shards_spread(
+    store: Store, raw: RedisCluster, store_url: str
+) -> None:
+    prefix = store_url.rpartition("prefix=")[2]
+    keys = [new_key() for _ in range(40)]
+    store.write([event for key in keys for event in full_job(key)])  # one write, many shards
+    slots = set()
+    for key in keys:
+        names = store.layout.keys(key)  # type: ignore[attr-defined]
+        tag = names.job.split(b"}")[0] + b"}"
+        assert names.job.startswith(prefix.encode() + b":{")
+        for name in (*names[2:9], b"%b:all" % tag, b"%b:serial" % tag, names.job[:-3] + b"w"):
+            assert key_slot(name) == key_slot(tag[tag.index(b"{") + 1 : -1])
+        assert raw.exists(names.job, names.data, names.handle_index) == 3
+        slots.add(key_slot(names.job))
+    masters = {raw.nodes_manager.get_node_from_slot(slot).name for slot in slots}
+    assert len(masters) == 3  # one write reached every master
+    for key in keys:
+        got = store.get_many([exact(key)])[0]
+        assert got is not None and got.data == [b"one", b"two", b"three"]
+
+
+def test_cluster_urls_are_checked(redis_cluster: PrivateRedisCluster) -> None:
+    node = redis_cluster.nodes[0].address
+    for bad in (
+        f"redis+cluster://{node}/3",
+        "redis+cluster://nohost",
+        f"redis+cluster://{node}?shards=0",
+        f"redis+cluster://{node}?wait=x",
+    ):
+        with pytest.raises(ConfigError):
+            open_store(bad)
+    # (this cluster has no password: redis-py lets the AUTH it is refused pass)
+    store = open_store(f"redis+cluster://:sekrit-pw@{node},{node}?wait=0")
+    try:
+        assert "sekrit-pw" not in store.url + repr(store) and ":***@" in store.url
+    finally:
+        store.close()
+    with pytest.raises(StoreError):  # TLS to a node that speaks plain TCP
+        open_store(f"rediss+cluster://{node}?ssl_cert_reqs=none&socket_connect_timeout=1")
+
+
+def test_a_single_node_url_still_opens_the_single_node_store(redis_url: str) -> None:
+    store = open_store(redis_url)
+    try:
+        assert type(store).__name__ == "RedisStore"
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------------------- failover
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[PrivateRedisCluster]:
+    """A cluster of this test's own (three masters, a replica each, node timeout 1000 ms)."""
+    cluster = PrivateRedisCluster(node_timeout_ms=1000)
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture
+def own_raw(own_cluster: PrivateRedisCluster) -> Iterator[RedisCluster]:
+    yield from _client(own_cluster)
+
+
+@pytest.mark.gearmand
+@pytest.mark.parametrize("how", ["killed", "failover"])
+def test_a_master_stops_during_captured_jobs_and_nothing_is_lost_or_doubled(
+    how: str,
+    gearmand: Gearmand,
+    own_cluster: PrivateRedisCluster,
+    own_raw: RedisCluster,
+    worker_process: Callable[..., WorkerProcess],  # noqa: F811 - test_outage's fixture
+) -> None:
+    """Jobs run through gearmand and a ``gearstash worker`` (group commit, several jobs a write)
+    into the cluster; a master is SIGKILLed ("killed": its replica takes over after the node
+    timeout, the worker spools meanwhile) or hands over to its replica (``CLUSTER FAILOVER``)
+    while jobs write to it. Every record ends complete, every event once and in order."""
+    url = own_cluster.url
+    worker = worker_process(gearmand.address, url, "-c", "4", "--pipeline", "4")
+    with Client([gearmand.address], store=url) as client:
+        before = submit_chunky(client, [f"before{i}" for i in range(12)], 0.01)
+        assert_complete(client, before)
+        crossing = submit_chunky(client, [f"crossing{i}" for i in range(4)], 0.3)
+        during: dict[str, JobRef] = {}
+        for i in range(6):  # jobs writing while the master goes
+            during.update(submit_chunky(client, [f"during{i}"], 0.01))
+            time.sleep(0.05)
+        victim = own_cluster.node(own_cluster.masters()[0])
+        replica = next(p for p, m in own_cluster.roles().items() if m == victim.port)
+        on_victim = [
+            n for n, r in {**crossing, **during}.items() if _master(own_raw, r) == victim.port
+        ]
+        if how == "killed":
+            victim.kill()
+        else:
+            redis_command(victim.host, replica, "CLUSTER", "FAILOVER")
+        for i in range(6, 30):  # and after, while the cluster elects the replica
+            during.update(submit_chunky(client, [f"during{i}"], 0.01))
+            time.sleep(0.1)
+        own_cluster.wait_ok()
+        assert replica in own_cluster.masters()
+        after = submit_chunky(client, [f"after{i}" for i in range(6)], 0.01)
+        assert_complete(client, {**before, **crossing, **during, **after})
+        assert len(on_victim) >= 2, on_victim  # jobs were writing to the master that went
+    assert worker.stop() == 0
+    log = worker.text()
+    if how == "killed":
+        assert f"store {url} unreachable" in log, log
+        assert f"store {url} back: replayed" in log, log
+    assert "events of job" not in log, log  # nothing lost
+
+
+def _master(raw: RedisCluster, ref: JobRef) -> int:
+    """The port of the master that serves the job's shard now."""
+    slot = ShardedLayout("gs", DEFAULT_SHARDS).slots[
+        ShardedLayout("gs", DEFAULT_SHARDS).shard(ref.handle)
+    ]
+    return int(raw.nodes_manager.get_node_from_slot(slot).port)
