@@ -7,11 +7,14 @@ nothing written twice.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 from gearstash_redis.shards import DEFAULT_SHARDS, ShardedLayout
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
@@ -88,6 +91,14 @@ def test_keys_of_a_handle_share_one_slot_and_shards_spread(
         slots.add(key_slot(names.job))
     masters = {raw.nodes_manager.get_node_from_slot(slot).name for slot in slots}
     assert len(masters) == 3  # one write reached every master
+    # the README's recipe, by hand: S from the handle, then the single-server names under gs:{S}
+    key = keys[0]
+    shard = int(hashlib.sha1(key.handle).hexdigest()[:8], 16) % 64
+    base = f"{prefix}:{{{shard}}}"
+    members = raw.zrange(f"{base}:h:{{{hashlib.sha1(key.handle).hexdigest()[:24]}}}", 0, -1)
+    job = f"{base}:{{{hashlib.sha1(members[-1]).hexdigest()[:24]}}}"
+    assert raw.hget(f"{job}:job", "handle") == key.handle
+    assert raw.lrange(f"{job}:data", 0, -1) == [b"one", b"two", b"three"]
     for key in keys:
         got = store.get_many([exact(key)])[0]
         assert got is not None and got.data == [b"one", b"two", b"three"]
@@ -191,3 +202,50 @@ def _master(raw: RedisCluster, ref: JobRef) -> int:
         ShardedLayout("gs", DEFAULT_SHARDS).shard(ref.handle)
     ]
     return int(raw.nodes_manager.get_node_from_slot(slot).port)
+
+
+# ---------------------------------------------------------------------------------- in doubt
+
+_BUSY = """
+local t = redis.call('TIME')
+local start = tonumber(t[1]) + tonumber(t[2]) / 1e6
+repeat
+  t = redis.call('TIME')
+until tonumber(t[1]) + tonumber(t[2]) / 1e6 - start > tonumber(ARGV[1])
+return 1
+"""
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["applied", "not-applied"])
+def test_a_write_in_doubt_is_replayed_exactly_once(
+    applied: bool, store_url: str, raw: RedisCluster
+) -> None:
+    """A write whose answer does not come (the master is busy past ``socket_timeout``) raises
+    StoreError; the master then runs it ("applied": it was busy with a long script) or drops it
+    ("not-applied": clients were paused, and the store hung up meanwhile). Replaying it, as a
+    worker's spool does, followed by a later event, stores every event once."""
+    store = open_store(store_url + "&socket_timeout=0.3&wait=0")
+    try:
+        key = new_key()
+        events = full_job(key)
+        store.write(events[:2])  # started, "one"
+        node = raw.nodes_manager.get_node_from_slot(LAYOUT.slots[LAYOUT.shard(key.handle)])
+        direct = redis.Redis(host=node.host, port=node.port)
+        busy = threading.Thread(
+            target=(lambda: direct.eval(_BUSY, 0, 1.0))
+            if applied
+            else (lambda: direct.execute_command("CLIENT", "PAUSE", 1000, "WRITE"))
+        )
+        busy.start()
+        time.sleep(0.1)
+        with pytest.raises(StoreError, match="write failed"):
+            store.write(events[2:3])  # "two": in doubt
+        busy.join()
+        time.sleep(1.2)  # the master is free again (and has run or dropped the write)
+        store.write(events[2:])  # the replay, and the rest of the job
+        got = store.get_many([exact(key)])[0]
+        assert got is not None and got.data == [b"one", b"two", b"three"]
+        assert got.result == b"done"
+        direct.close()
+    finally:
+        store.close()

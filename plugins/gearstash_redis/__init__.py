@@ -1,4 +1,6 @@
-"""Built-in Redis store: ``redis://``, ``rediss://`` (TLS) and ``unix://`` URLs.
+"""Built-in Redis store: ``redis://``, ``rediss://`` (TLS) and ``unix://`` URLs; and Redis Cluster,
+``redis+cluster://`` / ``rediss+cluster://`` (:mod:`gearstash_redis.cluster`, the same layout once
+per shard: :mod:`gearstash_redis.shards`).
 
 ``redis://[[user]:password@]host[:port][/db][?options]``, ``rediss://…`` (TLS; add
 ``ssl_ca_certs=/path/ca.pem`` or ``ssl_cert_reqs=none``), ``unix:///path/redis.sock?db=0``.
@@ -72,8 +74,9 @@ interleave within a batch and never get lost. A read runs one script per slice o
 references (atomic: the hashes and lists of one slice are of the same moment), all in one
 pipeline; a read by handle alone follows the index inside that script. The read script touches
 keys of many slots, and reads keys it does not declare (those it finds in an index), as does index
-pruning inside the write script, so the store needs a single Redis server (or a primary with
-replicas), not Redis Cluster, though the key layout is ready for one.
+pruning inside the write script, so ``redis://`` needs a single Redis server (or a primary with
+replicas); for Redis Cluster, ``redis+cluster://`` puts all of these keys of one shard under one
+hash tag (:mod:`gearstash_redis.shards`).
 
 Finding a job by handle, in any language (PHP with phpredis; the test suite runs this recipe)::
 

@@ -40,7 +40,6 @@ from typing import Any
 from urllib.parse import unquote
 
 from redis import connection as redis_connection
-from redis.cluster import ClusterNode
 from redis.connection import SSLConnection
 from redis.exceptions import ResponseError
 
@@ -254,7 +253,7 @@ class RedisClusterStore:
             tokens = dict(zip(ask, replies, strict=True))
         return self._ledger.settle(events, tokens)
 
-    def _wait(self, node: ClusterNode) -> list[Command]:
+    def _wait(self, node: Any) -> list[Command]:
         """``WAIT`` after a master's writes (as many replicas as asked, and as it has)."""
         replicas = min(self.wait, self._connections.replicas_of(node))
         if not replicas:

@@ -44,6 +44,18 @@ from gearstash.errors import ConfigError
 from .connection import DEFAULT_TIMEOUT, Command
 from .failures import to_store_error
 
+
+def _packer() -> Callable[[tuple[Any, ...]], bytes] | None:
+    """hiredis's ``pack_command`` (in the redis extra: C, where redis-py packs in Python)."""
+    try:
+        from hiredis import pack_command
+    except ImportError:  # pragma: no cover
+        return None
+    return pack_command
+
+
+_pack = _packer()
+
 SlotCommand = tuple[int, Command]
 """A command and the hash slot of its keys."""
 
@@ -84,6 +96,7 @@ class ClusterConnections:
         self._secrets = secrets
         self._scripts = scripts
         self._refresh_lock = threading.Lock()
+        self._replicas: dict[str, int] | None = None  # master name -> its replicas (slot map)
         options = dict(kwargs)
         options.setdefault("socket_connect_timeout", DEFAULT_TIMEOUT)
         options.setdefault("socket_timeout", DEFAULT_TIMEOUT)
@@ -109,37 +122,43 @@ class ClusterConnections:
 
     def refresh(self) -> None:
         """Read the slot map again (after a failover); errors are left for the next send."""
-        with self._refresh_lock, contextlib.suppress(RedisError, RedisClusterException, OSError):
-            self.cluster.nodes_manager.initialize()
+        with self._refresh_lock:
+            self._replicas = None
+            with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                self.cluster.nodes_manager.initialize()
 
-    def primaries(self) -> list[ClusterNode]:
-        """The masters serving slots now."""
-        return list(self.cluster.get_primaries())
-
-    def replicas_of(self, node: ClusterNode) -> int:
-        """How many replicas the slot map gives ``node``."""
-        manager = self.cluster.nodes_manager
-        for nodes in manager.slots_cache.values():
-            if nodes and nodes[0].name == node.name:
-                return len(nodes) - 1
-        return 0
+    def replicas_of(self, node: Any) -> int:
+        """How many replicas the slot map gives the master ``node``."""
+        replicas = self._replicas
+        if replicas is None:
+            replicas = {}
+            for nodes in list(self.cluster.nodes_manager.slots_cache.values()):
+                if nodes:
+                    replicas[nodes[0].name] = len(nodes) - 1
+            self._replicas = replicas
+        return replicas.get(node.name, 0)
 
     def pubsub(self, slot: int) -> redis.client.PubSub:
-        """A redis-py PubSub on a connection of its own to the master of ``slot``."""
-        try:
-            node = self.cluster.nodes_manager.get_node_from_slot(slot)
-        except (RedisError, RedisClusterException) as exc:
-            self.refresh()
-            raise self._error(exc, "watch") from exc
-        pool = self.cluster.get_redis_connection(node).connection_pool
-        return redis.client.PubSub(pool)
+        """A redis-py PubSub on a connection of its own to the master of ``slot`` (any node hears
+        every announcement; the slot map is read again when that master does not answer)."""
+        for attempt in (1, 2):
+            try:
+                node = self.cluster.nodes_manager.get_node_from_slot(slot)
+                client = self.cluster.get_redis_connection(node)
+                client.ping()
+                return redis.client.PubSub(client.connection_pool)
+            except (RedisError, RedisClusterException, OSError) as exc:
+                self.refresh()
+                if attempt == 2:
+                    raise self._error(exc, "watch") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def roundtrip(
         self,
         commands: Sequence[SlotCommand],
         doing: str,
         retry: bool,
-        after: Callable[[ClusterNode], list[Command]] | None = None,
+        after: Callable[[Any], list[Command]] | None = None,
     ) -> list[Any]:
         """Send ``commands`` (each to the master of its slot) in one round trip per round; their
         replies in order (a ResponseError object for an error answer).
@@ -185,7 +204,7 @@ class ClusterConnections:
         pending: list[int],
         replies: list[Any],
         retry: bool,
-        after: Callable[[ClusterNode], list[Command]] | None,
+        after: Callable[[Any], list[Command]] | None,
         doubtful: set[int],
     ) -> tuple[list[int], BaseException | None]:
         """One round: send the pending commands, read every answer. Returns the indexes to send
@@ -216,7 +235,12 @@ class ClusterConnections:
                 again += indexes
                 continue
             try:
-                conn.send_packed_command(conn.pack_commands(batch), check_health=False)
+                packed = (
+                    conn.pack_commands(batch)  # pragma: no cover - hiredis is in the extra
+                    if _pack is None
+                    else [b"".join([_pack(c) for c in batch])]
+                )
+                conn.send_packed_command(packed, check_health=False)
             except (RedisError, OSError) as exc:  # nothing reached the master
                 conn.disconnect()
                 pool.release(conn)
