@@ -223,9 +223,10 @@ def redis_server() -> Iterator[PrivateServer]:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[PrivateRedisCluster]:
     """The session's Redis Cluster: three masters with a replica each (six redis-servers on free
-    loopback ports, ``cluster-node-timeout`` 1000 ms). Tests that stop a node make their own."""
+    loopback ports, ``cluster-node-timeout`` 1000 ms), password ``cluster-contract-secret`` (in
+    its URL). Tests that stop a node make their own."""
     try:
-        cluster = PrivateRedisCluster()
+        cluster = PrivateRedisCluster(password="cluster-contract-secret")
     except ServerMissing as exc:
         need(False, f"{exc}: {SETUP_HINT}")
         raise

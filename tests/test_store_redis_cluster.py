@@ -22,7 +22,7 @@ from support.stores import exact, full_job, new_key
 from test_outage import WorkerProcess, assert_complete, submit_chunky, worker_process  # noqa: F401
 
 from gearstash import Client
-from gearstash.errors import ConfigError, StoreError
+from gearstash.errors import ConfigError, StoreDenied, StoreError
 from gearstash.model.records import JobRef
 from gearstash.spine.manager import open_store
 from gearstash.store.contract import Store
@@ -46,7 +46,8 @@ LAYOUT = ShardedLayout("gs", DEFAULT_SHARDS)  # the default layout (prefix gs)
 def _client(cluster: PrivateRedisCluster) -> Iterator[RedisCluster]:
     """redis-py's own cluster client on ``cluster``, closed afterwards."""
     node = cluster.nodes[0]
-    client = RedisCluster(startup_nodes=[ClusterNode(node.host, node.port)])
+    nodes = [ClusterNode(node.host, node.port)]
+    client = RedisCluster(startup_nodes=nodes, password=cluster.password)
     try:
         yield client
     finally:
@@ -69,6 +70,10 @@ def store(store_url: str) -> Iterator[Store]:
 
 class TestRedisClusterContract(StoreContract):
     """The shipped store contract (gearstash.testing.contract) on the session's cluster."""
+
+    @pytest.fixture
+    def store_url_with_password(self, store_url: str) -> str:
+        return store_url  # the session's cluster wants its password
 
 
 # ---------------------------------------------------------------------------------- layout
@@ -108,16 +113,22 @@ def test_cluster_urls_are_checked(redis_cluster: PrivateRedisCluster) -> None:
     node = redis_cluster.nodes[0].address
     for bad in (
         f"redis+cluster://{node}/3",
+        f"redis+cluster://{node}?shards=4097",
         "redis+cluster://nohost",
         f"redis+cluster://{node}?shards=0",
         f"redis+cluster://{node}?wait=x",
     ):
         with pytest.raises(ConfigError):
             open_store(bad)
-    # (this cluster has no password: redis-py lets the AUTH it is refused pass)
-    store = open_store(f"redis+cluster://:sekrit-pw@{node},{node}?wait=0")
-    try:
-        assert "sekrit-pw" not in store.url + repr(store) and ":***@" in store.url
+    with pytest.raises(StoreDenied) as refused:
+        open_store(f"redis+cluster://:sekrit-pw@{node},{node}?wait=0")
+    assert "sekrit-pw" not in str(refused.value) and "authentication" in str(refused.value)
+    with pytest.raises(StoreDenied, match="needs a password"):
+        open_store(f"redis+cluster://{node}")
+    store = open_store(redis_cluster.url + "?socket_timeout=3&x_password=hidden")
+    try:  # every node named, the passwords hidden
+        nodes = ",".join(n.address for n in redis_cluster.nodes)
+        assert store.url == f"redis+cluster://:***@{nodes}?socket_timeout=3&x_password=***"
     finally:
         store.close()
     with pytest.raises(StoreError):  # TLS to a node that speaks plain TCP
@@ -225,12 +236,13 @@ def test_a_write_in_doubt_is_replayed_exactly_once(
     ("not-applied": clients were paused, and the store hung up meanwhile). Replaying it, as a
     worker's spool does, followed by a later event, stores every event once."""
     store = open_store(store_url + "&socket_timeout=0.3&wait=0")
+    password = store_url.partition("://:")[2].partition("@")[0]
     try:
         key = new_key()
         events = full_job(key)
         store.write(events[:2])  # started, "one"
         node = raw.nodes_manager.get_node_from_slot(LAYOUT.slots[LAYOUT.shard(key.handle)])
-        direct = redis.Redis(host=node.host, port=node.port)
+        direct = redis.Redis(host=node.host, port=node.port, password=password)
         busy = threading.Thread(
             target=(lambda: direct.eval(_BUSY, 0, 1.0))
             if applied

@@ -647,13 +647,21 @@ def redis_cluster_node_spec(
     return spec
 
 
-def redis_command(host: str, port: int, *args: str, timeout: float = 5.0) -> str:
+def _cli_env(password: str | None) -> dict[str, str]:
+    """redis-cli's whole environment (it needs nothing else): the password in ``REDISCLI_AUTH``,
+    never in its argv."""
+    return {} if password is None else {"REDISCLI_AUTH": password}
+
+
+def redis_command(
+    host: str, port: int, *args: str, timeout: float = 5.0, password: str | None = None
+) -> str:
     """One command through ``redis-cli`` (the whole answer, as text); raises RuntimeError when
     redis-cli fails or answers an error."""
     cli = require_binary("redis-cli", "redis-tools")
     done = subprocess.run(
         [cli, "-h", host, "-p", str(port), *args],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        capture_output=True, text=True, timeout=timeout, check=False, env=_cli_env(password),
     )  # fmt: skip
     if done.returncode != 0 or done.stdout.startswith(("ERR", "(error)")):
         raise RuntimeError(
@@ -662,28 +670,55 @@ def redis_command(host: str, port: int, *args: str, timeout: float = 5.0) -> str
     return done.stdout
 
 
+def _with_config(
+    argv: Callable[[int, Path], list[str]], conf: Path
+) -> Callable[[int, Path], list[str]]:
+    """``argv`` with a redis-server config file first (its options, then the command line's)."""
+
+    def with_config(port: int, folder: Path) -> list[str]:
+        command = argv(port, folder)
+        return [command[0], str(conf), *command[1:]]
+
+    return with_config
+
+
 class PrivateRedisCluster(Started):
     """A private Redis Cluster: ``masters`` masters with ``replicas`` replicas each, every node a
     :class:`PrivateServer` (:func:`redis_cluster_node_spec`) on a free loopback port, joined by
     ``redis-cli --cluster create``. Context manager; :meth:`close` stops and removes every node.
 
-    :attr:`url` is the store URL (``redis+cluster://`` listing every node). :meth:`roles` reads who
+    :attr:`url` is the store URL (``redis+cluster://`` listing every node; with ``password``, every
+    node requires it, kept in a config file of the node's, and the URL holds it). :meth:`roles` reads who
     is master now; :meth:`wait_ok` waits until every running node sees all 16384 slots served
     (after a start, or after a failover). Tests stop or kill a node through :attr:`nodes`.
     """
 
-    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        masters: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 1000,
+        password: str | None = None,
+    ) -> None:
         self.node_timeout_ms = node_timeout_ms
         self.replicas = replicas
+        self.password = password
         self.nodes = [
             PrivateServer(redis_cluster_node_spec(node_timeout_ms=node_timeout_ms))
             for _ in range(masters * (1 + replicas))
         ]
+        if password is not None:  # set after the cluster is made, kept in the node's config file
+            for node in self.nodes:
+                conf = node.folder / "redis.conf"
+                conf.write_text("")
+                conf.chmod(0o600)
+                node.spec.argv = _with_config(node.spec.argv, conf)
 
     @property
     def url(self) -> str:
         """``redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…`` (every node)."""
-        return "redis+cluster://" + ",".join(node.address for node in self.nodes)
+        auth = "" if self.password is None else f":{self.password}@"
+        return f"redis+cluster://{auth}" + ",".join(node.address for node in self.nodes)
 
     def node(self, port: int) -> PrivateServer:
         """The node listening on ``port``."""
@@ -699,13 +734,35 @@ class PrivateRedisCluster(Started):
             done = subprocess.run(
                 [cli, "--cluster", "create", *(n.address for n in self.nodes),
                  "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-                capture_output=True, text=True, timeout=120, check=False,
+                capture_output=True, text=True, timeout=120, check=False, env=_cli_env(None),
             )  # fmt: skip
             if done.returncode != 0:
                 raise RuntimeError(
                     f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}"
                 )
+            if self.password is not None:
+                self._lock_with_password()
         self.wait_ok()
+
+    def _lock_with_password(self) -> None:
+        """Made without a password (``redis-cli --cluster`` ignores ``REDISCLI_AUTH``), the
+        cluster now gets one: ``masterauth`` on every node, then ``requirepass``, through redis-py
+        (never in an argv), kept in each node's config file for its next start."""
+        import redis
+
+        password = self.password
+        assert password is not None
+        self.wait_ok()
+        clients = [redis.Redis(host=n.host, port=n.port) for n in self.nodes]
+        try:
+            for name in ("masterauth", "requirepass"):
+                for client in clients:
+                    client.config_set(name, password)
+            for client in clients:
+                client.config_rewrite()
+        finally:
+            for client in clients:
+                client.close()
 
     def roles(self) -> dict[int, int | None]:
         """Every node's port → None for a master serving slots, else the port of its master
@@ -714,7 +771,9 @@ class PrivateRedisCluster(Started):
             if node.pid is None:
                 continue
             try:
-                text = redis_command(node.host, node.port, "CLUSTER", "NODES")
+                text = redis_command(
+                    node.host, node.port, "CLUSTER", "NODES", password=self.password
+                )
             except (RuntimeError, OSError, subprocess.SubprocessError):
                 continue
             ports: dict[str, int] = {}
@@ -753,8 +812,12 @@ class PrivateRedisCluster(Started):
         running = [node for node in self.nodes if node.pid is not None]
         for node in running:
             try:
-                info = redis_command(node.host, node.port, "CLUSTER", "INFO")
-                replication = redis_command(node.host, node.port, "INFO", "replication")
+                info = redis_command(
+                    node.host, node.port, "CLUSTER", "INFO", password=self.password
+                )
+                replication = redis_command(
+                    node.host, node.port, "INFO", "replication", password=self.password
+                )
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 return f"{node.address}: {exc}"
             if "cluster_state:ok" not in info or "cluster_slots_ok:16384" not in info:

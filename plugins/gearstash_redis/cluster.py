@@ -90,12 +90,25 @@ SOURCES = {
 }
 
 
+def redact_cluster_url(url: str) -> str:
+    """``url`` with its password (userinfo, ``*password*`` options) shown as ``***``, every node
+    kept (the generic redaction reads one host only)."""
+    scheme, _, rest = url.partition("://")
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = netloc.rpartition("@")
+    if ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    shown_tail = redact("redis://h" + tail)[len("redis://h") :] if tail else ""
+    return f"{scheme}://{userinfo}{at}{hosts}{shown_tail}"
+
+
 def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any], dict[str, str]]:
     """The nodes, redis-py's keyword arguments and gearstash's own options of a cluster URL.
 
     Raises ConfigError (the message shows no password).
     """
-    shown = redact(url)
+    shown = redact_cluster_url(url)
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in ("redis+cluster", "rediss+cluster"):
         raise ConfigError(f"not a redis+cluster:// URL: {shown!r}")
@@ -149,7 +162,7 @@ class RedisClusterStore:
     capabilities = frozenset({"shared", "push", "expires", "delete", "list"})
 
     def __init__(self, url: str) -> None:
-        self.url = redact(url)
+        self.url = redact_cluster_url(url)
         nodes, kwargs, own = parse_cluster_url(url)
         self.ttl = ttl_from_query(url)
         self.grace = seconds(own, "grace", DEFAULT_GRACE, self.url)

@@ -31,6 +31,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import (
     AskError,
+    AuthenticationError,
     MovedError,
     NoScriptError,
     RedisClusterException,
@@ -75,6 +76,17 @@ class InDoubt(Exception):
         self.applied = applied
 
 
+def _refusal(exc: BaseException) -> BaseException | None:
+    """The AuthenticationError (or NOAUTH answer) behind a RedisClusterException, if any: redis-py
+    wraps a node's refusal in "cannot be connected"."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, AuthenticationError) or str(seen).startswith("NOAUTH"):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class ClusterConnections:
     """The cluster of one store (``startup``: some of its nodes; ``kwargs`` for redis-py).
 
@@ -111,7 +123,7 @@ class ClusterConnections:
         except TypeError as exc:
             raise ConfigError(f"{name}: {exc}") from None
         except (RedisError, RedisClusterException, OSError) as exc:
-            raise self._error(exc, "opening the store") from exc
+            raise self._error(_refusal(exc) or exc, "opening the store") from exc
 
     def _error(self, exc: BaseException, doing: str) -> Exception:
         return to_store_error(exc, self.name, doing, self._secrets)
