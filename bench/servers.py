@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 
 from gearstash.testing.servers import (
+    PrivateRedisCluster,
     PrivateServer,
     mariadb_spec,
     memcached_spec,
@@ -30,6 +31,11 @@ MARIADB_BASE = "mysql+pymysql://root@127.0.0.1:3306/test"
 def redis_server() -> PrivateServer:
     """redis-server without persistence (no RDB, no AOF) on a free port (enter it to start)."""
     return PrivateServer(redis_spec())
+
+
+def redis_cluster() -> PrivateRedisCluster:
+    """A Redis Cluster of three masters with a replica each, no persistence (enter it to start)."""
+    return PrivateRedisCluster()
 
 
 def memcached(megabytes: int = 256) -> PrivateServer:

@@ -19,8 +19,10 @@ wait      ``Client.wait(ref)`` latency on a push store (redis; postgres when its
           ``push``): from the end of the worker's final store write (a ``job_completed`` hook)
           to the return of wait(); sqlite (polling) for contrast. Target <= 5 ms median.
 
-Stores: redis, memcache, sqlite, postgres, mariadb (an extra row, no target). The rows "bare redis
-set/get" and "bare memcache set/get" show the floor: one plain client round trip per operation.
+Stores: redis, redis-cluster, memcache, sqlite, postgres, mariadb (the last one an extra row, no
+target; redis-cluster: a private cluster of three masters with a replica each, no Celery peer,
+no target). The rows "bare redis set/get" and "bare memcache set/get" show the floor: one plain
+client round trip per operation.
 redis-server and memcached are started privately on free ports; PostgreSQL (db test) gets a
 schema of its own and MariaDB a database of its own, both dropped at the end (``--private``: on
 a PostgreSQL and a MariaDB of the run's own, the test suite's, on free ports). Results go to
@@ -63,7 +65,7 @@ from gearstash.testing.gearmand import Gearmand
 
 BENCH = Path(__file__).resolve().parent
 SECTIONS = ("records", "fetch", "wait")
-STORES = ("redis", "memcache", "sqlite", "postgres", "mariadb")
+STORES = ("redis", "redis-cluster", "memcache", "sqlite", "postgres", "mariadb")
 TARGETS = {"redis": 2.0, "memcache": 2.0, "sqlite": 10.0, "postgres": 10.0}
 # the Celery row each target compares with: its SQL backend pooled (as a Celery worker child
 # runs it; as shipped, it makes an engine per call: no fair peer)
@@ -108,6 +110,8 @@ def start_servers(
                 port = ports[store] = stack.enter_context(servers.redis_server()).port
                 gs[store] = f"redis://127.0.0.1:{port}/0?prefix=gsbench"
                 cel[store] = f"redis://127.0.0.1:{port}/1"
+            elif store == "redis-cluster":  # three masters, a replica each (WAIT 1 per write)
+                gs[store] = stack.enter_context(servers.redis_cluster()).url + "?prefix=gsbench"
             elif store == "memcache":
                 port = ports[store] = stack.enter_context(servers.memcached()).port
                 gs[store] = f"memcache://127.0.0.1:{port}?prefix=gsbench"
