@@ -109,6 +109,30 @@ def test_keys_of_a_handle_share_one_slot_and_shards_spread(
         assert got is not None and got.data == [b"one", b"two", b"three"]
 
 
+@pytest.mark.parametrize("script", ["as chosen", "before Redis 7"])
+def test_both_write_scripts_keep_a_job_and_its_ttls(
+    script: str, store_url: str, raw: RedisCluster
+) -> None:
+    from gearstash_redis.cluster import WRITE_CLUSTER, WRITE_CLUSTER_GT
+    from gearstash_redis.shards import sha1
+
+    store = open_store(store_url + "&ttl=100")
+    try:
+        assert store._write_sha == sha1(WRITE_CLUSTER_GT)  # type: ignore[attr-defined]  # 7.0
+        if script == "before Redis 7":
+            store._write_sha = sha1(WRITE_CLUSTER)  # type: ignore[attr-defined]
+        key = new_key()
+        store.write(full_job(key)[:3])
+        store.write(full_job(key)[3:])
+        got = store.get_many([exact(key)])[0]
+        assert got is not None and got.data == [b"one", b"two", b"three"]
+        names = store.layout.keys(key)  # type: ignore[attr-defined]
+        for name in (names.job, names.data, names.handle_index, names.job[:-3] + b"w"):
+            assert 0 < raw.pttl(name) <= 200_000, name  # ttl + min(ttl, grace) at most
+    finally:
+        store.close()
+
+
 def test_cluster_urls_are_checked(redis_cluster: PrivateRedisCluster) -> None:
     node = redis_cluster.nodes[0].address
     for bad in (

@@ -33,6 +33,7 @@ unique alone asks every shard and takes the job written last.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -41,7 +42,7 @@ from urllib.parse import unquote
 
 from redis import connection as redis_connection
 from redis.connection import SSLConnection
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from gearstash.errors import ConfigError
 from gearstash.model.records import Event, JobKey, JobRecord, JobRef, State
@@ -62,7 +63,7 @@ from .listing import (
 )
 from .nodes import ClusterConnections, InDoubt, SlotCommand
 from .read import ReadBatch
-from .scripts import LIST, LIST_SHA, READ_MANY, READ_MANY_SHA, WRITE_GT
+from .scripts import LIST, LIST_SHA, READ_MANY, READ_MANY_SHA, WRITE, WRITE_GT
 from .shards import (
     DEFAULT_SHARDS,
     MAX_SHARDS,
@@ -81,10 +82,11 @@ CLUSTER_OWN_OPTIONS = frozenset({"shards", "wait", "wait_timeout"})
 DEFAULT_WAIT_TIMEOUT = 1.0
 MAX_IN_DOUBT = 100_000  # jobs whose last write is in doubt, remembered at most
 
-WRITE_CLUSTER = cluster_script(WRITE_GT)  # Redis >= 7 (PEXPIRE ... GT), as Redis Cluster needs
-WRITE_CLUSTER_SHA = sha1(WRITE_CLUSTER)
+WRITE_CLUSTER = cluster_script(WRITE)  # Redis < 7
+WRITE_CLUSTER_GT = cluster_script(WRITE_GT)  # Redis >= 7: PEXPIRE ... GT
 SOURCES = {
-    WRITE_CLUSTER_SHA: WRITE_CLUSTER.encode(),
+    sha1(WRITE_CLUSTER): WRITE_CLUSTER.encode(),
+    sha1(WRITE_CLUSTER_GT): WRITE_CLUSTER_GT.encode(),
     READ_MANY_SHA: READ_MANY.encode(),
     LIST_SHA: LIST.encode(),
 }
@@ -176,7 +178,7 @@ class RedisClusterStore:
         self._secrets = secrets_of(url)
         self._connections = ClusterConnections(nodes, kwargs, self.url, self._secrets, SOURCES)
         self._ledger = Ledger(MAX_IN_DOUBT)  # what failed writes left behind
-        self._open()
+        self._write_sha = self._open()
 
     def _count(self, own: dict[str, str], name: str, default: int, low: int, high: int) -> int:
         raw = own.get(name)
@@ -189,20 +191,25 @@ class RedisClusterStore:
     def __repr__(self) -> str:
         return f"RedisClusterStore({self.url!r})"
 
-    def _open(self) -> None:
-        """Load the scripts on every node (replicas too: a promoted one has them)."""
+    def _open(self) -> bytes:
+        """Load the scripts on every node that answers (replicas too: a promoted one has them;
+        a master that lacks one later gets it on NOSCRIPT); the write script this cluster runs."""
         loads: list[Command] = [(b"SCRIPT", b"LOAD", source) for source in SOURCES.values()]
         cluster: Any = self._connections.cluster
-        try:
-            for node in cluster.get_nodes():
-                client = cluster.get_redis_connection(node)
-                pipe = client.pipeline(transaction=False)
-                for command in loads:
-                    pipe.execute_command(*command)
+        for node in cluster.get_nodes():
+            pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
+            for command in loads:
+                pipe.execute_command(*command)
+            with contextlib.suppress(RedisError, OSError):  # a node down: its turn comes later
                 pipe.execute()
-        except Exception as exc:
+        # PEXPIRE ... GT (Redis >= 7) on a key that does not exist: 0, or a syntax error
+        probe = (b"PEXPIRE", self.layout.prefixes[0] + b":probe", 1, b"GT")
+        try:
+            reply = self._connections.roundtrip([(self.layout.slots[0], probe)], "opening", True)
+        except Exception:
             self._connections.close()
-            raise self._error(exc, "opening the store") from exc
+            raise
+        return sha1(WRITE_CLUSTER if isinstance(reply[0], ResponseError) else WRITE_CLUSTER_GT)
 
     def _error(self, exc: BaseException, doing: str) -> Exception:
         return to_store_error(exc, self.url, doing, self._secrets)
@@ -227,7 +234,7 @@ class RedisClusterStore:
             keys, args = script_args(group, self.layout.keys, self.ttl, self.grace)
             token = os.urandom(12).hex().encode()
             tokens.append(token)
-            command = (b"EVALSHA", WRITE_CLUSTER_SHA, len(keys), *keys, *args, token,
+            command = (b"EVALSHA", self._write_sha, len(keys), *keys, *args, token,
                        self._token_ms(group))  # fmt: skip
             commands.append((self.layout.slots[shard], command))
         groups = list(by_shard.values())
