@@ -285,3 +285,48 @@ def test_a_write_in_doubt_is_replayed_exactly_once(
         direct.close()
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------------------------- no servers
+
+
+def _entry(score: int) -> list[object]:
+    return [b"s", b"h", b"u", b"", b"running", b"1", b"", None, None, None, None, None, None, None,
+            str(score).encode()]  # fmt: skip
+
+
+def test_shard_listings_merge_newest_first_and_never_skip_a_shard() -> None:
+    from gearstash_redis.shards import before_of, merge_pages, read_position
+
+    answers = [
+        [[_entry(10), _entry(8)], b""],  # shard 0: every entry seen
+        [[_entry(9)], b"7"],  # shard 1: stopped at 7 (its budget); below 7 not seen yet
+        [[_entry(3)], b""],  # shard 2: an old entry, below shard 1's stop
+    ]
+    entries, cursor = merge_pages(answers, 5, 3)
+    assert [e[14] for e in entries] == [b"10", b"9", b"8"]  # not 3: shard 1 may hold 4..6
+    position = read_position(cursor, 3)
+    assert position == (7, 1)
+    assert [before_of(position, s) for s in range(3)] == [b"8", b"7", b"7"]  # (7, 0) < (7, 1)
+    entries, cursor = merge_pages(answers, 2, 3)
+    assert [e[14] for e in entries] == [b"10", b"9"] and read_position(cursor, 3) == (9, 1)
+    assert merge_pages([[[_entry(3)], b""]] * 2, 5, 2)[1] is None  # all seen: the last page
+
+
+def test_the_ledger_drops_only_what_is_stored() -> None:
+    from gearstash_redis.doubt import Ledger
+
+    key, other = new_key(), new_key()
+    first, later = full_job(key)[:3], full_job(key)[3:]
+    ledger = Ledger(10)
+    ledger.failed({}, [(first, b"t1", "doubt"), (full_job(other)[:2], b"t2", "applied")])
+    assert ledger.in_doubt([*first, *later]) == [key]
+    replay = [*first, *full_job(other)[:2], *later, *full_job(other)[2:]]
+    kept, dropped = ledger.settle(replay, {key: b"t1"})  # the token is there: key's first write ran
+    assert kept == [*later, *full_job(other)[2:]] and set(dropped) == {key, other}
+    kept, _ = ledger.settle(replay, {key: b"t0"})  # another token: it did not run
+    assert kept == [*first, *later, *full_job(other)[2:]]
+    kept, _ = ledger.settle(later, {key: b"t1"})  # not the replay (it does not start with it)
+    assert kept == later
+    ledger.done([key, other])
+    assert not ledger

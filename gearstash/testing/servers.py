@@ -1,5 +1,6 @@
 """Servers of the suite's own: one :class:`PrivateServer` class runs any of them, the functions
-below say how (Redis, memcached, PostgreSQL, MariaDB; gearmand's spec and its admin-protocol
+below say how (Redis, memcached, PostgreSQL, MariaDB; a Redis Cluster of several nodes is
+:class:`PrivateRedisCluster`; gearmand's spec and its admin-protocol
 front, :class:`~gearstash.testing.gearmand.Gearmand`, which the demo uses too, are in
 :mod:`gearstash.testing.gearmand`).
 
