@@ -29,6 +29,10 @@ in doubt leaves it to its spool's replay, which may repeat it.)
 
 On a cluster, a write of several jobs is atomic per job (per shard), not as a whole; a lookup by
 unique alone asks every shard and takes the job written last.
+
+Not followed: ``ASK`` (a slot being moved to another master): a write to that shard fails and is
+spooled until the move is done. The slot map (and how many replicas each master has, for ``WAIT``)
+is read when the store opens and after a failure.
 """
 
 from __future__ import annotations
