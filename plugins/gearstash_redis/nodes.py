@@ -9,7 +9,8 @@ every master first and then read (the masters work in parallel), and answered in
 
 What is sent again, after a refresh of the slot map, and what is not:
 
-* a command the master answered ``MOVED`` (its slot moved: a failover, a resharding) or
+* a command the master answered ``MOVED`` (its slot moved: a failover, a resharding), ``ASK``
+  (its slot is moving: sent again to the map's master, not followed with ``ASKING``) or
   ``NOSCRIPT`` (a new master lacks the script: it is loaded first) — it did not run;
 * every command of a master that could not be reached — none was sent;
 * with ``retry``, any command whose connection broke after it was sent (reads);
