@@ -330,3 +330,17 @@ def test_the_ledger_drops_only_what_is_stored() -> None:
     assert kept == later
     ledger.done([key, other])
     assert not ledger
+
+
+def test_a_cluster_url_splits_into_nodes_driver_options_and_our_own() -> None:
+    from gearstash_redis.cluster import parse_cluster_url, redact_cluster_url
+
+    url = "rediss+cluster://us%40er:p%25w%2F@h1:7000,[::1]:7001?socket_timeout=2&wait=0&shards=8"
+    nodes, kwargs, own = parse_cluster_url(url)
+    assert nodes == [("h1", 7000), ("::1", 7001)]
+    assert (kwargs["username"], kwargs["password"]) == ("us@er", "p%w/")  # unquoted once
+    assert kwargs["socket_timeout"] == 2.0 and kwargs["ssl"] is True
+    assert own == {"wait": "0", "shards": "8"}
+    assert redact_cluster_url(url) == (
+        "rediss+cluster://us%40er:***@h1:7000,[::1]:7001?socket_timeout=2&wait=0&shards=8"
+    )

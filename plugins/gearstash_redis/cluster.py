@@ -152,9 +152,6 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any], 
         kwargs.pop(name, None)
     if kwargs.pop("connection_class", None) is SSLConnection:
         kwargs["ssl"] = True
-    for name in ("username", "password"):
-        if kwargs.get(name) is not None:
-            kwargs[name] = unquote(kwargs[name])
     return nodes, kwargs, own
 
 
