@@ -7,7 +7,8 @@ could apply a write twice; so :meth:`ClusterConnections.roundtrip` does the send
 commands, each for the slot of its keys, are grouped by the master serving that slot, written to
 every master first and then read (the masters work in parallel), and answered in order.
 
-What is sent again, after a refresh of the slot map, and what is not:
+What is sent again (up to :data:`ROUNDS` rounds, a short pause between them; the slot map is
+taken from a ``MOVED`` answer, and read again after a connection failed), and what is not:
 
 * a command the master answered ``MOVED`` (its slot moved: a failover, a resharding), ``ASK``
   (its slot is moving: sent again to the map's master, not followed with ``ASKING``) or
@@ -15,7 +16,8 @@ What is sent again, after a refresh of the slot map, and what is not:
 * every command of a master that could not be reached — none was sent;
 * with ``retry``, any command whose connection broke after it was sent (reads);
 * without ``retry`` such commands are *in doubt*: :class:`InDoubt` names them (and the ones
-  that were surely applied), so the caller can find out later which happened.
+  that were surely applied), so the caller can find out later which happened; so does a write
+  part of which was applied when the rest could not be sent.
 
 ``CLUSTERDOWN``, ``TRYAGAIN`` and other error answers are returned as ResponseError objects.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,8 +64,18 @@ _pack = _packer()
 SlotCommand = tuple[int, Command]
 """A command and the hash slot of its keys."""
 
-ROUNDS = 3
+ROUNDS = 4
 """Rounds of sending (the first, and after refreshes of the slot map) before giving up."""
+PAUSE = 0.05
+"""Seconds before the second round (twice that before the third, and so on)."""
+
+
+def _answer(conn: Any) -> Any:
+    """The next answer on ``conn``; an error answer as a ResponseError object (not raised)."""
+    try:
+        return conn.read_response()
+    except ResponseError as exc:
+        return exc
 
 
 class InDoubt(Exception):
@@ -185,9 +198,12 @@ class ClusterConnections:
         applied: set[int] = set()
         doubtful: set[int] = set()
         failure: BaseException | None = None
+        broken: BaseException | None = None
         for round_ in range(ROUNDS):
             if round_:
-                self.refresh()
+                time.sleep(PAUSE * round_)  # a failover's news takes a moment to reach every node
+                if broken is not None:
+                    self.refresh()
             again, broken = self._round(commands, pending, replies, retry, after, doubtful)
             for i in pending:
                 if (
@@ -206,7 +222,7 @@ class ClusterConnections:
             raise InDoubt(cause, doubtful, {i for i in applied if i not in doubtful})
         if pending:
             cause = self._error(failure or RedisError("the cluster did not settle"), doing)
-            if applied:
+            if applied and not retry:
                 raise InDoubt(cause, set(), applied)
             raise cause
         return replies
@@ -226,7 +242,9 @@ class ClusterConnections:
         groups: dict[str, tuple[Any, list[int]]] = {}
         again: list[int] = []
         failure: BaseException | None = None
+        unknown = {i for i in pending if isinstance(replies[i], NoScriptError)}
         for i in pending:
+            replies[i] = None  # an answer of an earlier round (MOVED…) is not this round's
             try:
                 node = manager.get_node_from_slot(commands[i][0])
             except (RedisError, RedisClusterException) as exc:
@@ -238,7 +256,7 @@ class ClusterConnections:
         for node, indexes in groups.values():
             client = self.cluster.get_redis_connection(node)
             pool = client.connection_pool
-            loads = self._loads(indexes, commands, replies)
+            loads = self._loads([i for i in indexes if i in unknown], commands)
             trailer = after(node) if after is not None else []
             batch = [*loads, *(commands[i][1] for i in indexes), *trailer]
             try:
@@ -264,14 +282,11 @@ class ClusterConnections:
         for pool, conn, indexes, loaded, trailing in sent:
             try:
                 for _ in range(loaded):
-                    conn.read_response()
+                    _answer(conn)  # SCRIPT LOAD: an error shows in the command's own answer
                 for i in indexes:
-                    try:
-                        replies[i] = conn.read_response()
-                    except ResponseError as exc:
-                        replies[i] = exc
+                    replies[i] = _answer(conn)
                 for _ in range(trailing):
-                    conn.read_response()
+                    _answer(conn)  # WAIT: how many replicas have the writes (best effort)
             except (RedisError, OSError) as exc:
                 # The master may have run them, and (WAIT not answered) maybe not its replica.
                 conn.disconnect()
@@ -284,18 +299,17 @@ class ClusterConnections:
                 pool.release(conn)
         for i in list(pending):
             reply = replies[i]
-            if isinstance(reply, (MovedError, AskError, NoScriptError)) and i not in again:
+            if isinstance(reply, MovedError):  # the slot's master now (a failover, a resharding)
+                self._replicas = None
+                with contextlib.suppress(RedisError, RedisClusterException, KeyError):
+                    manager.move_slot(reply)
+            redirected = isinstance(reply, (MovedError, AskError, NoScriptError))
+            if redirected and i not in again and i not in doubtful:
                 again.append(i)
         again.sort()
         return again, failure
 
-    def _loads(
-        self, indexes: list[int], commands: Sequence[SlotCommand], replies: list[Any]
-    ) -> list[Command]:
-        """SCRIPT LOADs for the scripts a master answered NOSCRIPT to in the previous round."""
-        shas = {
-            commands[i][1][1]
-            for i in indexes
-            if isinstance(replies[i], NoScriptError) and commands[i][1][0] == b"EVALSHA"
-        }
+    def _loads(self, indexes: list[int], commands: Sequence[SlotCommand]) -> list[Command]:
+        """SCRIPT LOADs for the scripts of ``indexes`` (a master answered NOSCRIPT to them)."""
+        shas = {commands[i][1][1] for i in indexes if commands[i][1][0] == b"EVALSHA"}
         return [(b"SCRIPT", b"LOAD", self._scripts[sha]) for sha in shas if sha in self._scripts]
