@@ -24,7 +24,7 @@ from test_outage import WorkerProcess, assert_complete, submit_chunky, worker_pr
 
 from gearstash import Client
 from gearstash.errors import ConfigError, StoreDenied, StoreError
-from gearstash.model.records import JobRef
+from gearstash.model.records import JobKey, JobRef
 from gearstash.spine.manager import open_store
 from gearstash.store.contract import Store
 from gearstash.testing.contract import StoreContract
@@ -344,3 +344,41 @@ def test_a_cluster_url_splits_into_nodes_driver_options_and_our_own() -> None:
     assert redact_cluster_url(url) == (
         "rediss+cluster://us%40er:***@h1:7000,[::1]:7001?socket_timeout=2&wait=0&shards=8"
     )
+
+
+def test_writes_go_on_when_a_replica_stops(own_cluster: PrivateRedisCluster) -> None:
+    """A master whose replica is gone: its writes still land (a ``WAIT`` comes back short, after
+    ``wait_timeout``), and the store asks the master again and stops waiting for the replica."""
+    store = open_store(own_cluster.url + "?wait_timeout=0.2")
+    try:
+        key = new_key()
+        master = _master_of(own_cluster, key)
+        replica = own_cluster.node(next(p for p, m in own_cluster.roles().items() if m == master))
+        connections = store._connections  # type: ignore[attr-defined]
+        node = next(n for n in connections.cluster.get_primaries() if n.port == master)
+        assert connections.replicas_of(node) == 1
+        replica.kill()
+        events = full_job(key)
+        written = 0
+
+        def waits_for_none() -> bool:
+            nonlocal written
+            if written < len(events):
+                store.write(events[written : written + 1])
+                written += 1
+            return connections.replicas_of(node) == 0
+
+        wait_until(waits_for_none, 10, "the store to stop waiting for the stopped replica")
+        store.write(events[written:])
+        got = store.get_many([exact(key)])[0]
+        assert got is not None and got.data == [b"one", b"two", b"three"] and got.result == b"done"
+    finally:
+        store.close()
+
+
+def _master_of(cluster: PrivateRedisCluster, key: JobKey) -> int:
+    """The port of the master of the job's shard (default layout)."""
+    for client in _client(cluster):
+        slot = LAYOUT.slots[LAYOUT.shard(key.handle)]
+        return int(client.nodes_manager.get_node_from_slot(slot).port)
+    raise AssertionError("unreachable")

@@ -31,8 +31,9 @@ On a cluster, a write of several jobs is atomic per job (per shard), not as a wh
 unique alone asks every shard and takes the job written last.
 
 Not followed: ``ASK`` (a slot being moved to another master): a write to that shard fails and is
-spooled until the move is done. The slot map (and how many replicas each master has, for ``WAIT``)
-is read when the store opens and after a failure.
+spooled until the move is done. The slot map is read when the store opens and after a failure;
+how many replicas a master has (for ``WAIT``) when it is first written to and after a short
+``WAIT``.
 """
 
 from __future__ import annotations

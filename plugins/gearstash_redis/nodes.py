@@ -122,7 +122,8 @@ class ClusterConnections:
         self._secrets = secrets
         self._scripts = scripts
         self._refresh_lock = threading.Lock()
-        self._replicas: dict[str, int] | None = None  # master name -> its replicas (slot map)
+        self._replicas: dict[str, int] | None = None  # master name -> its replicas (ROLE)
+        self._stale = False  # a WAIT came back short: read the slot map after this round trip
         options = dict(kwargs)
         options.setdefault("socket_connect_timeout", DEFAULT_TIMEOUT)
         options.setdefault("socket_timeout", DEFAULT_TIMEOUT)
@@ -154,15 +155,20 @@ class ClusterConnections:
                 self.cluster.nodes_manager.initialize()
 
     def replicas_of(self, node: Any) -> int:
-        """How many replicas the slot map gives the master ``node``."""
+        """How many replicas the master ``node`` has connected (``ROLE``, asked once and again
+        after a refresh or a short ``WAIT``; 0 when it does not answer)."""
         replicas = self._replicas
         if replicas is None:
-            replicas = {}
-            for nodes in list(self.cluster.nodes_manager.slots_cache.values()):
-                if nodes:
-                    replicas[nodes[0].name] = len(nodes) - 1
-            self._replicas = replicas
-        return replicas.get(node.name, 0)
+            replicas = self._replicas = {}
+        count = replicas.get(node.name)
+        if count is None:
+            try:
+                role = self.cluster.get_redis_connection(node).execute_command("ROLE")
+                count = len(role[2]) if role and role[0] in (b"master", "master") else 0
+            except (RedisError, OSError, IndexError, TypeError):
+                count = 0
+            replicas[node.name] = count
+        return count
 
     def pubsub(self, slot: int) -> redis.client.PubSub:
         """A redis-py PubSub on a connection of its own to the master of ``slot`` (any node hears
@@ -217,6 +223,9 @@ class ClusterConnections:
             pending = again
             if not pending:
                 break
+        if self._stale:
+            self._stale = False
+            self.refresh()
         if doubtful:
             cause = self._error(failure or RedisError("connection lost"), doing)
             raise InDoubt(cause, doubtful, {i for i in applied if i not in doubtful})
@@ -252,7 +261,7 @@ class ClusterConnections:
                 again.append(i)
                 continue
             groups.setdefault(node.name, (node, []))[1].append(i)
-        sent: list[tuple[Any, Any, list[int], int, int]] = []
+        sent: list[tuple[Any, Any, list[int], int, list[Command]]] = []
         for node, indexes in groups.values():
             client = self.cluster.get_redis_connection(node)
             pool = client.connection_pool
@@ -278,15 +287,18 @@ class ClusterConnections:
                 failure = exc
                 again += indexes
                 continue
-            sent.append((pool, conn, indexes, len(loads), len(trailer)))
+            sent.append((pool, conn, indexes, len(loads), trailer))
         for pool, conn, indexes, loaded, trailing in sent:
             try:
                 for _ in range(loaded):
                     _answer(conn)  # SCRIPT LOAD: an error shows in the command's own answer
                 for i in indexes:
                     replies[i] = _answer(conn)
-                for _ in range(trailing):
-                    _answer(conn)  # WAIT: how many replicas have the writes (best effort)
+                for command in trailing:
+                    answer = _answer(conn)  # WAIT: how many replicas have the writes
+                    if command[0] == b"WAIT" and isinstance(answer, int) and answer < command[1]:
+                        self._replicas = None  # a replica is gone? ask the masters again
+                        self._stale = True
             except (RedisError, OSError) as exc:
                 # The master may have run them, and (WAIT not answered) maybe not its replica.
                 conn.disconnect()
