@@ -67,7 +67,10 @@ class Replica:
             if done != 0:
                 raise TimeoutError(f"the MariaDB replica did not reach {position} in {timeout} s")
             return
-        lsn = sql_value(self.primary.url, "SELECT pg_current_wal_lsn()::text")
+        # the insert position, not pg_current_wal_lsn() (the write position): with
+        # synchronous_commit=off (the private servers' setting) a commit record can sit in the
+        # WAL buffers past the write position for up to wal_writer_delay
+        lsn = sql_value(self.primary.url, "SELECT pg_current_wal_insert_lsn()::text")
         while not sql_value(
             self.replica.url,
             "SELECT pg_last_wal_replay_lsn() >= CAST(:lsn AS pg_lsn)",
