@@ -31,7 +31,7 @@ from gearstash.store.contract import Store
 from gearstash.testing.contract import full_job, new_key, new_server
 from gearstash.testing.gearmand import Gearmand
 from gearstash.web.app import create_app
-from gearstash.web.events import Cursor
+from gearstash.web.events import PRIVATE_FIELDS, Cursor
 from gearstash.web.hub import Hub
 from gearstash.web.openapi import SCHEMA
 from gearstash.web.security import AdminCredential, LoginThrottle, hash_password
@@ -369,7 +369,16 @@ def test_tokens_show_their_one_job_and_refuse_forgeries(store: Store) -> None:
     token = signer.sign(JobRef.parse(_ref(mine)))
     with _client(_app(store), REMOTE) as client:
         got = client.get("/t/" + token).json()
-        assert got["handle"] == mine.handle.decode() and got["data"] == ["one", "two", "three"]
+        assert got["data"] == ["one", "two", "three"] and got["state"] == "complete"
+        # what the job said, not where it ran: no server, handle, unique or worker
+        assert set(got) & set(PRIVATE_FIELDS) == set()
+        stream = client.get("/t/" + token + "/events").text
+        assert "final" in stream and mine.handle.decode() not in stream
+        assert mine.server not in stream
+        assert all(set(data) & set(PRIVATE_FIELDS) == set() for _i, _n, data in _events(stream))
+        # the admin's own view has them all
+        with _client(_app(store), LOCAL) as local:
+            assert local.get("/api/jobs/" + _q(mine)).json()["handle"] == mine.handle.decode()
         page = client.get("/t/" + token + "/view").text
         assert other.handle.decode() not in page and mine.handle.decode() not in page
         assert f'data-json="/t/{token}"' in page

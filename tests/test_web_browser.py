@@ -162,10 +162,13 @@ def test_token_page_shows_its_one_job_and_forged_tokens_are_refused(store: Store
     with serving(app) as base, chrome() as driver:
         driver.get(f"{base}/t/{token}/view")
         wait_for(lambda: _text(driver, "result") == "done", 20)
-        assert _text(driver, "title") == mine.handle.decode()
+        assert _text(driver, "title").startswith("Shared job: ")
         assert _chunks(driver) == ["one", "two", "three"]
         source = driver.page_source
         assert other.handle.decode() not in source
+        # nor where it ran: its server, handle, unique and worker are not on the page
+        assert mine.handle.decode() not in source and mine.server not in source
+        assert "Handle" not in _text(driver, "facts") and "Worker" not in _text(driver, "facts")
         assert driver.execute_script("return document.querySelectorAll('nav a').length") == 0
         driver.get(f"{base}/t/{forged}/view")
         body = driver.execute_script("return document.body.textContent")

@@ -27,7 +27,7 @@ from gearstash.store.contract import (
     list_jobs,
 )
 from gearstash.transport.connection import Connection
-from gearstash.web.events import KEEPALIVE, Cursor, Follower
+from gearstash.web.events import KEEPALIVE, Cursor, Follower, public
 from gearstash.web.face import Face, HTTPProblem, JSONBody, parse_ref
 from gearstash.web.hub import Idle
 
@@ -217,15 +217,13 @@ def fetch(face: Face, ref: JobRef) -> JobView:
     return face.client.fetch(ref)
 
 
-async def _view_json(face: Face, ref: JobRef, *, workload: bool = True) -> dict[str, Any]:
+async def _view_json(face: Face, ref: JobRef, *, private: bool = True) -> dict[str, Any]:
     view = await face.blocking(fetch, face, ref)
     if view.state is State.UNKNOWN:
         raise HTTPProblem(404, "no such job: neither the job server nor the store knows it")
     out = view.to_json()
     out["restarts"] = max(0, (view.record.attempt if view.record else 0) - 1)
-    if not workload:
-        del out["workload"]  # a token shows what the job said, not what it was given
-    return out
+    return out if private else public(out)
 
 
 async def api_job(request: Request) -> Response:
@@ -238,10 +236,10 @@ async def api_job(request: Request) -> Response:
 
 async def api_token(request: Request) -> Response:
     """``GET /t/{token}``: the view of the one job a token names (403 for a refused token),
-    without its ``workload``."""
+    without :data:`~gearstash.web.events.PRIVATE_FIELDS`."""
     face = face_of(request)
     ref = face.verify_token(request.path_params["token"])
-    return JSONBody(await _view_json(face, ref, workload=False))
+    return JSONBody(await _view_json(face, ref, private=False))
 
 
 def _cursor(request: Request) -> Cursor:
@@ -271,10 +269,11 @@ async def _stream(face: Face, ref: JobRef, follower: Follower) -> AsyncIterator[
         await updates.aclose()
 
 
-def sse(face: Face, ref: JobRef, cursor: Cursor) -> StreamingResponse:
-    """The event stream of one job (see :mod:`gearstash.web.events`)."""
+def sse(face: Face, ref: JobRef, cursor: Cursor, *, private: bool = True) -> StreamingResponse:
+    """The event stream of one job (see :mod:`gearstash.web.events`); ``private=False`` for a
+    token's stream."""
     return StreamingResponse(
-        _stream(face, ref, Follower(cursor)),
+        _stream(face, ref, Follower(cursor, private=private)),
         media_type="text/event-stream",
         headers={"cache-control": "no-store", "x-accel-buffering": "no"},
     )
@@ -292,7 +291,7 @@ async def api_token_events(request: Request) -> Response:
     """``GET /t/{token}/events``: the event stream of the one job a token names."""
     face = face_of(request)
     ref = face.verify_token(request.path_params["token"])
-    return sse(face, ref, _cursor(request))
+    return sse(face, ref, _cursor(request), private=False)
 
 
 # ---------------------------------------------------------------------------------- servers

@@ -79,9 +79,22 @@ def read_state(record: JobRecord | None, now: float) -> State:
     return record.state
 
 
+PRIVATE_FIELDS = ("ref", "handle", "server", "unique", "worker", "workload")
+"""What a token view (``/t/…``: JSON, events, page) never shows: which job server and handle the
+job has, its unique, the worker's host and pid, and the workload it was given. A token link is
+for someone outside; it shows what the job said, not where it ran."""
+
+
+def public(out: dict[str, Any]) -> dict[str, Any]:
+    """``out`` without :data:`PRIVATE_FIELDS` (changed in place and returned)."""
+    for name in PRIVATE_FIELDS:
+        out.pop(name, None)
+    return out
+
+
 def final_json(record: JobRecord, state: State) -> dict[str, Any]:
-    """The ``final`` event's data: the record without its chunks (and without its workload:
-    token streams never show it)."""
+    """The ``final`` event's data: the record without its chunks (and without its workload,
+    which the page already has from the job's view)."""
     out = record.to_json()
     out.pop("data", None)
     out.pop("workload", None)
@@ -93,11 +106,13 @@ def final_json(record: JobRecord, state: State) -> dict[str, Any]:
 class Follower:
     """Turns successive records of one job into SSE messages (pure: no I/O, no clock of its own).
 
-    ``cursor`` is where the browser is (from ``Last-Event-ID``).
+    ``cursor`` is where the browser is (from ``Last-Event-ID``). ``private=False`` (token
+    streams): the ``state`` and ``final`` messages leave out :data:`PRIVATE_FIELDS`.
     """
 
-    def __init__(self, cursor: Cursor) -> None:
+    def __init__(self, cursor: Cursor, *, private: bool = True) -> None:
         self.cursor = cursor
+        self._clean = (lambda out: out) if private else public
         self._shown: tuple[object, ...] | None = None
         self.done = False
 
@@ -115,12 +130,12 @@ class Follower:
         shown = (state, cursor.attempt, record.worker if record else None)
         if shown != self._shown:
             self._shown = shown
-            yield frame("state", _state_json(record, state), cursor)
+            yield frame("state", self._clean(_state_json(record, state)), cursor)
         if record is None:
             return
         if state is State.EXPIRED:
             self.done = True
-            yield frame("final", final_json(record, state), cursor)
+            yield frame("final", self._clean(final_json(record, state)), cursor)
             return
         for index in range(cursor.status, len(record.status)):
             point = record.status[index]
@@ -144,7 +159,7 @@ class Follower:
             )
         if state.final:
             self.done = True
-            yield frame("final", final_json(record, state), cursor)
+            yield frame("final", self._clean(final_json(record, state)), cursor)
 
 
 def _state_json(record: JobRecord | None, state: State) -> dict[str, Any]:

@@ -322,16 +322,20 @@
       const rows = [
         ["Function", bytesText(data.function)],
         ["Server", data.server],
-        ["Handle", bytesText(data.handle)],
-        ["Unique", bytesText(data.unique)],
+        ["Handle", "handle" in data ? bytesText(data.handle) : undefined],
+        ["Unique", "unique" in data ? bytesText(data.unique) : undefined],
         ["Attempt", data.attempt],
         ["Restarts", Math.max(0, (data.attempt || 0) - 1)],
-        ["Worker", data.worker || "–"],
+        ["Worker", "worker" in data ? data.worker || "–" : undefined],
         ["Started", when(data.started_at)],
         ["Finished", when(data.finished_at)],
         ["Updated", when(data.updated_at)],
       ];
-      for (const [k, v] of rows) { dl.appendChild(el("dt", k)); dl.appendChild(el("dd", v)); }
+      for (const [k, v] of rows) {
+        if (v === undefined) continue;  // a token view leaves out server, handle, unique, worker
+        dl.appendChild(el("dt", k));
+        dl.appendChild(el("dd", v));
+      }
     }
 
     function progress() {
@@ -427,7 +431,7 @@
 
     function whole(data) {
       view.ref = data.ref || view.ref;
-      $("title").textContent = bytesText(data.handle);
+      $("title").textContent = "handle" in data ? bytesText(data.handle) : "Shared job: " + bytesText(data.function);
       setState(data.state);
       facts(data);
       workload(data);
@@ -517,7 +521,7 @@
       if (document.visibilityState === "visible") connect();
     }).catch((e) => { showError(e.message); setLive(false); });
 
-    $("copy").addEventListener("click", async () => {
+    if ($("copy")) $("copy").addEventListener("click", async () => {
       try { await navigator.clipboard.writeText(view.ref); $("copy").textContent = "Copied"; }
       catch (e) { showError("copy failed: " + view.ref); }
     });
