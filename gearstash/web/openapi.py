@@ -139,7 +139,8 @@ SCHEMA: dict[str, Any] = {
                     "responses": {"200": _json("store", {"type": "object"})}}
         },
         "/t/{token}": {
-            "get": {"summary": "The job a token names", "parameters": [_TOKEN_PARAM],
+            "get": {"summary": "The job a token names, without ref, handle, server, unique, "
+                                "worker and workload", "parameters": [_TOKEN_PARAM],
                     "responses": {"200": _json("the job", _ref("Job")), "403": _ERROR}}
         },
         "/t/{token}/events": {
