@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from gearstash.model.records import Event, EventKind, JobKey, JobRef
 from gearstash.spine.manager import open_store
 from gearstash.store.contract import Store
 from gearstash.testing.contract import new_key
+from gearstash.testing.servers import PrivateServer, ServerSpec, redis_spec
 from gearstash.web import api
 from gearstash.web import hub as hub_module
 from gearstash.web.app import create_app
@@ -302,3 +304,56 @@ def test_a_follower_learns_a_lease_ran_out_without_a_write(
         opened.close()
         cleanup()
     assert states == ["running", "lost"]
+
+
+def test_a_store_outage_is_logged_once_and_followers_go_on_after_it(
+    own_server: Callable[[Callable[[], ServerSpec]], PrivateServer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis stops while a job is followed: the hub says so in one warning (not one a round),
+    retries with a growing pause, says when reads work again, and the follower then gets what
+    was written after the outage."""
+    server = own_server(lambda: redis_spec(persistent=True))
+    opened = open_store(server.url)
+    key = new_key()
+    opened.write([Event(EventKind.STARTED, key, time.time(), function=b"f")])
+    caplog.set_level(logging.DEBUG, logger=hub_module.__name__)
+
+    def failed_rounds() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "followed jobs failed" in r.getMessage()]
+
+    async def scenario() -> list[str]:
+        hub = Hub(opened, interval=0.02)
+        follower = Follower(Cursor())
+        seen: list[str] = []
+
+        async def outage() -> None:
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(server.stop)
+            while len(failed_rounds()) < 3:
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(server.start)
+            await asyncio.to_thread(
+                opened.write, [Event(EventKind.DATA, key, time.time(), b"after the outage")]
+            )
+
+        task = asyncio.create_task(outage())
+        async for record in hub.follow(_ref(key)):
+            for event, data, _id in _chunks(list(follower.step(record, time.time()))):
+                seen.append(event if event != "chunk" else data["data"])
+            if "after the outage" in seen:
+                break
+        await task
+        await hub.close()
+        return seen
+
+    try:
+        seen = asyncio.run(asyncio.wait_for(scenario(), 60))
+    finally:
+        opened.close()
+    assert seen == ["state", "after the outage"]
+    failures = failed_rounds()
+    assert len(failures) >= 3
+    assert [r.levelno for r in failures] == [logging.WARNING] + [logging.DEBUG] * (len(failures) - 1)
+    back = [r for r in caplog.records if "works again" in r.getMessage()]
+    assert len(back) == 1 and back[0].levelno == logging.WARNING

@@ -57,6 +57,7 @@ log = logging.getLogger("gearstash.web.hub")
 PUSH_WAIT = 1.0  # seconds one round waits on a waking store's watch at most
 CLOSE_WAIT = 10.0  # seconds close() waits for a read in progress
 RESYNC = 10.0  # seconds between checks of every followed job (stamps or a read)
+OUTAGE_RETRY_MAX = 5.0  # seconds between retries at most while the store does not answer
 PROBE_SPACING = 4  # a round with stamps() starts at least this many times its cost after the last
 _UNKNOWN = object()  # the change stamp of a job whose stamp was not read with its record
 
@@ -274,6 +275,7 @@ class Hub:
                     await task
 
     async def _run(self) -> None:
+        failures = 0  # rounds failed in a row: the outage is logged once, retries back off
         try:
             while self._entries and not self._stopping:
                 refs = self._refs
@@ -284,11 +286,19 @@ class Hub:
                     found = await asyncio.to_thread(
                         self._round, refs, list(self._unread), due, wake_by
                     )
-                except Exception as exc:  # a store outage: tell no one, try again
-                    log.warning("reading %d followed jobs failed: %s", len(refs), exc)
+                except Exception as exc:  # a store outage: followers wait, the hub retries
+                    failures += 1
+                    (log.warning if failures == 1 else log.debug)(
+                        "reading %d followed jobs failed (retrying until the store answers): %s",
+                        len(refs),
+                        exc,
+                    )
                     self._check_all = True
-                    await asyncio.sleep(max(self.interval, 0.5))
+                    await asyncio.sleep(min(max(self.interval, 0.5) * failures, OUTAGE_RETRY_MAX))
                     continue
+                if failures:
+                    log.warning("reading followed jobs works again after %d failed rounds", failures)
+                    failures = 0
                 if self._stopping:
                     break
                 self.rounds += 1
