@@ -73,3 +73,20 @@ def test_replay_with_the_store_down_keeps_the_spool(tmp_path: Path) -> None:
         main, ["spool", "status", "--store", dead, "--spool", str(folder), "--json"]
     )
     assert json.loads(status.output)["orphaned_batches"] == 4  # nothing was lost
+
+
+def test_adopted_counts_what_was_found_even_once_replayed(tmp_path: Path) -> None:
+    """``replay`` reports what it found, not what is still waiting when it first looks (the
+    replay starts the moment a spool is adopted: it may be done before anyone asks)."""
+    from gearstash.store.spool import SpoolingStore
+
+    folder, url = tmp_path / "spool", f"sqlite:///{tmp_path / 'jobs.db'}"
+    _left_behind(folder)
+    spooling = SpoolingStore(open_store(url), folder, close_timeout=1.0)
+    try:
+        deadline = time.monotonic() + 30
+        while spooling.spooled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (spooling.adopted, spooling.spooled) == (4, 0)
+    finally:
+        spooling.close()

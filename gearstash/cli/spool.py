@@ -114,7 +114,7 @@ def spool_replay(store: str | None, spool: str | None, timeout: float) -> None:
         return
     spooling = SpoolingStore(open_store(settings.store_url), folder, close_timeout=1.0)
     try:
-        waiting = spooling.spooled
+        waiting = spooling.adopted  # not .spooled: the replay began when the spool was adopted
         deadline = time.monotonic() + timeout
         while spooling.spooled and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -115,6 +115,9 @@ class SpoolingStore:
         self._replayed = [0, 0]  # batches, events since the outage began
         self._full = False
         self._closed = False
+        self.adopted = 0
+        """Batches found in spool files left by stopped workers when this store was made (their
+        replay starts at once, on a thread of its own: :attr:`spooled` may already be lower)."""
         self._adopt()
 
     def __repr__(self) -> str:
@@ -225,6 +228,7 @@ class SpoolingStore:
                 self.url,
             )
             self._files.append(found)
+            self.adopted += found.pending
         if self._files:
             self._spooling = True
             self._down_since = time.monotonic()
