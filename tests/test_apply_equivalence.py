@@ -344,3 +344,27 @@ def test_redis_store_reads_back_what_apply_makes(
 ) -> None:
     """The Lua write script on a real Redis = from_events."""
     _check_store(redis_store, run)
+
+
+@seed(SEED)
+@PURE_RUNS
+@given(run=_RUNS, prefix=st.sampled_from(["gs", "a%b", "caf\u00e9"]))
+def test_packed_write_is_the_script_call(
+    run: tuple[list[dict[str, object]], list[int], bool, bytes], prefix: str
+) -> None:
+    """What the Redis store sends for a write (its own RESP packing) is byte for byte hiredis's
+    packing of the write script's KEYS and ARGV (``script_args``), for every cut of a run."""
+    from gearstash_redis.layout import Layout
+    from gearstash_redis.write import WritePacker, script_args
+    from hiredis import pack_command
+
+    specs, sizes, one_job, unique = run
+    _, events = _events([dict(s) for s in specs], unique)
+    note(SEED_NOTE)
+    layout = Layout(prefix)
+    packer = WritePacker(layout, DEFAULT_TTL, 3600.0)
+    sha = b"0123456789abcdef0123456789abcdef01234567"
+    for call in _calls(events, sizes, one_job):
+        keys, args = script_args(call, layout.keys, DEFAULT_TTL, 3600.0, now=T0)
+        want = pack_command((b"EVALSHA", sha, len(keys), *keys, *args))
+        assert packer.pack(call, sha, now=T0) == want

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -44,6 +44,15 @@ DEFAULT_TIMEOUT = 5.0
 """Seconds to connect, and to wait for an answer (``socket_connect_timeout`` / ``socket_timeout``)."""
 
 Command = tuple[Any, ...]
+
+
+def _pack(conn: Any, command: Command | bytes) -> bytes:
+    """The RESP bytes of ``command`` (as they are when already packed)."""
+    if isinstance(command, bytes):
+        return command
+    if _hiredis_pack is None:  # pragma: no cover - hiredis is in the redis extra
+        return b"".join(conn.pack_command(*command))
+    return _hiredis_pack(command)
 
 
 class Connections:
@@ -135,12 +144,14 @@ class Connections:
 
     def roundtrip(
         self,
-        commands: list[Command],
+        commands: Sequence[Command | bytes],
         doing: str,
         retry: bool,
         convert: Callable[[int, Any], Any] | None = None,
     ) -> list[Any]:
         """Send ``commands`` in one pipeline; their replies (a ResponseError object for an error).
+
+        A command is its arguments, or its RESP bytes already packed (sent as they are).
 
         ``retry``: also send again when the connection broke after sending (a read).
         ``convert(i, reply)``, when given, turns the reply to command ``i`` (not an error) into
@@ -150,12 +161,10 @@ class Connections:
             conn, reused = self._checkout()
             sent = False
             try:
-                if _hiredis_pack is None:  # pragma: no cover - hiredis is in the redis extra
-                    packed = conn.pack_commands(commands)
-                elif len(commands) == 1:
-                    packed = [_hiredis_pack(commands[0])]
+                if len(commands) == 1:
+                    packed = [_pack(conn, commands[0])]
                 else:
-                    packed = [b"".join([_hiredis_pack(c) for c in commands])]
+                    packed = [b"".join([_pack(conn, c) for c in commands])]
                 conn.send_packed_command(packed, check_health=False)
                 sent = True
                 replies: list[Any] = []

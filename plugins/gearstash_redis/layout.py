@@ -93,6 +93,7 @@ class Layout:
         member = encode_key(key)
         j = digest(member).encode()
         base = b"%b:{%b}:" % (self._prefix, j)
+        h = digest(key.handle).encode()  # once for the index and the channel
         return JobKeys(
             member,
             j,
@@ -101,9 +102,9 @@ class Layout:
             base + b"warnings",
             base + b"status",
             base + b"gone",
-            self.index(key.handle),
+            b"%b:h:{%b}" % (self._prefix, h),
             self.unique_index(key.unique),
-            self.channel(key.handle),
+            b"%b:ev:{%b}" % (self._prefix, h),
         )
 
     def _job(self, key: JobKey) -> bytes:

@@ -3,7 +3,8 @@
 Connections: redis-py's connection classes in a small free list of the store's own, thread-safe
 and fork-safe (:mod:`gearstash_redis.connection`).
 
-Round trips: ``write()`` is one EVALSHA; ``get_many()`` and ``get_after()`` one pipeline of read
+Round trips: ``write()`` is one EVALSHA (packed by
+:class:`~gearstash_redis.write.WritePacker`); ``get_many()`` and ``get_after()`` one pipeline of read
 scripts, one per slice of up to 250 distinct references (a complete reference reads its job's
 keys; another one follows the handle index to the newest matching job that has not vanished,
 inside the script; records are built from a slice's answer while Redis runs the next slice);
@@ -49,7 +50,7 @@ from .read import ReadBatch
 from .scripts import LIST_SHA, SOURCES, WRITE_GT_SHA, WRITE_SHA
 from .url import DEFAULT_GRACE, OWN_OPTIONS, redact, seconds, secrets_of, split_url
 from .watch import RedisWatch, watched_channels, watched_refs
-from .write import script_args
+from .write import WritePacker
 
 __all__ = [  # the store, and what was defined here before the store was split into modules
     "DEFAULT_GRACE",
@@ -89,6 +90,7 @@ class RedisStore:
         # Every round trip of the store goes through this one attribute (tests count them).
         self._roundtrip = self._connections.roundtrip
         self._write_sha = self._open()
+        self._packer = WritePacker(self.layout, self.ttl, self.grace)
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r})"
@@ -104,10 +106,13 @@ class RedisStore:
         """Apply ``events`` in order, atomically, in one round trip. Raises StoreError."""
         if not events:
             return
-        keys, args = script_args(events, self.layout.keys, self.ttl, self.grace)
-        self._scripts(
-            [(b"EVALSHA", self._write_sha, len(keys), *keys, *args)], "write", retry=False
-        )
+        command = self._packer.pack(events, self._write_sha)
+        reply = self._roundtrip([command], "write", False)[0]
+        if isinstance(reply, NoScriptError):  # the command did not run: load and send it again
+            load = (b"SCRIPT", b"LOAD", SOURCES[self._write_sha])
+            reply = self._checked(self._roundtrip([load, command], "write", False), "write")[1]
+        elif isinstance(reply, ResponseError):
+            raise self._error(reply, "write") from reply
 
     def get_many(self, refs: Sequence[JobRef]) -> list[JobRecord | None]:
         """The newest record matching each reference, in order (None if none). Raises StoreError."""
