@@ -746,3 +746,14 @@ def test_parse_int_takes_only_plain_decimals(data: bytes) -> None:
         assert not (0 < len(data) <= 20 and data.isdigit())
     else:
         assert int(data.decode("ascii")) == value >= 0
+
+
+def test_encode_status_is_encode_request_of_work_status() -> None:
+    from gearstash.protocol.packets import encode_status
+
+    for handle, num, den in ((b"H:w:1", 1, 2), (b"", 0, 0), (b"H:x:\xff", 2**40, 7), (b"h", 10, 3)):
+        want = encode_request(PacketType.WORK_STATUS, handle, b"%d" % num, b"%d" % den)
+        assert encode_status(handle, num, den) == want
+    with pytest.raises(ProtocolError) as info:
+        encode_status(b"H:\x00", 1, 2)
+    assert info.value.side == "local"

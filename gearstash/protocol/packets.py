@@ -52,6 +52,7 @@ __all__ = [
     "encode",
     "encode_request",
     "encode_response",
+    "encode_status",
     "encode_work",
     "handle_problem",
     "parse_int",
@@ -313,6 +314,21 @@ def encode_work(kind: PacketType, handle: bytes, data: bytes) -> bytes:
             f"{kind.name} body of {size} bytes exceeds the 4 GiB frame limit", side="local"
         )
     return b"".join((_REQ_PREFIX[kind], _LENGTH.pack(size), handle, b"\0", data))
+
+
+_WORK_STATUS_PREFIX: Final = _REQ_PREFIX[PacketType.WORK_STATUS]
+
+
+def encode_status(handle: bytes, numerator: int, denominator: int) -> bytes:
+    """Fast path of :func:`encode_request` for WORK_STATUS (the status point a worker sends).
+
+    Same bytes as ``encode_request(PacketType.WORK_STATUS, handle, b"%d" % numerator,
+    b"%d" % denominator)``, and the same ``ProtocolError("local")`` for a handle with a NUL byte.
+    """
+    if 0 in handle:
+        raise ProtocolError(f"WORK_STATUS handle contains a NUL byte: {handle!r}", side="local")
+    body = b"%b\0%d\0%d" % (handle, numerator, denominator)
+    return _WORK_STATUS_PREFIX + _LENGTH.pack(len(body)) + body
 
 
 def check_unique(unique: bytes) -> bytes:

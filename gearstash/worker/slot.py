@@ -26,7 +26,13 @@ from gearstash.errors import (
     ServerUnavailable,
 )
 from gearstash.model.records import Event, EventKind, JobError, JobKey, captured_workload
-from gearstash.protocol.packets import JobAssignment, PacketType, encode_request, encode_work
+from gearstash.protocol.packets import (
+    JobAssignment,
+    PacketType,
+    encode_request,
+    encode_status,
+    encode_work,
+)
 from gearstash.protocol.worker_side import (
     Assigned,
     ErrorAnswer,
@@ -337,12 +343,7 @@ class Slot:
         )
         if self._record(job, event):
             self.hooks.status(job, numerator, denominator)
-            self._send(
-                job,
-                encode_request(
-                    PacketType.WORK_STATUS, job.handle, b"%d" % numerator, b"%d" % denominator
-                ),
-            )
+            self._send(job, encode_status(job.handle, numerator, denominator))
 
     def _output_taken(self) -> bool:
         """Whether the job's server takes WORK_DATA/WORK_WARNING (stored either way)."""
