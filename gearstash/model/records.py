@@ -165,7 +165,8 @@ class JobRef:
     unique: bytes | None = None
 
     def __str__(self) -> str:
-        text = quote_from_bytes(self.handle, safe=":/-_.~!$&'()*+,;=")
+        # "/" is quoted: a handle holding "//" would read back as Perl's SERVER//HANDLE form
+        text = quote_from_bytes(self.handle, safe=":-_.~!$&'()*+,;=")
         if self.server:
             text += "@" + self.server
         if self.unique is not None:
