@@ -35,8 +35,12 @@ from gearstash.testing.servers import (
 
 pytest_plugins = ["support.guard", "support.stores"]
 
-# CI profile: a busy 2-core machine is slow, not wrong; failures print the seed to replay them.
-settings.register_profile("ci", deadline=None, print_blob=True)
+# CI profile: a busy 2-core machine is slow, not wrong; the same examples every run, so a
+# submission passes or fails on its code, not on the draw. HYPOTHESIS_PROFILE=explore draws new
+# examples each run (and ten times as many): run it to look for new failures, then pin what it
+# finds with @example.
+settings.register_profile("ci", deadline=None, print_blob=True, derandomize=True)
+settings.register_profile("explore", deadline=None, print_blob=True, max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
