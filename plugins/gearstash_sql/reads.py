@@ -103,8 +103,7 @@ class Reads:
         self._chunk_table = chunk_table
         self._one: dict[tuple[bool, bool, bool, bool], str] = {}
         self._mysql_one: dict[tuple[bool, bool, bool, bool], tuple[str, str]] = {}
-        self._find: dict[tuple[str, int], str] = {}
-        self._stamp_find: dict[tuple[str, int], str] = {}
+        self._find: dict[tuple[str, int, tuple[str, ...]], str] = {}
         self._load: dict[int, str] = {}
         self._exact: dict[int, str] = {}
 
@@ -195,20 +194,14 @@ class Reads:
     def stamp_find(self, column: str, count: int) -> str:
         """Like :meth:`find` (``column`` ``handle``) or :meth:`find_unique` (``unique_key``),
         with :data:`STAMP_COLUMNS` after the key: rows (id, server, handle, unique, *stamp)."""
-        sql = self._stamp_find.get((column, count))
-        if sql is None:
-            sql = self._stamp_find[(column, count)] = (
-                f"SELECT {', '.join(('id', 'server', 'handle', 'unique_key', *STAMP_COLUMNS))} "
-                f"FROM {self._jobs} WHERE {column} IN ({self.marks(count)})"
-            )
-        return sql
+        return self._find_by(column, count, STAMP_COLUMNS)
 
-    def _find_by(self, column: str, count: int) -> str:
-        sql = self._find.get((column, count))
+    def _find_by(self, column: str, count: int, extra: tuple[str, ...] = ()) -> str:
+        sql = self._find.get((column, count, extra))
         if sql is None:
-            sql = self._find[(column, count)] = (
-                f"SELECT id, server, handle, unique_key FROM {self._jobs} "
-                f"WHERE {column} IN ({self.marks(count)})"
+            sql = self._find[(column, count, extra)] = (
+                f"SELECT {', '.join(('id', 'server', 'handle', 'unique_key', *extra))} "
+                f"FROM {self._jobs} WHERE {column} IN ({self.marks(count)})"
             )
         return sql
 
